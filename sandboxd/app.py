@@ -1,0 +1,97 @@
+"""The aiohttp application: typed app state, one cleanup context per resource, and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from sandboxd import handlers
+from sandboxd.admission import Admission
+from sandboxd.config import Config, KeyRing
+from sandboxd.containerd import ContainerdClient, ContainerdError
+from sandboxd.engine import Engine, EngineSettings
+from sandboxd.host import client_for, prepare_host
+from sandboxd.keys import ADMISSION, CLIENT, CONFIG, ENGINE, KEYS
+from sandboxd.middleware import auth_middleware, error_middleware
+from sandboxd.runtimes import load_runtimes
+from sandboxd.sandbox import drain_cleanups
+
+log = logging.getLogger(__name__)
+
+_CONNECT_ATTEMPTS = 20
+_CONNECT_INTERVAL = 0.5
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says what to do."""
+
+
+async def connect(client: ContainerdClient) -> None:
+    """Wait until containerd answers, for a few seconds at most."""
+    for attempt in range(_CONNECT_ATTEMPTS):
+        try:
+            version = await client.version(timeout=2)
+        except ContainerdError as error:
+            if attempt == _CONNECT_ATTEMPTS - 1:
+                raise StartupError(f"containerd at {client.address} does not answer: {error.detail}") from error
+            await asyncio.sleep(_CONNECT_INTERVAL)
+        else:
+            log.info("containerd %s at %s, namespace %s", version.version, client.address, client.namespace)
+            return
+
+
+async def _containerd_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = client_for(app[CONFIG])
+    app[CLIENT] = client
+    try:
+        await connect(client)
+        yield
+    finally:
+        await client.close()
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    host = await asyncio.to_thread(prepare_host, config, app[CLIENT])
+    limits = config.limits
+    settings = EngineSettings(
+        output_limit_bytes=limits.output_bytes,
+        workspace_bytes=limits.workspace_mib << 20,
+        tmp_bytes=limits.tmp_mib << 20,
+        file_size_bytes=limits.file_size_mib << 20,
+        open_files=limits.open_files,
+    )
+    runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
+    engine = Engine(host, runtimes, settings)
+    await engine.refresh_images()
+    for language in engine.languages():
+        if language.available:
+            log.info("runtime %s: %s", language.language, language.version)
+        else:
+            log.warning("runtime %s unavailable: %s", language.language, language.reason)
+    app[ENGINE] = engine
+    app[ADMISSION] = Admission(limits.concurrency, limits.queue)
+    yield
+    await drain_cleanups()
+
+
+def create_app(config: Config) -> web.Application:
+    """Wire the application; resources are opened by the cleanup contexts when it starts."""
+    keys = KeyRing.from_config(config)
+    if not keys:
+        raise StartupError(
+            "no API key is configured: add an [[api_keys]] entry to the configuration file "
+            "(`sandboxd keys generate NAME` prints one), or set SANDBOXD_API_KEYS=key1,key2 for development"
+        )
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app[KEYS] = keys
+    app.cleanup_ctx.append(_containerd_ctx)
+    app.cleanup_ctx.append(_engine_ctx)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/api/v1/languages", handlers.languages)
+    app.router.add_post("/api/v1/execute", handlers.execute)
+    return app

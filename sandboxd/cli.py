@@ -1,0 +1,126 @@
+"""The ``sandboxd`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from sandboxd.app import StartupError, connect, create_app
+from sandboxd.config import Config, ConfigError, generate_key, hash_key, load_config
+from sandboxd.containerd import ContainerdError
+from sandboxd.host import client_for, engine_work_dir
+from sandboxd.images import ImageBuildError, ImageBuilder, inspect_image
+from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
+
+log = logging.getLogger("sandboxd")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, os.environ)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    app = create_app(config)
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        print=lambda _: log.info("listening on http://%s:%d", config.server.host, config.server.port),
+        access_log=None,
+    )
+    return 0
+
+
+def _select(runtimes: Sequence[Runtime], names: Sequence[str]) -> list[Runtime]:
+    if not names:
+        return list(runtimes)
+    by_name = {key: rt for rt in runtimes for key in (rt.name, *rt.aliases)}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise SystemExit(f"sandboxd: unknown runtime(s): {', '.join(unknown)}")
+    return [by_name[name] for name in names]
+
+
+async def _images_build(config: Config, names: Sequence[str], force: bool) -> int:
+    runtimes = _select(load_runtimes(config.paths.runtimes).runtimes, names)
+    client = client_for(config)
+    try:
+        await connect(client)
+        builder = ImageBuilder(client, engine_work_dir(config), lambda line: print(line, flush=True))
+        for runtime in runtimes:
+            await builder.build(runtime, force=force)
+    finally:
+        await client.close()
+    return 0
+
+
+async def _images_list(config: Config) -> int:
+    client = client_for(config)
+    try:
+        await connect(client)
+        print(f"{'RUNTIME':<12} {'AVAILABLE':<10} {'IMAGE':<48} VERSION / REASON")
+        for runtime in load_runtimes(config.paths.runtimes):
+            state = await inspect_image(client, runtime)
+            detail = state.version if state.available else state.reason
+            print(f"{runtime.name:<12} {'yes' if state.available else 'no':<10} {runtime.image:<48} {detail}")
+    finally:
+        await client.close()
+    return 0
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    key = generate_key()
+    print(f"API key for {args.name} (shown once; store it now):\n\n  {key}\n")
+    print("Add to the configuration file:\n")
+    print(f'[[api_keys]]\nname = "{args.name}"\nsha256 = "{hash_key(key)}"')
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandboxd", description="Run untrusted code in gVisor sandboxes.")
+    parser.add_argument("--config", type=Path, help="configuration file (TOML)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API")
+    images = commands.add_parser("images", help="runtime images").add_subparsers(dest="images_command", required=True)
+    build = images.add_parser("build", help="build runtime images from Debian packages and import them")
+    build.add_argument("languages", nargs="*", help="runtimes to build (default: all)")
+    build.add_argument("--force", action="store_true", help="rebuild even when the image is current")
+    images.add_parser("list", help="show each runtime's image and whether it is available")
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    generate = keys.add_parser("generate", help="print a new API key and the configuration entry for it")
+    generate.add_argument("name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sandboxd`` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "keys":
+            return _keys_generate(args)
+        config = _config(args)
+        if args.images_command == "build":
+            return asyncio.run(_images_build(config, args.languages, args.force))
+        return asyncio.run(_images_list(config))
+    except (ConfigError, RuntimeConfigError, StartupError, ImageBuildError) as error:
+        print(f"sandboxd: {error}", file=sys.stderr)
+        return 1
+    except ContainerdError as error:
+        print(f"sandboxd: containerd: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

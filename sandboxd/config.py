@@ -1,0 +1,177 @@
+"""The daemon's configuration: one TOML file, validated as a whole, plus a few environment overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from sandboxd.validation import ValidationError, check, positive, structure
+
+DEV_KEYS_VARIABLE: Final = "SANDBOXD_API_KEYS"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key. Keys are 256-bit random tokens, so one SHA-256 suffices."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def generate_key() -> str:
+    """A new random API key."""
+    return "sbx_" + secrets.token_urlsafe(32)
+
+
+@attrs.frozen
+class ApiKey:
+    """A client's key, stored as its SHA-256 hash."""
+
+    name: str
+    sha256: str
+
+    def __attrs_post_init__(self) -> None:
+        check(bool(_KEY_NAME.match(self.name)), "name", "must be 1-64 characters of A-Z a-z 0-9 . _ -")
+        check(bool(_SHA256.match(self.sha256)), "sha256", "must be 64 lower-case hex digits (sandboxd keys generate)")
+
+
+@attrs.frozen
+class ServerConfig:
+    """Where the HTTP API listens."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8002, validator=positive)
+    max_body_bytes: int = attrs.field(default=2 << 20, validator=positive)
+
+
+@attrs.frozen
+class ContainerdConfig:
+    """Which containerd to drive, and where in it sandboxd keeps its objects."""
+
+    address: str = "/run/containerd/containerd.sock"
+    namespace: str = "sandboxd"
+    snapshotter: str = "overlayfs"
+
+
+@attrs.frozen
+class RunscConfig:
+    """The gVisor runtime."""
+
+    binary: str = "/usr/bin/runsc"
+    platform: str = "ptrace"
+
+    def __attrs_post_init__(self) -> None:
+        check(self.platform in ("ptrace", "kvm", "systrap"), "platform", "must be ptrace, kvm or systrap")
+
+
+@attrs.frozen
+class PathsConfig:
+    """Directories: runtime definitions, volatile state (FIFOs, workspaces) and persistent data."""
+
+    runtimes: Path = Path("/etc/sandboxd/runtimes")
+    state: Path = Path("/run/sandboxd")
+    data: Path = Path("/var/lib/sandboxd")
+
+
+@attrs.frozen
+class LimitsConfig:
+    """Daemon-wide limits."""
+
+    concurrency: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=positive)
+    queue: int = attrs.field(default=64, validator=positive)
+    output_bytes: int = attrs.field(default=1 << 20, validator=positive)
+    workspace_mib: int = attrs.field(default=32, validator=positive)
+    tmp_mib: int = attrs.field(default=64, validator=positive)
+    file_size_mib: int = attrs.field(default=32, validator=positive)
+    open_files: int = attrs.field(default=256, validator=positive)
+
+
+@attrs.frozen
+class Config:
+    """Everything the daemon is told; every section is optional."""
+
+    server: ServerConfig = ServerConfig()
+    containerd: ContainerdConfig = ContainerdConfig()
+    runsc: RunscConfig = RunscConfig()
+    paths: PathsConfig = PathsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    api_keys: tuple[ApiKey, ...] = ()
+    # Plain keys from SANDBOXD_API_KEYS, for development; never read from the file.
+    dev_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        names = [key.name for key in self.api_keys]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        check(not duplicated, "api_keys", f"names used twice: {', '.join(duplicated)}")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every problem, each naming its key."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def _path_hook(data: Mapping[str, Any]) -> dict[str, Any]:
+    paths = data.get("paths")
+    if isinstance(paths, dict):
+        return {**data, "paths": {k: Path(v) if isinstance(v, str) else v for k, v in paths.items()}}
+    return dict(data)
+
+
+def load_config(path: Path | None, environ: Mapping[str, str]) -> Config:
+    """Read the TOML file (if any), apply environment overrides, and validate everything at once."""
+    source = str(path) if path else "configuration"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as error:
+            raise ConfigError(source, [f"cannot read: {error.strerror}"]) from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(source, [f"not valid TOML: {error}"]) from error
+    if "dev_keys" in data:
+        raise ConfigError(source, ["dev_keys: unknown field (plain keys belong in SANDBOXD_API_KEYS only)"])
+    if address := environ.get("SANDBOXD_CONTAINERD_ADDRESS"):
+        data.setdefault("containerd", {})["address"] = address
+    dev_keys = [key.strip() for key in environ.get(DEV_KEYS_VARIABLE, "").split(",") if key.strip()]
+    try:
+        config = structure(_path_hook(data), Config)
+    except ValidationError as error:
+        raise ConfigError(source, error.problems) from error
+    return attrs.evolve(config, dev_keys=tuple(dev_keys))
+
+
+@attrs.frozen
+class KeyRing:
+    """The API keys the daemon accepts; lookups compare hashes in constant time."""
+
+    hashes: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def from_config(cls, config: Config) -> KeyRing:
+        """Collect the configured hashes and the development keys."""
+        stored = [(key.name, bytes.fromhex(key.sha256)) for key in config.api_keys]
+        dev = [(f"dev-{i}", bytes.fromhex(hash_key(key))) for i, key in enumerate(config.dev_keys, 1)]
+        return cls(tuple(stored + dev))
+
+    def __bool__(self) -> bool:
+        return bool(self.hashes)
+
+    def identify(self, presented: str) -> str | None:
+        """The name of the key ``presented`` matches, or None; every stored key is compared."""
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = None
+        for name, stored in self.hashes:
+            if hmac.compare_digest(digest, stored):
+                found = name
+        return found

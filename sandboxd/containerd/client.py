@@ -1,0 +1,463 @@
+"""An asyncio client for the parts of containerd's gRPC API that sandboxd uses.
+
+Each containerd service is a small wrapper class over one shared channel. Every
+call carries the namespace header; calls made on behalf of an execution also
+carry its lease, so that containerd's garbage collector can reclaim whatever a
+crashed daemon left behind once the lease expires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Final, Generic, TypeVar
+
+import attrs
+import grpc
+from google.protobuf import any_pb2, empty_pb2, field_mask_pb2, message
+
+from sandboxd._pb.containerd.runc.v1 import options_pb2
+from sandboxd._pb.containerd.services.containers.v1 import containers_pb2
+from sandboxd._pb.containerd.services.content.v1 import content_pb2
+from sandboxd._pb.containerd.services.images.v1 import images_pb2
+from sandboxd._pb.containerd.services.leases.v1 import leases_pb2
+from sandboxd._pb.containerd.services.snapshots.v1 import snapshots_pb2
+from sandboxd._pb.containerd.services.tasks.v1 import tasks_pb2
+from sandboxd._pb.containerd.services.version.v1 import version_pb2
+from sandboxd._pb.containerd.types import mount_pb2
+from sandboxd._pb.containerd.types.task import task_pb2
+from sandboxd.containerd.errors import ContainerdError, translate
+
+SPEC_TYPE_URL: Final = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+PROCESS_TYPE_URL: Final = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+RUNC_OPTIONS_TYPE_URL: Final = "containerd.runc.v1.Options"
+GC_EXPIRE_LABEL: Final = "containerd.io/gc.expire"
+
+_Response = TypeVar("_Response", bound=message.Message)
+
+# Calls that only touch metadata answer in milliseconds; a longer wait means
+# containerd is wedged, and the execution should fail rather than hang.
+DEFAULT_RPC_TIMEOUT: Final = 30.0
+
+
+@attrs.frozen
+class Mount:
+    """A mount as containerd describes a snapshot's filesystem."""
+
+    type: str
+    source: str
+    target: str = ""
+    options: tuple[str, ...] = ()
+
+    def to_pb(self) -> mount_pb2.Mount:
+        """Return the wire form."""
+        return mount_pb2.Mount(type=self.type, source=self.source, target=self.target, options=self.options)
+
+    @classmethod
+    def from_pb(cls, mount: mount_pb2.Mount) -> Mount:
+        """Build from the wire form."""
+        return cls(type=mount.type, source=mount.source, target=mount.target, options=tuple(mount.options))
+
+
+@attrs.frozen
+class ExitStatus:
+    """How a process ended: its status as containerd reports it (128+N for signal N)."""
+
+    code: int
+    exited_at: dt.datetime | None
+
+
+@attrs.frozen
+class ProcessInfo:
+    """A task's init process as containerd lists it."""
+
+    container_id: str
+    pid: int
+    status: str
+
+
+def _serialize(request: message.Message) -> bytes:
+    return request.SerializeToString()
+
+
+class _Channel:
+    """One gRPC channel to containerd plus the metadata every call needs."""
+
+    def __init__(self, address: str, namespace: str) -> None:
+        self.namespace = namespace
+        self.channel = grpc.aio.insecure_channel(
+            f"unix://{address}",
+            options=[("grpc.default_authority", "localhost"), ("grpc.max_receive_message_length", 16 << 20)],
+        )
+
+    def metadata(self, lease: str | None) -> tuple[tuple[str, str], ...]:
+        if lease is None:
+            return (("containerd-namespace", self.namespace),)
+        return (("containerd-namespace", self.namespace), ("containerd-lease", lease))
+
+    async def unary(
+        self,
+        method: str,
+        request: message.Message,
+        response_type: type[_Response],
+        *,
+        lease: str | None = None,
+        timeout: float | None = DEFAULT_RPC_TIMEOUT,
+    ) -> _Response:
+        """Call one unary RPC; gRPC failures come out as typed ``ContainerdError`` subclasses."""
+        call = self.channel.unary_unary(
+            method,
+            request_serializer=_serialize,
+            response_deserializer=response_type.FromString,
+        )
+        try:
+            response: _Response = await call(request, metadata=self.metadata(lease), timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise translate(method, error) from error
+        return response
+
+    async def stream(
+        self, method: str, request: message.Message, response_type: type[_Response]
+    ) -> AsyncIterator[_Response]:
+        """Call one server-streaming RPC and yield its messages."""
+        call = self.channel.unary_stream(
+            method,
+            request_serializer=_serialize,
+            response_deserializer=response_type.FromString,
+        )
+        try:
+            async for item in call(request, metadata=self.metadata(None), timeout=DEFAULT_RPC_TIMEOUT):
+                yield item
+        except grpc.aio.AioRpcError as error:
+            raise translate(method, error) from error
+
+
+class _Service(Generic[_Response]):
+    """Base of the per-service wrappers: holds the channel and the RPC path prefix."""
+
+    PREFIX: str = ""
+
+    def __init__(self, channel: _Channel) -> None:
+        self._channel = channel
+
+    def _method(self, name: str) -> str:
+        return f"/{self.PREFIX}/{name}"
+
+
+class Images(_Service[images_pb2.Image]):
+    """containerd's image metadata store: names pointing at content descriptors."""
+
+    PREFIX = "containerd.services.images.v1.Images"
+
+    async def get(self, name: str) -> images_pb2.Image:
+        """Return the image record called ``name``."""
+        request = images_pb2.GetImageRequest(name=name)
+        response = await self._channel.unary(self._method("Get"), request, images_pb2.GetImageResponse)
+        return response.image
+
+    async def list(self, filters: Sequence[str] = ()) -> list[images_pb2.Image]:
+        """Return every image record matching the filters."""
+        request = images_pb2.ListImagesRequest(filters=filters)
+        response = await self._channel.unary(self._method("List"), request, images_pb2.ListImagesResponse)
+        return list(response.images)
+
+    async def set_labels(self, name: str, labels: Mapping[str, str]) -> images_pb2.Image:
+        """Set the given labels on an image, leaving its other labels as they are."""
+        image = images_pb2.Image(name=name, labels=labels)
+        mask = field_mask_pb2.FieldMask(paths=[f"labels.{key}" for key in labels])
+        request = images_pb2.UpdateImageRequest(image=image, update_mask=mask)
+        response = await self._channel.unary(self._method("Update"), request, images_pb2.UpdateImageResponse)
+        return response.image
+
+    async def delete(self, name: str) -> None:
+        """Delete the image record (its content is garbage-collected)."""
+        request = images_pb2.DeleteImageRequest(name=name)
+        await self._channel.unary(self._method("Delete"), request, empty_pb2.Empty)
+
+
+class Content(_Service[content_pb2.ReadContentResponse]):
+    """containerd's content-addressed blob store."""
+
+    PREFIX = "containerd.services.content.v1.Content"
+
+    async def read(self, digest: str, *, limit: int = 4 << 20) -> bytes:
+        """Return a whole blob; blobs larger than ``limit`` are refused (sandboxd reads only JSON)."""
+        info = await self._channel.unary(
+            self._method("Info"), content_pb2.InfoRequest(digest=digest), content_pb2.InfoResponse
+        )
+        if info.info.size > limit:
+            raise ValueError(f"blob {digest} is {info.info.size} bytes, more than the {limit} expected")
+        chunks = [
+            chunk.data
+            async for chunk in self._channel.stream(
+                self._method("Read"), content_pb2.ReadContentRequest(digest=digest), content_pb2.ReadContentResponse
+            )
+        ]
+        return b"".join(chunks)
+
+    async def read_json(self, digest: str) -> Any:
+        """Return a blob parsed as JSON."""
+        return json.loads(await self.read(digest))
+
+
+class Snapshots(_Service[snapshots_pb2.Info]):
+    """One snapshotter's snapshots (overlayfs by default)."""
+
+    PREFIX = "containerd.services.snapshots.v1.Snapshots"
+
+    def __init__(self, channel: _Channel, snapshotter: str) -> None:
+        super().__init__(channel)
+        self.snapshotter = snapshotter
+
+    async def prepare(
+        self, key: str, parent: str, *, labels: Mapping[str, str], lease: str | None
+    ) -> list[Mount]:
+        """Create an active (writable) snapshot on top of ``parent`` and return its mounts."""
+        request = snapshots_pb2.PrepareSnapshotRequest(
+            snapshotter=self.snapshotter, key=key, parent=parent, labels=labels
+        )
+        response = await self._channel.unary(
+            self._method("Prepare"), request, snapshots_pb2.PrepareSnapshotResponse, lease=lease
+        )
+        return [Mount.from_pb(m) for m in response.mounts]
+
+    async def view(self, key: str, parent: str, *, lease: str | None) -> list[Mount]:
+        """Create a read-only view of ``parent`` and return its mounts."""
+        request = snapshots_pb2.ViewSnapshotRequest(snapshotter=self.snapshotter, key=key, parent=parent)
+        response = await self._channel.unary(
+            self._method("View"), request, snapshots_pb2.ViewSnapshotResponse, lease=lease
+        )
+        return [Mount.from_pb(m) for m in response.mounts]
+
+    async def stat(self, key: str) -> snapshots_pb2.Info:
+        """Return a snapshot's metadata."""
+        request = snapshots_pb2.StatSnapshotRequest(snapshotter=self.snapshotter, key=key)
+        response = await self._channel.unary(self._method("Stat"), request, snapshots_pb2.StatSnapshotResponse)
+        return response.info
+
+    async def remove(self, key: str) -> None:
+        """Remove a snapshot."""
+        request = snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=key)
+        await self._channel.unary(self._method("Remove"), request, empty_pb2.Empty)
+
+    async def list(self, filters: Sequence[str] = ()) -> list[snapshots_pb2.Info]:
+        """Return every snapshot matching the filters."""
+        request = snapshots_pb2.ListSnapshotsRequest(snapshotter=self.snapshotter, filters=filters)
+        found: list[snapshots_pb2.Info] = []
+        async for page in self._channel.stream(self._method("List"), request, snapshots_pb2.ListSnapshotsResponse):
+            found.extend(page.info)
+        return found
+
+
+class Containers(_Service[containers_pb2.Container]):
+    """Container metadata: id, OCI spec, runtime and snapshot key. Nothing runs here."""
+
+    PREFIX = "containerd.services.containers.v1.Containers"
+
+    async def create(
+        self,
+        container_id: str,
+        *,
+        spec: Mapping[str, Any],
+        runtime: str,
+        runtime_options: options_pb2.Options,
+        snapshotter: str,
+        snapshot_key: str,
+        image: str,
+        labels: Mapping[str, str],
+        lease: str | None,
+    ) -> containers_pb2.Container:
+        """Store a new container record."""
+        container = containers_pb2.Container(
+            id=container_id,
+            labels=labels,
+            image=image,
+            runtime=containers_pb2.Container.Runtime(
+                name=runtime,
+                options=any_pb2.Any(type_url=RUNC_OPTIONS_TYPE_URL, value=runtime_options.SerializeToString()),
+            ),
+            spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()),
+            snapshotter=snapshotter,
+            snapshot_key=snapshot_key,
+        )
+        request = containers_pb2.CreateContainerRequest(container=container)
+        response = await self._channel.unary(
+            self._method("Create"), request, containers_pb2.CreateContainerResponse, lease=lease
+        )
+        return response.container
+
+    async def list(self, filters: Sequence[str] = ()) -> list[containers_pb2.Container]:
+        """Return every container matching the filters."""
+        request = containers_pb2.ListContainersRequest(filters=filters)
+        response = await self._channel.unary(self._method("List"), request, containers_pb2.ListContainersResponse)
+        return list(response.containers)
+
+    async def delete(self, container_id: str) -> None:
+        """Delete a container record (its task must be gone)."""
+        request = containers_pb2.DeleteContainerRequest(id=container_id)
+        await self._channel.unary(self._method("Delete"), request, empty_pb2.Empty)
+
+
+class Tasks(_Service[task_pb2.Process]):
+    """Running process trees: a container's init process and the processes exec'd into it."""
+
+    PREFIX = "containerd.services.tasks.v1.Tasks"
+
+    async def create(
+        self, container_id: str, *, rootfs: Sequence[Mount], stdin: str = "", stdout: str = "", stderr: str = ""
+    ) -> int:
+        """Create the task (the sandbox boots; the init process is not started yet); return its pid."""
+        request = tasks_pb2.CreateTaskRequest(
+            container_id=container_id,
+            rootfs=[m.to_pb() for m in rootfs],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+        response = await self._channel.unary(self._method("Create"), request, tasks_pb2.CreateTaskResponse)
+        return response.pid
+
+    async def start(self, container_id: str, exec_id: str = "") -> int:
+        """Start the init process, or an exec'd process when ``exec_id`` is given; return its pid."""
+        request = tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id)
+        response = await self._channel.unary(self._method("Start"), request, tasks_pb2.StartResponse)
+        return response.pid
+
+    async def exec(
+        self,
+        container_id: str,
+        exec_id: str,
+        *,
+        process: Mapping[str, Any],
+        stdin: str,
+        stdout: str,
+        stderr: str,
+    ) -> None:
+        """Add a process to a running task (it starts with ``start(container_id, exec_id)``)."""
+        request = tasks_pb2.ExecProcessRequest(
+            container_id=container_id,
+            exec_id=exec_id,
+            spec=any_pb2.Any(type_url=PROCESS_TYPE_URL, value=json.dumps(process).encode()),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+        await self._channel.unary(self._method("Exec"), request, empty_pb2.Empty)
+
+    async def wait(self, container_id: str, exec_id: str = "") -> ExitStatus:
+        """Wait, without deadline, until the process exits."""
+        request = tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id)
+        response = await self._channel.unary(self._method("Wait"), request, tasks_pb2.WaitResponse, timeout=None)
+        exited_at = response.exited_at.ToDatetime(dt.UTC) if response.HasField("exited_at") else None
+        return ExitStatus(code=response.exit_status, exited_at=exited_at)
+
+    async def kill(self, container_id: str, signal: int, *, exec_id: str = "", all_processes: bool = False) -> None:
+        """Send a signal to the init process (or an exec'd one); ``all_processes`` signals every process."""
+        request = tasks_pb2.KillRequest(container_id=container_id, exec_id=exec_id, signal=signal, all=all_processes)
+        await self._channel.unary(self._method("Kill"), request, empty_pb2.Empty)
+
+    async def close_stdin(self, container_id: str, exec_id: str = "") -> None:
+        """Close a process's stdin."""
+        request = tasks_pb2.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=True)
+        await self._channel.unary(self._method("CloseIO"), request, empty_pb2.Empty)
+
+    async def delete(self, container_id: str) -> ExitStatus:
+        """Delete a stopped task, which tears the sandbox down."""
+        request = tasks_pb2.DeleteTaskRequest(container_id=container_id)
+        response = await self._channel.unary(self._method("Delete"), request, tasks_pb2.DeleteResponse)
+        return ExitStatus(code=response.exit_status, exited_at=None)
+
+    async def delete_process(self, container_id: str, exec_id: str) -> None:
+        """Delete an exec'd process that has exited."""
+        request = tasks_pb2.DeleteProcessRequest(container_id=container_id, exec_id=exec_id)
+        await self._channel.unary(self._method("DeleteProcess"), request, tasks_pb2.DeleteResponse)
+
+    async def get(self, container_id: str) -> ProcessInfo:
+        """Return the state of a task's init process."""
+        request = tasks_pb2.GetRequest(container_id=container_id)
+        response = await self._channel.unary(self._method("Get"), request, tasks_pb2.GetResponse)
+        return _process_info(response.process)
+
+    async def list(self) -> list[ProcessInfo]:
+        """Return every task in the namespace."""
+        response = await self._channel.unary(
+            self._method("List"), tasks_pb2.ListTasksRequest(), tasks_pb2.ListTasksResponse
+        )
+        return [_process_info(p) for p in response.tasks]
+
+
+def _process_info(process: task_pb2.Process) -> ProcessInfo:
+    return ProcessInfo(
+        container_id=process.container_id, pid=process.pid, status=task_pb2.Status.Name(process.status)
+    )
+
+
+class Leases(_Service[leases_pb2.Lease]):
+    """Leases keep resources from garbage collection until they are deleted or expire."""
+
+    PREFIX = "containerd.services.leases.v1.Leases"
+
+    async def create(self, lease_id: str, *, expires_in: dt.timedelta, labels: Mapping[str, str]) -> None:
+        """Create a lease that containerd's garbage collector drops after ``expires_in``."""
+        expiry = (dt.datetime.now(dt.UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%SZ")
+        request = leases_pb2.CreateRequest(id=lease_id, labels={**labels, GC_EXPIRE_LABEL: expiry})
+        await self._channel.unary(self._method("Create"), request, leases_pb2.CreateResponse)
+
+    async def delete(self, lease_id: str) -> None:
+        """Delete a lease; what only it referenced becomes garbage."""
+        request = leases_pb2.DeleteRequest(id=lease_id)
+        await self._channel.unary(self._method("Delete"), request, empty_pb2.Empty)
+
+    async def list(self, filters: Sequence[str] = ()) -> list[leases_pb2.Lease]:
+        """Return every lease matching the filters."""
+        request = leases_pb2.ListRequest(filters=filters)
+        response = await self._channel.unary(self._method("List"), request, leases_pb2.ListResponse)
+        return list(response.leases)
+
+
+@attrs.frozen
+class Version:
+    """containerd's version as the daemon reports it."""
+
+    version: str
+    revision: str
+
+
+class ContainerdClient:
+    """containerd's services for one namespace, over one channel."""
+
+    def __init__(self, address: str, namespace: str, *, snapshotter: str = "overlayfs") -> None:
+        self._channel = _Channel(address, namespace)
+        self.address = address
+        self.namespace = namespace
+        self.images = Images(self._channel)
+        self.content = Content(self._channel)
+        self.snapshots = Snapshots(self._channel, snapshotter)
+        self.containers = Containers(self._channel)
+        self.tasks = Tasks(self._channel)
+        self.leases = Leases(self._channel)
+
+    async def version(self, *, timeout: float = DEFAULT_RPC_TIMEOUT) -> Version:
+        """Ask containerd for its version; the cheapest way to see that it answers."""
+        response = await self._channel.unary(
+            "/containerd.services.version.v1.Version/Version",
+            empty_pb2.Empty(),
+            version_pb2.VersionResponse,
+            timeout=timeout,
+        )
+        return Version(version=response.version, revision=response.revision)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.channel.close()
+
+
+__all__ = [
+    "ContainerdClient",
+    "ContainerdError",
+    "ExitStatus",
+    "Mount",
+    "ProcessInfo",
+    "Version",
+]

@@ -1,0 +1,257 @@
+"""The execution engine: a validated request in, a result out, one fresh sandbox per execution."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Final
+
+import attrs
+
+from sandboxd.containerd import ContainerdError
+from sandboxd.images import ImageState, inspect_image
+from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, LanguageInfo
+from sandboxd.oci import SandboxLimits
+from sandboxd.runtimes import Runtime, RuntimeRegistry
+from sandboxd.sandbox import ProcessOutcome, Sandbox, SandboxHost, complete_even_if_cancelled
+from sandboxd.validation import InvalidFieldError
+
+log = logging.getLogger(__name__)
+
+# Exit statuses runsc reports when the kernel's OOM killer ended the sandbox.
+_OOM_EXIT_CODES: Final = frozenset({128, 137, 143})
+# What runsc itself writes to an exec'd process's stderr when its sandbox died under it.
+_RUNSC_LOST_SANDBOX: Final = b"waiting on pid "
+
+
+class UnsupportedLanguageError(Exception):
+    """No runtime has that name or alias."""
+
+    def __init__(self, language: str) -> None:
+        super().__init__(f"Unsupported language: {language}")
+        self.language = language
+
+
+class RuntimeUnavailableError(Exception):
+    """The runtime exists but its image is not ready."""
+
+
+@attrs.frozen
+class EngineSettings:
+    """Limits that apply to every execution, whatever its runtime."""
+
+    output_limit_bytes: int = 1 << 20
+    workspace_bytes: int = 32 << 20
+    tmp_bytes: int = 64 << 20
+    file_size_bytes: int = 32 << 20
+    open_files: int = 256
+
+
+@attrs.frozen
+class Plan:
+    """A request checked against its runtime: everything needed to run it."""
+
+    request: ExecutionRequest
+    runtime: Runtime
+    timeout: float
+    environment: Mapping[str, str]
+
+
+class Engine:
+    """Runs executions in sandboxes and knows which runtimes can serve."""
+
+    def __init__(self, host: SandboxHost, runtimes: RuntimeRegistry, settings: EngineSettings) -> None:
+        self.host = host
+        self.runtimes = runtimes
+        self.settings = settings
+        self.images: dict[str, ImageState] = {}
+
+    async def refresh_images(self) -> None:
+        """Look up every runtime's image in containerd."""
+        for runtime in self.runtimes:
+            try:
+                self.images[runtime.name] = await inspect_image(self.host.client, runtime)
+            except ContainerdError as error:
+                self.images[runtime.name] = ImageState(
+                    runtime=runtime.name, reference=runtime.image, available=False, reason=str(error)
+                )
+
+    def languages(self) -> list[LanguageInfo]:
+        """Every runtime with its version and whether it can run now."""
+        listed = []
+        for runtime in self.runtimes:
+            state = self.images.get(runtime.name)
+            listed.append(
+                LanguageInfo(
+                    language=runtime.name,
+                    version=state.version if state else None,
+                    aliases=runtime.aliases,
+                    available=bool(state and state.available),
+                    reason=state.reason if state else "not inspected yet",
+                )
+            )
+        return listed
+
+    def plan(self, request: ExecutionRequest) -> Plan:
+        """Check a request against its runtime; raise on an unknown language or a limit above the maximum."""
+        runtime = self.runtimes.get(request.language)
+        if runtime is None:
+            raise UnsupportedLanguageError(request.language)
+        limits = runtime.limits
+        if request.timeout is not None and request.timeout > limits.max_timeout:
+            raise InvalidFieldError(
+                "timeout", f"must be at most {limits.max_timeout:g} seconds for {runtime.name}"
+            )
+        timeout = float(request.timeout) if request.timeout is not None else limits.timeout
+        return Plan(
+            request=request,
+            runtime=runtime,
+            timeout=timeout,
+            environment={**runtime.environment, **(request.environment or {})},
+        )
+
+    async def execute(self, plan: Plan) -> ExecutionResult:
+        """Run a planned execution in a fresh sandbox; sandbox failures become ``internal_error`` results."""
+        runtime = plan.runtime
+        state = self.images.get(runtime.name)
+        if state is None or not state.available or state.chain_id is None:
+            reason = state.reason if state else "its image has not been inspected"
+            raise RuntimeUnavailableError(f"Runtime {runtime.name} is not available: {reason}")
+        execution_id = str(uuid.uuid4())
+        try:
+            return await self._execute(execution_id, plan, state.chain_id)
+        except (ContainerdError, OSError) as error:
+            log.exception("execution %s failed in the sandbox layer", execution_id)
+            return self._result(
+                execution_id, plan, b"", b"", -1, 0.0, ExecutionStatus.INTERNAL_ERROR,
+                f"internal error: the sandbox failed ({type(error).__name__}); execution {execution_id}",
+            )  # fmt: skip
+
+    async def _execute(self, execution_id: str, plan: Plan, chain_id: str) -> ExecutionResult:
+        runtime, request = plan.runtime, plan.request
+        limits = SandboxLimits(
+            memory_bytes=runtime.limits.memory_mib << 20,
+            pids=runtime.limits.pids,
+            cpus=runtime.limits.cpus,
+            tmp_bytes=self.settings.tmp_bytes,
+            file_size_bytes=self.settings.file_size_bytes,
+            open_files=self.settings.open_files,
+        )
+        started = time.monotonic()
+        sandbox = await Sandbox.create(
+            self.host,
+            execution_id,
+            image=runtime.image,
+            chain_id=chain_id,
+            limits=limits,
+            workspace_bytes=self.settings.workspace_bytes,
+            environment=plan.environment,
+            files={runtime.source_file: request.code.encode()},
+            labels={"sandboxd.io/language": runtime.name},
+        )
+        log.debug("execution %s: sandbox up in %.3f s", execution_id, time.monotonic() - started)
+        try:
+            budget = plan.timeout
+            elapsed = 0.0
+            if runtime.compiled:
+                built = await self._exec(sandbox, "compile", runtime.compile, plan, limits, b"", budget)
+                elapsed = built.duration
+                failure = await self._failure(sandbox, built, plan, limits)
+                if failure is not None or built.exit_code != 0:
+                    status, note = failure or (
+                        ExecutionStatus.COMPILE_ERROR,
+                        f"compilation failed with exit status {built.exit_code}",
+                    )
+                    stderr = built.stdout.data + built.stderr.data
+                    return self._result(execution_id, plan, b"", stderr, -1, elapsed, status, note, sandbox)
+                budget = max(budget - elapsed, 0.001)
+            stdin = (request.stdin or "").encode()
+            ran = await self._exec(sandbox, "run", runtime.run, plan, limits, stdin, budget)
+            elapsed += ran.duration
+            failure = await self._failure(sandbox, ran, plan, limits)
+            if failure is not None:
+                status, note = failure
+                return self._result(
+                    execution_id, plan, ran.stdout.data, ran.stderr.data, -1, elapsed, status, note, sandbox
+                )
+            assert ran.exit_code is not None
+            return self._result(
+                execution_id, plan, ran.stdout.data, ran.stderr.data, ran.exit_code, elapsed,
+                ExecutionStatus.COMPLETED, None, sandbox,
+            )  # fmt: skip
+        finally:
+            await complete_even_if_cancelled(sandbox.destroy())
+
+    async def _exec(
+        self,
+        sandbox: Sandbox,
+        step: str,
+        argv: tuple[str, ...],
+        plan: Plan,
+        limits: SandboxLimits,
+        stdin: bytes,
+        timeout: float,
+    ) -> ProcessOutcome:
+        return await sandbox.exec(
+            step,
+            argv,
+            environment=plan.environment,
+            limits=limits,
+            stdin=stdin,
+            timeout=timeout,
+            output_cap=self.settings.output_limit_bytes,
+        )
+
+    async def _failure(
+        self, sandbox: Sandbox, outcome: ProcessOutcome, plan: Plan, limits: SandboxLimits
+    ) -> tuple[ExecutionStatus, str] | None:
+        """Why a process did not complete normally, or None when it did."""
+        if outcome.timed_out:
+            return ExecutionStatus.TIMEOUT, f"execution timed out after {plan.timeout:g} s"
+        if outcome.output_exceeded:
+            limit = self.settings.output_limit_bytes
+            return ExecutionStatus.OUTPUT_LIMIT, f"output limit of {limit} bytes per stream exceeded; output truncated"
+        if outcome.exit_code in _OOM_EXIT_CODES or not sandbox.alive:
+            usage = await sandbox.usage()
+            if usage.oom_kills:
+                return ExecutionStatus.MEMORY_LIMIT, f"memory limit of {limits.memory_bytes >> 20} MiB exceeded"
+        if not sandbox.alive:
+            return ExecutionStatus.INTERNAL_ERROR, "internal error: the sandbox stopped unexpectedly"
+        return None
+
+    def _result(
+        self,
+        execution_id: str,
+        plan: Plan,
+        stdout: bytes,
+        stderr: bytes,
+        exit_code: int,
+        elapsed: float,
+        status: ExecutionStatus,
+        note: str | None,
+        sandbox: Sandbox | None = None,
+    ) -> ExecutionResult:
+        if sandbox is not None and not sandbox.alive:
+            stderr = _without_runsc_noise(stderr)
+        text = stderr.decode(errors="replace")
+        if note is not None:
+            text += ("" if not text or text.endswith("\n") else "\n") + f"sandboxd: {note}\n"
+        return ExecutionResult(
+            execution_id=execution_id,
+            stdout=stdout.decode(errors="replace"),
+            stderr=text,
+            exit_code=exit_code,
+            execution_time=round(elapsed, 4),
+            language=plan.runtime.name,
+            session_id=plan.request.session_id,
+            status=status,
+        )
+
+
+def _without_runsc_noise(stderr: bytes) -> bytes:
+    lines = stderr.splitlines(keepends=True)
+    while lines and lines[-1].startswith(_RUNSC_LOST_SANDBOX):
+        lines.pop()
+    return b"".join(lines)

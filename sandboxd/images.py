@@ -1,0 +1,293 @@
+"""Runtime images: what containerd holds for each runtime, and building them offline.
+
+``inspect_image`` answers whether a runtime can run (its image is present and
+unpacked) and with which version. ``ImageBuilder`` makes an image from Debian
+packages with mmdebstrap, imports it into containerd and records the runtime's
+version and the recipe it was built from as image labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from sandboxd.containerd import ContainerdClient, NotFoundError
+from sandboxd.runtimes import Runtime
+
+BUILD_KEY_LABEL: Final = "sandboxd.io/build-key"
+VERSION_LABEL: Final = "sandboxd.io/runtime-version"
+RUNTIME_LABEL: Final = "sandboxd.io/runtime"
+
+_MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"}
+_INDEX_TYPES = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
+@attrs.frozen
+class ImageState:
+    """Whether a runtime's image can serve executions; ``reason`` says why not."""
+
+    runtime: str
+    reference: str
+    available: bool
+    version: str | None = None
+    chain_id: str | None = None
+    build_key: str | None = None
+    reason: str | None = None
+
+
+def chain_id(diff_ids: Sequence[str]) -> str:
+    """The snapshot name containerd gives an image's unpacked layers (OCI image spec ChainID)."""
+    current = diff_ids[0]
+    for diff_id in diff_ids[1:]:
+        current = "sha256:" + hashlib.sha256(f"{current} {diff_id}".encode()).hexdigest()
+    return current
+
+
+async def inspect_image(client: ContainerdClient, runtime: Runtime) -> ImageState:
+    """Look up a runtime's image in containerd and check that it is unpacked."""
+    unavailable = ImageState(runtime=runtime.name, reference=runtime.image, available=False)
+    hint = f"run: sandboxd images build {runtime.name}"
+    try:
+        image = await client.images.get(runtime.image)
+    except NotFoundError:
+        return attrs.evolve(unavailable, reason=f"image {runtime.image} is not in containerd; {hint}")
+    target = image.target
+    if target.media_type in _INDEX_TYPES:
+        index = await client.content.read_json(target.digest)
+        matching = [
+            m
+            for m in index.get("manifests", [])
+            if m.get("platform", {}).get("architecture") == _ARCH and m.get("platform", {}).get("os") == "linux"
+        ]
+        if not matching:
+            return attrs.evolve(unavailable, reason=f"image {runtime.image} has no linux/{_ARCH} manifest")
+        manifest_digest = matching[0]["digest"]
+    elif target.media_type in _MANIFEST_TYPES:
+        manifest_digest = target.digest
+    else:
+        return attrs.evolve(unavailable, reason=f"image {runtime.image} has unsupported type {target.media_type}")
+    manifest = await client.content.read_json(manifest_digest)
+    config = await client.content.read_json(manifest["config"]["digest"])
+    chain = chain_id(config["rootfs"]["diff_ids"])
+    try:
+        await client.snapshots.stat(chain)
+    except NotFoundError:
+        return attrs.evolve(unavailable, reason=f"image {runtime.image} is not unpacked for the snapshotter; {hint}")
+    return ImageState(
+        runtime=runtime.name,
+        reference=runtime.image,
+        available=True,
+        version=image.labels.get(VERSION_LABEL),
+        chain_id=chain,
+        build_key=image.labels.get(BUILD_KEY_LABEL),
+    )
+
+
+class ImageBuildError(Exception):
+    """A build step failed; the message names the step and carries its output's tail."""
+
+
+@attrs.frozen
+class ImageBuilder:
+    """Builds runtime images from Debian packages and imports them into containerd."""
+
+    client: ContainerdClient
+    work_dir: Path
+    progress: Callable[[str], None]
+    ctr: str = "ctr"
+    mmdebstrap: str = "mmdebstrap"
+
+    def is_current(self, runtime: Runtime, state: ImageState) -> bool:
+        """True when the image is unpacked and was built from the runtime's current recipe."""
+        return state.available and state.build_key == runtime.build.build_key()
+
+    async def build(self, runtime: Runtime, *, force: bool = False) -> ImageState:
+        """Build and import the runtime's image unless a current one is present."""
+        state = await inspect_image(self.client, runtime)
+        if self.is_current(runtime, state) and not force:
+            self.progress(f"[{runtime.name}] {runtime.image} is current ({state.version}); skipped")
+            return state
+        build_dir = self.work_dir / runtime.name
+        await asyncio.to_thread(shutil.rmtree, build_dir, True)
+        build_dir.mkdir(parents=True)
+        try:
+            return await self._build_in(runtime, build_dir)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, build_dir, True)
+
+    async def _build_in(self, runtime: Runtime, build_dir: Path) -> ImageState:
+        name = runtime.name
+        rootfs = build_dir / "rootfs"
+        self.progress(f"[{name}] 1/4 installing {', '.join(runtime.build.packages)} from Debian {runtime.build.suite}")
+        await self._run(
+            name,
+            [
+                self.mmdebstrap,
+                "--variant=essential",
+                "--include=" + ",".join(runtime.build.packages),
+                "--format=directory",
+                "--dpkgopt=path-exclude=/usr/share/doc/*",
+                "--dpkgopt=path-exclude=/usr/share/man/*",
+                "--dpkgopt=path-exclude=/usr/share/locale/*",
+                runtime.build.suite,
+                str(rootfs),
+            ],
+        )
+        # The sandbox's root is read-only, so mount points must exist in the image.
+        (rootfs / "workspace").mkdir(mode=0o755, exist_ok=True)
+        for path, content in runtime.build.files.items():
+            await asyncio.to_thread(write_into_rootfs, rootfs, path, content.encode())
+        version = await self._runtime_version(runtime, rootfs)
+        self.progress(f"[{name}] 2/4 {version}; packing the root filesystem")
+        oci_dir = build_dir / "oci"
+        await self._write_oci_layout(runtime, rootfs, oci_dir, version)
+        self.progress(f"[{name}] 3/4 importing {runtime.image} into containerd ({self.client.namespace})")
+        await self._import(name, oci_dir)
+        await self.client.images.set_labels(
+            runtime.image,
+            {BUILD_KEY_LABEL: runtime.build.build_key(), VERSION_LABEL: version, RUNTIME_LABEL: name},
+        )
+        state = await inspect_image(self.client, runtime)
+        if not state.available:
+            raise ImageBuildError(f"[{name}] imported image is not usable: {state.reason}")
+        self.progress(f"[{name}] 4/4 ready: {runtime.image} ({version})")
+        return state
+
+    async def _runtime_version(self, runtime: Runtime, rootfs: Path) -> str:
+        env = [f"{key}={value}" for key, value in runtime.environment.items()]
+        output = await self._run(
+            runtime.name, ["chroot", str(rootfs), "/usr/bin/env", "-i", *env, *runtime.version_command], quiet=True
+        )
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        if not lines:
+            raise ImageBuildError(f"[{runtime.name}] {' '.join(runtime.version_command)} printed nothing")
+        return lines[0]
+
+    async def _write_oci_layout(self, runtime: Runtime, rootfs: Path, oci_dir: Path, version: str) -> None:
+        blobs = oci_dir / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        layer_digest, layer_size = await self._pack_layer(runtime.name, rootfs, blobs)
+        await asyncio.to_thread(shutil.rmtree, rootfs, True)
+        config = {
+            "architecture": _ARCH,
+            "os": "linux",
+            "config": {"Labels": {RUNTIME_LABEL: runtime.name, VERSION_LABEL: version}},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+            "history": [{"created_by": f"sandboxd images build {runtime.name}"}],
+        }
+        config_desc = _write_blob(blobs, "application/vnd.oci.image.config.v1+json", config)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config_desc,
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}
+            ],
+        }
+        manifest_desc = _write_blob(blobs, "application/vnd.oci.image.manifest.v1+json", manifest)
+        manifest_desc["platform"] = {"architecture": _ARCH, "os": "linux"}
+        manifest_desc["annotations"] = {"io.containerd.image.name": runtime.image}
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [manifest_desc]}
+        (oci_dir / "index.json").write_text(json.dumps(index))
+        (oci_dir / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+
+    async def _pack_layer(self, name: str, rootfs: Path, blobs: Path) -> tuple[str, int]:
+        partial = blobs / "layer.partial"
+        tar = await asyncio.create_subprocess_exec(
+            "tar", "--numeric-owner", "--xattrs", "--sort=name", "-C", str(rootfs), "-cf", "-", ".",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert tar.stdout is not None
+        digest = hashlib.sha256()
+        size = 0
+        with partial.open("wb") as out:
+            while chunk := await tar.stdout.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                await asyncio.to_thread(out.write, chunk)
+        _, stderr = await tar.communicate()
+        if tar.returncode != 0:
+            raise ImageBuildError(f"[{name}] tar failed: {stderr.decode(errors='replace')[-2000:]}")
+        partial.rename(blobs / digest.hexdigest())
+        return "sha256:" + digest.hexdigest(), size
+
+    async def _import(self, name: str, oci_dir: Path) -> None:
+        read_end, write_end = os.pipe()
+        try:
+            tar = await asyncio.create_subprocess_exec(
+                "tar", "-C", str(oci_dir), "-cf", "-", ".", stdout=write_end, stderr=asyncio.subprocess.PIPE
+            )
+            ctr = await asyncio.create_subprocess_exec(
+                self.ctr, "--address", self.client.address, "--namespace", self.client.namespace,
+                "images", "import", "--snapshotter", self.client.snapshots.snapshotter, "-",
+                stdin=read_end,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        ctr_out, _ = await ctr.communicate()
+        _, tar_err = await tar.communicate()
+        if tar.returncode != 0 or ctr.returncode != 0:
+            detail = (ctr_out + tar_err).decode(errors="replace")[-2000:]
+            raise ImageBuildError(f"[{name}] import failed: {detail}")
+
+    async def _run(self, name: str, argv: Sequence[str], *, quiet: bool = False) -> str:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        assert process.stdout is not None
+        lines: list[str] = []
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            lines.append(line)
+            if not quiet:
+                self.progress(f"[{name}]   {line}")
+        if await process.wait() != 0:
+            tail = "\n".join(lines[-20:])
+            raise ImageBuildError(f"[{name}] {argv[0]} exited with status {process.returncode}:\n{tail}")
+        return "\n".join(lines)
+
+
+def write_into_rootfs(rootfs: Path, path: str, content: bytes) -> None:
+    """Create the file ``path`` inside ``rootfs`` without following symlinks.
+
+    The image's symlinks are absolute paths meant for inside the sandbox; on the
+    host they would lead out of the root filesystem, so none is followed.
+    """
+    *parents, name = path.strip("/").split("/")
+    directory = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in parents:
+            try:
+                os.mkdir(part, 0o755, dir_fd=directory)
+            except FileExistsError:
+                pass
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+            os.close(directory)
+            directory = child
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=directory)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(directory)
+
+
+def _write_blob(blobs: Path, media_type: str, document: Any) -> dict[str, Any]:
+    data = json.dumps(document, sort_keys=True).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (blobs / digest).write_bytes(data)
+    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}

@@ -1,0 +1,99 @@
+"""OCI runtime specs for sandboxes and the processes exec'd into them.
+
+A sandbox's init process only idles; the program (and its compile step) is
+exec'd into it, so one sandbox can run both steps under the same limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+NOBODY: Final = 65534
+WORKSPACE: Final = "/workspace"
+# Idles until the sandbox is torn down; present in every Debian image (coreutils).
+IDLE_ARGS: Final = ("/bin/sleep", "infinity")
+_CPU_PERIOD_US: Final = 100_000
+
+
+@attrs.frozen
+class SandboxLimits:
+    """Resource limits of one sandbox; they bound every process in it together."""
+
+    memory_bytes: int
+    pids: int
+    cpus: float
+    tmp_bytes: int
+    file_size_bytes: int
+    open_files: int = 256
+
+
+def _rlimits(limits: SandboxLimits) -> list[dict[str, Any]]:
+    return [
+        {"type": "RLIMIT_NOFILE", "hard": limits.open_files, "soft": limits.open_files},
+        {"type": "RLIMIT_FSIZE", "hard": limits.file_size_bytes, "soft": limits.file_size_bytes},
+        {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+    ]
+
+
+def _no_capabilities() -> dict[str, list[str]]:
+    return {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []}
+
+
+def process_spec(
+    args: Sequence[str], environment: Mapping[str, str], limits: SandboxLimits, *, cwd: str = WORKSPACE
+) -> dict[str, Any]:
+    """The OCI process: unprivileged, no capabilities, no privilege gain, bounded files."""
+    return {
+        "terminal": False,
+        "user": {"uid": NOBODY, "gid": NOBODY, "additionalGids": [NOBODY]},
+        "args": list(args),
+        "env": [f"{key}={value}" for key, value in environment.items()],
+        "cwd": cwd,
+        "capabilities": _no_capabilities(),
+        "rlimits": _rlimits(limits),
+        "noNewPrivileges": True,
+    }
+
+
+def sandbox_spec(
+    *, hostname: str, workspace: Path, limits: SandboxLimits, environment: Mapping[str, str], cgroups_path: str
+) -> dict[str, Any]:
+    """The OCI runtime spec of a sandbox: read-only root, writable /workspace and /tmp, no network."""
+    tmpfs_options = ["nosuid", "nodev", "mode=1777", f"size={limits.tmp_bytes}"]
+    return {
+        "ociVersion": "1.0.2",
+        "process": process_spec(IDLE_ARGS, environment, limits, cwd="/"),
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": tmpfs_options},
+            {"destination": "/var/tmp", "type": "tmpfs", "source": "tmpfs", "options": tmpfs_options},
+            {"destination": WORKSPACE, "type": "bind", "source": str(workspace), "options": ["rbind", "rw", "nosuid", "nodev"]},
+        ],
+        "linux": {
+            "resources": {
+                "devices": [{"allow": False, "access": "rwm"}],
+                "memory": {"limit": limits.memory_bytes, "swap": limits.memory_bytes},
+                "cpu": {"quota": int(limits.cpus * _CPU_PERIOD_US), "period": _CPU_PERIOD_US},
+                "pids": {"limit": limits.pids},
+            },
+            "cgroupsPath": cgroups_path,
+            "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount", "network")],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+            ],
+        },
+    }  # fmt: skip

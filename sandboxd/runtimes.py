@@ -1,0 +1,171 @@
+"""Language runtimes, declared one per TOML file and loaded once at start-up."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from sandboxd.validation import ValidationError, check, converter, positive, structure
+
+_NAME = re.compile(r"^[a-z][a-z0-9+#.-]{0,31}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IMAGE_PATH = re.compile(r"^(/[A-Za-z0-9_.+-]+)+$")
+# Bumped when the way images are built changes, so that existing images count as stale.
+IMAGE_RECIPE_VERSION = 1
+
+
+@attrs.frozen
+class Limits:
+    """Per-execution limits: defaults, and the most a request may ask for."""
+
+    timeout: float = attrs.field(validator=positive)
+    max_timeout: float = attrs.field(validator=positive)
+    memory_mib: int = attrs.field(validator=positive)
+    pids: int = attrs.field(validator=positive)
+    cpus: float = attrs.field(default=1.0, validator=positive)
+    max_memory_mib: int | None = None
+    max_pids: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        check(self.timeout <= self.max_timeout, "timeout", f"must not exceed max_timeout ({self.max_timeout})")
+        if self.max_memory_mib is not None:
+            check(self.memory_mib <= self.max_memory_mib, "memory_mib", "must not exceed max_memory_mib")
+        if self.max_pids is not None:
+            check(self.pids <= self.max_pids, "pids", "must not exceed max_pids")
+
+
+@attrs.frozen
+class ImageRecipe:
+    """How ``sandboxd images build`` makes the runtime's image from Debian packages."""
+
+    packages: tuple[str, ...]
+    suite: str = "bookworm"
+    files: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        check(bool(self.packages), "packages", "must list at least one Debian package")
+        bad_paths = [p for p in self.files if not _IMAGE_PATH.match(p) or "/../" in p or p.endswith("/..")]
+        check(not bad_paths, "files", f"not absolute file paths: {', '.join(bad_paths)}")
+        bad = [p for p in self.packages if not _PACKAGE.match(p)]
+        check(not bad, "packages", f"not Debian package names: {', '.join(bad)}")
+        check(bool(re.match(r"^[a-z]+$", self.suite)), "suite", "must be a Debian suite name like bookworm")
+
+    def build_key(self) -> str:
+        """A digest of everything that determines the image's content."""
+        recipe = {
+            "packages": sorted(self.packages),
+            "suite": self.suite,
+            "files": dict(sorted(self.files.items())),
+            "recipe": IMAGE_RECIPE_VERSION,
+        }
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _argv(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    check(all(arg for arg in value), attribute.name, "arguments must not be empty strings")
+
+
+@attrs.frozen
+class Runtime:
+    """One language: its image, how its source is compiled and run, and its limits."""
+
+    name: str
+    image: str
+    source_file: str
+    run: tuple[str, ...] = attrs.field(validator=_argv)
+    version_command: tuple[str, ...] = attrs.field(validator=_argv)
+    limits: Limits
+    build: ImageRecipe
+    aliases: tuple[str, ...] = ()
+    compile: tuple[str, ...] = attrs.field(default=(), validator=_argv)
+    environment: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        check(bool(_NAME.match(self.name)), "name", "must be lower-case letters, digits or +#.- (at most 32)")
+        bad_aliases = [a for a in self.aliases if not _NAME.match(a)]
+        check(not bad_aliases, "aliases", f"invalid: {', '.join(bad_aliases)}")
+        check(bool(_FILE_NAME.match(self.source_file)), "source_file", "must be a plain file name")
+        check(bool(self.run), "run", "must name the program to run")
+        check(bool(self.version_command), "version_command", "must name a command")
+        check(bool(self.image) and " " not in self.image, "image", "must be an image reference")
+        bad_env = [k for k in self.environment if not _ENV_NAME.match(k)]
+        check(not bad_env, "environment", f"invalid variable names: {', '.join(bad_env)}")
+
+    @property
+    def compiled(self) -> bool:
+        """True when the source is compiled before it runs."""
+        return bool(self.compile)
+
+
+class RuntimeConfigError(Exception):
+    """One or more runtime files are invalid; ``problems`` lists each as 'file: field: message'."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid runtime configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@attrs.frozen
+class RuntimeRegistry:
+    """All loaded runtimes, looked up by canonical name or alias."""
+
+    runtimes: tuple[Runtime, ...]
+    _by_name: Mapping[str, Runtime] = attrs.field(init=False)
+
+    @_by_name.default
+    def _index(self) -> Mapping[str, Runtime]:
+        return {key: rt for rt in self.runtimes for key in (rt.name, *rt.aliases)}
+
+    def get(self, language: str) -> Runtime | None:
+        """Return the runtime for a name or alias, or None."""
+        return self._by_name.get(language.lower())
+
+    def __iter__(self) -> Iterator[Runtime]:
+        return iter(self.runtimes)
+
+    def __len__(self) -> int:
+        return len(self.runtimes)
+
+
+def parse_runtime(data: Any) -> Runtime:
+    """Validate one runtime's parsed TOML; raise ``ValidationError`` listing every problem."""
+    return structure(data, Runtime)
+
+
+def load_runtimes(directory: Path) -> RuntimeRegistry:
+    """Load every ``*.toml`` in ``directory``; report every problem in every file at once."""
+    problems: list[str] = []
+    runtimes: list[Runtime] = []
+    files = sorted(directory.glob("*.toml")) if directory.is_dir() else []
+    if not files:
+        raise RuntimeConfigError([f"{directory}: no runtime files (*.toml) found"])
+    claimed: dict[str, Path] = {}
+    for path in files:
+        try:
+            runtime = parse_runtime(tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as error:
+            problems.append(f"{path}: not valid TOML: {error}")
+            continue
+        except ValidationError as error:
+            problems.extend(f"{path}: {problem}" for problem in error.problems)
+            continue
+        for key in (runtime.name, *runtime.aliases):
+            if key in claimed:
+                problems.append(f"{path}: name or alias {key!r} is already used by {claimed[key]}")
+            claimed[key] = path
+        runtimes.append(runtime)
+    if problems:
+        raise RuntimeConfigError(problems)
+    return RuntimeRegistry(tuple(runtimes))
+
+
+converter.register_unstructure_hook(RuntimeRegistry, lambda registry: [converter.unstructure(r) for r in registry])

@@ -1,0 +1,304 @@
+"""One gVisor sandbox: lease, workspace, snapshot, container, task; torn down on every path.
+
+A sandbox boots with an idle init process. The program (and its compile step)
+is exec'd into it, and the whole sandbox is destroyed afterwards: a sandbox
+never serves two executions. Every resource is registered for removal the
+moment it exists, so a failure half-way through creation undoes what was made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from sandboxd._pb.containerd.runc.v1 import options_pb2
+from sandboxd.cgroups import CgroupUsage, read_usage
+from sandboxd.containerd import ContainerdClient, ContainerdError, ExitStatus, NotFoundError
+from sandboxd.oci import SandboxLimits, process_spec, sandbox_spec
+from sandboxd.stdio import CapturedOutput, ProcessStdio
+from sandboxd.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+MANAGED_LABEL: Final = "sandboxd.io/managed"
+EXECUTION_LABEL: Final = "sandboxd.io/execution"
+RUNC_V2: Final = "io.containerd.runc.v2"
+# Once the program has exited, its output pipes close as soon as the shim has
+# copied what is left; a sandboxed process that keeps them open gets this long.
+_OUTPUT_GRACE: Final = 1.0
+_KILL_WAIT: Final = 5.0
+
+
+_pending_cleanups: set[asyncio.Future[None]] = set()
+
+
+async def complete_even_if_cancelled(cleanup: Awaitable[None]) -> None:
+    """Await ``cleanup``; if the caller is cancelled meanwhile, the cleanup still runs to its end."""
+    task = asyncio.ensure_future(cleanup)
+    _pending_cleanups.add(task)
+    task.add_done_callback(_pending_cleanups.discard)
+    await asyncio.shield(task)
+
+
+async def drain_cleanups() -> None:
+    """Wait for every cleanup still running (at shutdown)."""
+    while _pending_cleanups:
+        await asyncio.gather(*_pending_cleanups, return_exceptions=True)
+
+
+@attrs.frozen
+class SandboxHost:
+    """Where and how sandboxes are made on this host."""
+
+    client: ContainerdClient
+    runsc_wrapper: Path
+    runsc_root: Path
+    runsc_binary: str
+    workspaces: Path
+    fifos: Path
+    lease_ttl: dt.timedelta
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+
+    def runtime_options(self) -> options_pb2.Options:
+        """runc shim options that make it drive runsc through the wrapper."""
+        return options_pb2.Options(binary_name=str(self.runsc_wrapper), root=str(self.runsc_root))
+
+    async def force_delete(self, sandbox_id: str) -> None:
+        """Remove a runsc container directly; containerd cannot kill one left in CREATED state."""
+        process = await asyncio.create_subprocess_exec(
+            self.runsc_binary, "--root", str(self.runsc_root / self.client.namespace),
+            "delete", "--force", sandbox_id,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await process.communicate()
+        if process.returncode != 0:
+            log.warning("runsc delete --force %s: %s", sandbox_id, stderr.decode(errors="replace").strip())
+
+
+@attrs.frozen
+class ProcessOutcome:
+    """How one exec'd process ended. ``exit_code`` is None when it was killed by sandboxd."""
+
+    exit_code: int | None
+    stdout: CapturedOutput
+    stderr: CapturedOutput
+    duration: float
+    timed_out: bool
+    output_exceeded: bool
+
+
+class Sandbox:
+    """A running sandbox ready for exec; use ``create`` and always ``destroy``."""
+
+    def __init__(self, host: SandboxHost, sandbox_id: str) -> None:
+        self.host = host
+        self.id = sandbox_id
+        self._undo = contextlib.AsyncExitStack()
+        self._init_exit: asyncio.Future[ExitStatus] | None = None
+        self._fifo_dir = host.fifos / sandbox_id
+        self.workspace: Workspace | None = None
+
+    @classmethod
+    async def create(
+        cls,
+        host: SandboxHost,
+        sandbox_id: str,
+        *,
+        image: str,
+        chain_id: str,
+        limits: SandboxLimits,
+        workspace_bytes: int,
+        environment: Mapping[str, str],
+        files: Mapping[str, bytes],
+        labels: Mapping[str, str],
+    ) -> Sandbox:
+        """Boot a sandbox of ``image`` with ``files`` in its /workspace."""
+        sandbox = cls(host, sandbox_id)
+        try:
+            await sandbox._boot(image, chain_id, limits, workspace_bytes, environment, files, labels)
+        except BaseException:
+            await complete_even_if_cancelled(sandbox.destroy())
+            raise
+        return sandbox
+
+    async def _boot(
+        self,
+        image: str,
+        chain_id: str,
+        limits: SandboxLimits,
+        workspace_bytes: int,
+        environment: Mapping[str, str],
+        files: Mapping[str, bytes],
+        labels: Mapping[str, str],
+    ) -> None:
+        client, sid = self.host.client, self.id
+        all_labels = {MANAGED_LABEL: "true", EXECUTION_LABEL: sid, **labels}
+        await client.leases.create(sid, expires_in=self.host.lease_ttl, labels=all_labels)
+        self._push("lease", client.leases.delete, sid)
+
+        self.workspace = await Workspace.create(self.host.workspaces, sid, workspace_bytes)
+        self._push("workspace", self.workspace.remove)
+        for name, content in files.items():
+            await self.workspace.write_file(name, content)
+
+        await asyncio.to_thread(self._fifo_dir.mkdir, 0o700)
+        self._push("fifo directory", self._remove_fifo_dir)
+
+        mounts = await client.snapshots.prepare(sid, chain_id, labels=all_labels, lease=sid)
+        self._push("snapshot", client.snapshots.remove, sid)
+
+        spec = sandbox_spec(
+            hostname="sandbox",
+            workspace=self.workspace.path,
+            limits=limits,
+            environment=environment,
+            cgroups_path=self.cgroups_path,
+        )
+        await client.containers.create(
+            sid,
+            spec=spec,
+            runtime=RUNC_V2,
+            runtime_options=self.host.runtime_options(),
+            snapshotter=client.snapshots.snapshotter,
+            snapshot_key=sid,
+            image=image,
+            labels=all_labels,
+            lease=sid,
+        )
+        self._push("container", client.containers.delete, sid)
+
+        await client.tasks.create(sid, rootfs=mounts)
+        self._push("task", self._teardown_task)
+        self._init_exit = asyncio.ensure_future(client.tasks.wait(sid))
+        await client.tasks.start(sid)
+
+    def _push(self, what: str, action: Callable[..., Awaitable[object]], *args: str) -> None:
+        async def undo() -> None:
+            try:
+                await action(*args)
+            except NotFoundError:
+                pass
+            except (ContainerdError, OSError) as error:
+                log.error("sandbox %s: removing the %s failed: %s", self.id, what, error)
+
+        self._undo.push_async_callback(undo)
+
+    async def _remove_fifo_dir(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._fifo_dir.rmdir)
+
+    async def exec(
+        self,
+        step: str,
+        argv: Sequence[str],
+        *,
+        environment: Mapping[str, str],
+        limits: SandboxLimits,
+        stdin: bytes,
+        timeout: float,
+        output_cap: int,
+    ) -> ProcessOutcome:
+        """Run ``argv`` in /workspace until it exits, ``timeout`` seconds pass or its output overflows."""
+        client, loop = self.host.client, asyncio.get_running_loop()
+        stdio = await asyncio.to_thread(ProcessStdio.create, self._fifo_dir / step)
+        overflow = asyncio.Event()
+        waiters: list[asyncio.Future[object]] = []
+        try:
+            await stdio.open_output(output_cap, overflow.set)
+            await client.tasks.exec(
+                self.id,
+                step,
+                process=process_spec(argv, environment, limits),
+                stdin=str(stdio.stdin),
+                stdout=str(stdio.stdout),
+                stderr=str(stdio.stderr),
+            )
+            exited: asyncio.Future[ExitStatus] = asyncio.ensure_future(client.tasks.wait(self.id, step))
+            overflowed = asyncio.ensure_future(overflow.wait())
+            waiters += [exited, overflowed]  # type: ignore[list-item]
+            started = loop.time()
+            deadline = started + timeout
+            await client.tasks.start(self.id, step)
+            stdio.release_placeholders()
+            waiters.append(asyncio.ensure_future(self._feed_stdin(stdio, step, stdin)))
+            remaining = max(deadline - loop.time(), 0)
+            await asyncio.wait({exited, overflowed}, timeout=remaining, return_when="FIRST_COMPLETED")
+            timed_out = not exited.done() and not overflowed.done()
+            if not exited.done():
+                await self.kill()
+                await asyncio.wait_for(asyncio.shield(exited), _KILL_WAIT)
+            ended = min(loop.time(), deadline) if timed_out else loop.time()
+            stdout, stderr = await stdio.collect(_OUTPUT_GRACE)
+            killed = timed_out or overflow.is_set()
+            return ProcessOutcome(
+                exit_code=None if killed else exited.result().code,
+                stdout=stdout,
+                stderr=stderr,
+                duration=ended - started,
+                timed_out=timed_out,
+                output_exceeded=overflow.is_set(),
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            stdio.close()
+            with contextlib.suppress(ContainerdError):
+                await client.tasks.delete_process(self.id, step)
+            await asyncio.to_thread(stdio.close)
+
+    async def _feed_stdin(self, stdio: ProcessStdio, step: str, data: bytes) -> None:
+        await stdio.feed_stdin(data)
+        # The shim holds a write end of its own until told to close it.
+        with contextlib.suppress(NotFoundError):
+            await self.host.client.tasks.close_stdin(self.id, step)
+
+    async def kill(self) -> None:
+        """SIGKILL every process in the sandbox."""
+        with contextlib.suppress(NotFoundError):
+            await self.host.client.tasks.kill(self.id, signal.SIGKILL, all_processes=True)
+
+    @property
+    def cgroups_path(self) -> str:
+        """The sandbox's cgroup, relative to each hierarchy's root."""
+        return f"/sandboxd/{self.id}"
+
+    async def usage(self) -> CgroupUsage:
+        """Memory and CPU the sandbox used so far, and whether the kernel OOM-killed it."""
+        return await asyncio.to_thread(read_usage, self.host.cgroup_root, self.cgroups_path)
+
+    @property
+    def alive(self) -> bool:
+        """False once the init process has exited (the sandbox was killed, e.g. out of memory)."""
+        return self._init_exit is not None and not self._init_exit.done()
+
+    async def _teardown_task(self) -> None:
+        tasks = self.host.client.tasks
+        if self.alive:
+            try:
+                await tasks.kill(self.id, signal.SIGKILL, all_processes=True)
+            except NotFoundError:
+                return
+            except ContainerdError as error:
+                if (await tasks.get(self.id)).status == "CREATED":
+                    # runsc refuses to signal a container that never started.
+                    log.info("sandbox %s: forcing deletion of a CREATED task (%s)", self.id, error.detail)
+                    await self.host.force_delete(self.id)
+        if self._init_exit is not None:
+            with contextlib.suppress(TimeoutError, ContainerdError):
+                await asyncio.wait_for(asyncio.shield(self._init_exit), _KILL_WAIT)
+            self._init_exit.cancel()
+        await tasks.delete(self.id)
+
+    async def destroy(self) -> None:
+        """Remove everything the sandbox created, in reverse order; safe to call more than once."""
+        undo, self._undo = self._undo, contextlib.AsyncExitStack()
+        await undo.aclose()
