@@ -36,7 +36,9 @@ async def connect(client: ContainerdClient) -> None:
             version = await client.version(timeout=2)
         except ContainerdError as error:
             if attempt == _CONNECT_ATTEMPTS - 1:
-                raise StartupError(f"containerd at {client.address} does not answer: {error.detail}") from error
+                raise StartupError(
+                    f"containerd at {client.address} does not answer: {error.detail}"
+                ) from error
             await asyncio.sleep(_CONNECT_INTERVAL)
         else:
             log.info("containerd %s at %s, namespace %s", version.version, client.address, client.namespace)
@@ -86,7 +88,9 @@ def create_app(config: Config) -> web.Application:
             "no API key is configured: add an [[api_keys]] entry to the configuration file "
             "(`sandboxd keys generate NAME` prints one), or set SANDBOXD_API_KEYS=key1,key2 for development"
         )
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.server.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=config.server.max_body_bytes
+    )
     app[CONFIG] = config
     app[KEYS] = keys
     app.cleanup_ctx.append(_containerd_ctx)

@@ -16,7 +16,7 @@ from sandboxd.app import StartupError, connect, create_app
 from sandboxd.config import Config, ConfigError, generate_key, hash_key, load_config
 from sandboxd.containerd import ContainerdError
 from sandboxd.host import client_for, engine_work_dir
-from sandboxd.images import ImageBuildError, ImageBuilder, inspect_image
+from sandboxd.images import ImageBuilder, ImageBuildError, inspect_image
 from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
 
 log = logging.getLogger("sandboxd")
@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP API")
-    images = commands.add_parser("images", help="runtime images").add_subparsers(dest="images_command", required=True)
+    images = commands.add_parser("images", help="runtime images").add_subparsers(
+        dest="images_command", required=True
+    )
     build = images.add_parser("build", help="build runtime images from Debian packages and import them")
     build.add_argument("languages", nargs="*", help="runtimes to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when the image is current")

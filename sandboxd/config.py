@@ -40,7 +40,11 @@ class ApiKey:
 
     def __attrs_post_init__(self) -> None:
         check(bool(_KEY_NAME.match(self.name)), "name", "must be 1-64 characters of A-Z a-z 0-9 . _ -")
-        check(bool(_SHA256.match(self.sha256)), "sha256", "must be 64 lower-case hex digits (sandboxd keys generate)")
+        check(
+            bool(_SHA256.match(self.sha256)),
+            "sha256",
+            "must be 64 lower-case hex digits (sandboxd keys generate)",
+        )
 
 
 @attrs.frozen

@@ -176,15 +176,15 @@ class Engine:
                 return self._result(
                     execution_id, plan, ran.stdout.data, ran.stderr.data, -1, elapsed, status, note, sandbox
                 )
-            assert ran.exit_code is not None
+            exit_code = -1 if ran.exit_code is None else ran.exit_code
             return self._result(
-                execution_id, plan, ran.stdout.data, ran.stderr.data, ran.exit_code, elapsed,
+                execution_id, plan, ran.stdout.data, ran.stderr.data, exit_code, elapsed,
                 ExecutionStatus.COMPLETED, None, sandbox,
             )  # fmt: skip
         finally:
             await complete_even_if_cancelled(sandbox.destroy())
 
-    async def _exec(
+    async def _exec(  # noqa: PLR0917 -- a private relay of one call's arguments
         self,
         sandbox: Sandbox,
         step: str,
@@ -212,16 +212,22 @@ class Engine:
             return ExecutionStatus.TIMEOUT, f"execution timed out after {plan.timeout:g} s"
         if outcome.output_exceeded:
             limit = self.settings.output_limit_bytes
-            return ExecutionStatus.OUTPUT_LIMIT, f"output limit of {limit} bytes per stream exceeded; output truncated"
+            return (
+                ExecutionStatus.OUTPUT_LIMIT,
+                f"output limit of {limit} bytes per stream exceeded; output truncated",
+            )
         if outcome.exit_code in _OOM_EXIT_CODES or not sandbox.alive:
             usage = await sandbox.usage()
             if usage.oom_kills:
-                return ExecutionStatus.MEMORY_LIMIT, f"memory limit of {limits.memory_bytes >> 20} MiB exceeded"
+                return (
+                    ExecutionStatus.MEMORY_LIMIT,
+                    f"memory limit of {limits.memory_bytes >> 20} MiB exceeded",
+                )
         if not sandbox.alive:
             return ExecutionStatus.INTERNAL_ERROR, "internal error: the sandbox stopped unexpectedly"
         return None
 
-    def _result(
+    def _result(  # noqa: PLR0917 -- every field of a result, in the result's order
         self,
         execution_id: str,
         plan: Plan,

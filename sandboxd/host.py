@@ -17,9 +17,11 @@ LEASE_TTL = dt.timedelta(hours=1)
 
 
 def runsc_wrapper_script(config: Config) -> str:
-    """The executable the runc shim runs instead of runc: runsc without network, on the configured platform."""
+    """The executable the runc shim runs instead of runc: runsc without network, on the set platform."""
     argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}"]
-    return "#!/bin/sh\n# Written by sandboxd at start-up.\nexec " + " ".join(map(shlex.quote, argv)) + ' "$@"\n'
+    return (
+        "#!/bin/sh\n# Written by sandboxd at start-up.\nexec " + " ".join(map(shlex.quote, argv)) + ' "$@"\n'
+    )
 
 
 def prepare_host(config: Config, client: ContainerdClient) -> SandboxHost:

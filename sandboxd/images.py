@@ -9,6 +9,7 @@ version and the recipe it was built from as image labels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -26,8 +27,14 @@ BUILD_KEY_LABEL: Final = "sandboxd.io/build-key"
 VERSION_LABEL: Final = "sandboxd.io/runtime-version"
 RUNTIME_LABEL: Final = "sandboxd.io/runtime"
 
-_MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"}
-_INDEX_TYPES = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
+_MANIFEST_TYPES = {
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+}
+_INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
 
@@ -66,7 +73,8 @@ async def inspect_image(client: ContainerdClient, runtime: Runtime) -> ImageStat
         matching = [
             m
             for m in index.get("manifests", [])
-            if m.get("platform", {}).get("architecture") == _ARCH and m.get("platform", {}).get("os") == "linux"
+            if m.get("platform", {}).get("architecture") == _ARCH
+            and m.get("platform", {}).get("os") == "linux"
         ]
         if not matching:
             return attrs.evolve(unavailable, reason=f"image {runtime.image} has no linux/{_ARCH} manifest")
@@ -74,14 +82,18 @@ async def inspect_image(client: ContainerdClient, runtime: Runtime) -> ImageStat
     elif target.media_type in _MANIFEST_TYPES:
         manifest_digest = target.digest
     else:
-        return attrs.evolve(unavailable, reason=f"image {runtime.image} has unsupported type {target.media_type}")
+        return attrs.evolve(
+            unavailable, reason=f"image {runtime.image} has unsupported type {target.media_type}"
+        )
     manifest = await client.content.read_json(manifest_digest)
     config = await client.content.read_json(manifest["config"]["digest"])
     chain = chain_id(config["rootfs"]["diff_ids"])
     try:
         await client.snapshots.stat(chain)
     except NotFoundError:
-        return attrs.evolve(unavailable, reason=f"image {runtime.image} is not unpacked for the snapshotter; {hint}")
+        return attrs.evolve(
+            unavailable, reason=f"image {runtime.image} is not unpacked for the snapshotter; {hint}"
+        )
     return ImageState(
         runtime=runtime.name,
         reference=runtime.image,
@@ -127,7 +139,9 @@ class ImageBuilder:
     async def _build_in(self, runtime: Runtime, build_dir: Path) -> ImageState:
         name = runtime.name
         rootfs = build_dir / "rootfs"
-        self.progress(f"[{name}] 1/4 installing {', '.join(runtime.build.packages)} from Debian {runtime.build.suite}")
+        self.progress(
+            f"[{name}] 1/4 installing {', '.join(runtime.build.packages)} from Debian {runtime.build.suite}"
+        )
         await self._run(
             name,
             [
@@ -165,7 +179,9 @@ class ImageBuilder:
     async def _runtime_version(self, runtime: Runtime, rootfs: Path) -> str:
         env = [f"{key}={value}" for key, value in runtime.environment.items()]
         output = await self._run(
-            runtime.name, ["chroot", str(rootfs), "/usr/bin/env", "-i", *env, *runtime.version_command], quiet=True
+            runtime.name,
+            ["chroot", str(rootfs), "/usr/bin/env", "-i", *env, *runtime.version_command],
+            quiet=True,
         )
         lines = [line.strip() for line in output.splitlines() if line.strip()]
         if not lines:
@@ -190,13 +206,21 @@ class ImageBuilder:
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": config_desc,
             "layers": [
-                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest,
+                    "size": layer_size,
+                }
             ],
         }
         manifest_desc = _write_blob(blobs, "application/vnd.oci.image.manifest.v1+json", manifest)
         manifest_desc["platform"] = {"architecture": _ARCH, "os": "linux"}
         manifest_desc["annotations"] = {"io.containerd.image.name": runtime.image}
-        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [manifest_desc]}
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [manifest_desc],
+        }
         (oci_dir / "index.json").write_text(json.dumps(index))
         (oci_dir / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
 
@@ -207,7 +231,8 @@ class ImageBuilder:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        assert tar.stdout is not None
+        if tar.stdout is None:
+            raise ImageBuildError(f"[{name}] tar gave no output pipe")
         digest = hashlib.sha256()
         size = 0
         with partial.open("wb") as out:
@@ -247,7 +272,8 @@ class ImageBuilder:
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
-        assert process.stdout is not None
+        if process.stdout is None:
+            raise ImageBuildError(f"[{name}] {argv[0]} gave no output pipe")
         lines: list[str] = []
         async for raw in process.stdout:
             line = raw.decode(errors="replace").rstrip()
@@ -270,10 +296,8 @@ def write_into_rootfs(rootfs: Path, path: str, content: bytes) -> None:
     directory = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         for part in parents:
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(part, 0o755, dir_fd=directory)
-            except FileExistsError:
-                pass
             child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
             os.close(directory)
             directory = child

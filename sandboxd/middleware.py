@@ -10,7 +10,7 @@ from aiohttp.typedefs import Handler
 
 from sandboxd.admission import QueueFullError
 from sandboxd.engine import RuntimeUnavailableError, UnsupportedLanguageError
-from sandboxd.keys import KEYS
+from sandboxd.keys import CONFIG, KEYS
 from sandboxd.validation import InvalidFieldError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def error_response(status: int, detail: str, headers: dict[str, str] | None = No
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:  # noqa: PLR0911
     """Translate failures into precise JSON errors; bad input is a 4xx, never a 500."""
     try:
         return await handler(request)
@@ -36,15 +36,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except UnsupportedLanguageError as error:
         return error_response(400, str(error))
     except QueueFullError:
-        return error_response(503, "Server busy: too many executions queued; retry later", {"Retry-After": "1"})
+        return error_response(
+            503, "Server busy: too many executions queued; retry later", {"Retry-After": "1"}
+        )
     except RuntimeUnavailableError as error:
         return error_response(503, str(error), {"Retry-After": "30"})
-    except web.HTTPRequestEntityTooLarge as error:
-        return error_response(413, f"Request body too large: at most {error.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(
+            413, f"Request body too large: at most {request.app[CONFIG].server.max_body_bytes} bytes"
+        )
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(error.status, error.reason, dict(error.headers))
+        kept = {name: value for name, value in error.headers.items() if name in ("Allow", "Retry-After")}
+        return error_response(error.status, error.reason, kept)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "Internal server error")

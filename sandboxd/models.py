@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -31,17 +31,19 @@ class ExecutionStatus(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
-def _code(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
+def _code(_instance: object, _attribute: attrs.Attribute[Any], value: str) -> None:
     check(bool(value.strip()), "code", "must not be empty")
     check(len(value.encode()) <= MAX_CODE_BYTES, "code", f"must be at most {MAX_CODE_BYTES} bytes")
 
 
-def _stdin(_instance: object, _attribute: attrs.Attribute[str | None], value: str | None) -> None:
+def _stdin(_instance: object, _attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None:
         check(len(value.encode()) <= MAX_STDIN_BYTES, "stdin", f"must be at most {MAX_STDIN_BYTES} bytes")
 
 
-def _environment(_instance: object, _attribute: attrs.Attribute[object], value: Mapping[str, str] | None) -> None:
+def _environment(
+    _instance: object, _attribute: attrs.Attribute[Any], value: Mapping[str, str] | None
+) -> None:
     if value is None:
         return
     check(len(value) <= MAX_ENV_VARS, "environment", f"must have at most {MAX_ENV_VARS} variables")
@@ -53,12 +55,12 @@ def _environment(_instance: object, _attribute: attrs.Attribute[object], value: 
     check(size <= MAX_ENV_BYTES, "environment", f"must be at most {MAX_ENV_BYTES} bytes in all")
 
 
-def _timeout(_instance: object, _attribute: attrs.Attribute[object], value: int | None) -> None:
+def _timeout(_instance: object, _attribute: attrs.Attribute[Any], value: int | None) -> None:
     if value is not None:
         check(value > 0, "timeout", "must be a positive number of seconds")
 
 
-def _session_id(_instance: object, _attribute: attrs.Attribute[object], value: str | None) -> None:
+def _session_id(_instance: object, _attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None:
         check(
             0 < len(value) <= MAX_SESSION_ID and bool(_SESSION_ID.match(value)),

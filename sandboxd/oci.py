@@ -60,7 +60,12 @@ def process_spec(
 
 
 def sandbox_spec(
-    *, hostname: str, workspace: Path, limits: SandboxLimits, environment: Mapping[str, str], cgroups_path: str
+    *,
+    hostname: str,
+    workspace: Path,
+    limits: SandboxLimits,
+    environment: Mapping[str, str],
+    cgroups_path: str,
 ) -> dict[str, Any]:
     """The OCI runtime spec of a sandbox: read-only root, writable /workspace and /tmp, no network."""
     tmpfs_options = ["nosuid", "nodev", "mode=1777", f"size={limits.tmp_bytes}"]

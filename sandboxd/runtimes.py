@@ -36,7 +36,9 @@ class Limits:
     max_pids: int | None = None
 
     def __attrs_post_init__(self) -> None:
-        check(self.timeout <= self.max_timeout, "timeout", f"must not exceed max_timeout ({self.max_timeout})")
+        check(
+            self.timeout <= self.max_timeout, "timeout", f"must not exceed max_timeout ({self.max_timeout})"
+        )
         if self.max_memory_mib is not None:
             check(self.memory_mib <= self.max_memory_mib, "memory_mib", "must not exceed max_memory_mib")
         if self.max_pids is not None:
@@ -168,4 +170,6 @@ def load_runtimes(directory: Path) -> RuntimeRegistry:
     return RuntimeRegistry(tuple(runtimes))
 
 
-converter.register_unstructure_hook(RuntimeRegistry, lambda registry: [converter.unstructure(r) for r in registry])
+converter.register_unstructure_hook(
+    RuntimeRegistry, lambda registry: [converter.unstructure(r) for r in registry]
+)

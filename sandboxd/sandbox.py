@@ -15,7 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -68,7 +68,7 @@ class SandboxHost:
     cgroup_root: Path = Path("/sys/fs/cgroup")
 
     def runtime_options(self) -> options_pb2.Options:
-        """runc shim options that make it drive runsc through the wrapper."""
+        """Runc shim options that make it drive runsc through the wrapper."""
         return options_pb2.Options(binary_name=str(self.runsc_wrapper), root=str(self.runsc_root))
 
     async def force_delete(self, sandbox_id: str) -> None:
@@ -130,7 +130,7 @@ class Sandbox:
             raise
         return sandbox
 
-    async def _boot(
+    async def _boot(  # noqa: PLR0917 -- relays create()'s keyword arguments
         self,
         image: str,
         chain_id: str,
@@ -187,8 +187,8 @@ class Sandbox:
                 await action(*args)
             except NotFoundError:
                 pass
-            except (ContainerdError, OSError) as error:
-                log.error("sandbox %s: removing the %s failed: %s", self.id, what, error)
+            except (ContainerdError, OSError):
+                log.exception("sandbox %s: removing the %s failed", self.id, what)
 
         self._undo.push_async_callback(undo)
 
@@ -211,7 +211,7 @@ class Sandbox:
         client, loop = self.host.client, asyncio.get_running_loop()
         stdio = await asyncio.to_thread(ProcessStdio.create, self._fifo_dir / step)
         overflow = asyncio.Event()
-        waiters: list[asyncio.Future[object]] = []
+        waiters: list[asyncio.Future[Any]] = []
         try:
             await stdio.open_output(output_cap, overflow.set)
             await client.tasks.exec(
@@ -224,14 +224,15 @@ class Sandbox:
             )
             exited: asyncio.Future[ExitStatus] = asyncio.ensure_future(client.tasks.wait(self.id, step))
             overflowed = asyncio.ensure_future(overflow.wait())
-            waiters += [exited, overflowed]  # type: ignore[list-item]
+            waiters += [exited, overflowed]
             started = loop.time()
             deadline = started + timeout
             await client.tasks.start(self.id, step)
             stdio.release_placeholders()
             waiters.append(asyncio.ensure_future(self._feed_stdin(stdio, step, stdin)))
             remaining = max(deadline - loop.time(), 0)
-            await asyncio.wait({exited, overflowed}, timeout=remaining, return_when="FIRST_COMPLETED")
+            watched: set[asyncio.Future[Any]] = {exited, overflowed}
+            await asyncio.wait(watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             timed_out = not exited.done() and not overflowed.done()
             if not exited.done():
                 await self.kill()

@@ -66,6 +66,10 @@ class _CappedReader(asyncio.Protocol):
         return CapturedOutput(data=b"".join(self._chunks), truncated=self.truncated)
 
 
+def _returning(reader: _CappedReader) -> Callable[[], _CappedReader]:
+    return lambda: reader
+
+
 class ProcessStdio:
     """The three FIFOs of one process, in a directory the daemon alone controls."""
 
@@ -94,7 +98,8 @@ class ProcessStdio:
             read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             self._placeholders.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
             reader = _CappedReader(cap, on_overflow)
-            transport, _ = await loop.connect_read_pipe(lambda r=reader: r, os.fdopen(read_fd, "rb", buffering=0))
+            pipe = os.fdopen(read_fd, "rb", buffering=0)
+            transport, _ = await loop.connect_read_pipe(_returning(reader), pipe)
             self._readers.append(reader)
             self._transports.append(transport)
 
@@ -108,7 +113,7 @@ class ProcessStdio:
         """Write ``data`` to the process's stdin and close the daemon's end."""
         fd = await self._open_stdin_writer()
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
         self._transports.append(transport)
         if data:
             transport.write(data)

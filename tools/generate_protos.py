@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from grpc_tools import protoc  # type: ignore[import-untyped]
+from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
@@ -56,14 +56,19 @@ def differences(expected: Path, actual: Path) -> list[str]:
     """Return the relative paths whose content differs between two stub trees."""
 
     def files(root: Path) -> set[str]:
-        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+        return {
+            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        }
 
     ours, theirs = files(expected), files(actual)
-    changed = {name for name in ours & theirs if not filecmp.cmp(expected / name, actual / name, shallow=False)}
+    changed = {
+        name for name in ours & theirs if not filecmp.cmp(expected / name, actual / name, shallow=False)
+    }
     return sorted((ours ^ theirs) | changed)
 
 
 def main() -> int:
+    """Generate the stubs, or with --check report stale ones."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail when the committed stubs are stale")
     args = parser.parse_args()

@@ -191,7 +191,9 @@ class Content(_Service[content_pb2.ReadContentResponse]):
         chunks = [
             chunk.data
             async for chunk in self._channel.stream(
-                self._method("Read"), content_pb2.ReadContentRequest(digest=digest), content_pb2.ReadContentResponse
+                self._method("Read"),
+                content_pb2.ReadContentRequest(digest=digest),
+                content_pb2.ReadContentResponse,
             )
         ]
         return b"".join(chunks)
@@ -233,7 +235,9 @@ class Snapshots(_Service[snapshots_pb2.Info]):
     async def stat(self, key: str) -> snapshots_pb2.Info:
         """Return a snapshot's metadata."""
         request = snapshots_pb2.StatSnapshotRequest(snapshotter=self.snapshotter, key=key)
-        response = await self._channel.unary(self._method("Stat"), request, snapshots_pb2.StatSnapshotResponse)
+        response = await self._channel.unary(
+            self._method("Stat"), request, snapshots_pb2.StatSnapshotResponse
+        )
         return response.info
 
     async def remove(self, key: str) -> None:
@@ -245,7 +249,9 @@ class Snapshots(_Service[snapshots_pb2.Info]):
         """Return every snapshot matching the filters."""
         request = snapshots_pb2.ListSnapshotsRequest(snapshotter=self.snapshotter, filters=filters)
         found: list[snapshots_pb2.Info] = []
-        async for page in self._channel.stream(self._method("List"), request, snapshots_pb2.ListSnapshotsResponse):
+        async for page in self._channel.stream(
+            self._method("List"), request, snapshots_pb2.ListSnapshotsResponse
+        ):
             found.extend(page.info)
         return found
 
@@ -275,7 +281,9 @@ class Containers(_Service[containers_pb2.Container]):
             image=image,
             runtime=containers_pb2.Container.Runtime(
                 name=runtime,
-                options=any_pb2.Any(type_url=RUNC_OPTIONS_TYPE_URL, value=runtime_options.SerializeToString()),
+                options=any_pb2.Any(
+                    type_url=RUNC_OPTIONS_TYPE_URL, value=runtime_options.SerializeToString()
+                ),
             ),
             spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()),
             snapshotter=snapshotter,
@@ -290,7 +298,9 @@ class Containers(_Service[containers_pb2.Container]):
     async def list(self, filters: Sequence[str] = ()) -> list[containers_pb2.Container]:
         """Return every container matching the filters."""
         request = containers_pb2.ListContainersRequest(filters=filters)
-        response = await self._channel.unary(self._method("List"), request, containers_pb2.ListContainersResponse)
+        response = await self._channel.unary(
+            self._method("List"), request, containers_pb2.ListContainersResponse
+        )
         return list(response.containers)
 
     async def delete(self, container_id: str) -> None:
@@ -305,7 +315,13 @@ class Tasks(_Service[task_pb2.Process]):
     PREFIX = "containerd.services.tasks.v1.Tasks"
 
     async def create(
-        self, container_id: str, *, rootfs: Sequence[Mount], stdin: str = "", stdout: str = "", stderr: str = ""
+        self,
+        container_id: str,
+        *,
+        rootfs: Sequence[Mount],
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
     ) -> int:
         """Create the task (the sandbox boots; the init process is not started yet); return its pid."""
         request = tasks_pb2.CreateTaskRequest(
@@ -348,13 +364,19 @@ class Tasks(_Service[task_pb2.Process]):
     async def wait(self, container_id: str, exec_id: str = "") -> ExitStatus:
         """Wait, without deadline, until the process exits."""
         request = tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id)
-        response = await self._channel.unary(self._method("Wait"), request, tasks_pb2.WaitResponse, timeout=None)
+        response = await self._channel.unary(
+            self._method("Wait"), request, tasks_pb2.WaitResponse, timeout=None
+        )
         exited_at = response.exited_at.ToDatetime(dt.UTC) if response.HasField("exited_at") else None
         return ExitStatus(code=response.exit_status, exited_at=exited_at)
 
-    async def kill(self, container_id: str, signal: int, *, exec_id: str = "", all_processes: bool = False) -> None:
+    async def kill(
+        self, container_id: str, signal: int, *, exec_id: str = "", all_processes: bool = False
+    ) -> None:
         """Send a signal to the init process (or an exec'd one); ``all_processes`` signals every process."""
-        request = tasks_pb2.KillRequest(container_id=container_id, exec_id=exec_id, signal=signal, all=all_processes)
+        request = tasks_pb2.KillRequest(
+            container_id=container_id, exec_id=exec_id, signal=signal, all=all_processes
+        )
         await self._channel.unary(self._method("Kill"), request, empty_pb2.Empty)
 
     async def close_stdin(self, container_id: str, exec_id: str = "") -> None:
@@ -450,7 +472,7 @@ class ContainerdClient:
 
     async def close(self) -> None:
         """Close the channel."""
-        await self._channel.channel.close()
+        await self._channel.channel.close(grace=None)
 
 
 __all__ = [

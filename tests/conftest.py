@@ -1,0 +1,120 @@
+"""Fixtures: the real containerd and runsc from the dev set-up, an in-process server, leftover checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from sandboxd.app import create_app
+from sandboxd.config import Config, generate_key, load_config
+from sandboxd.containerd import ContainerdClient
+from sandboxd.engine import Engine
+from sandboxd.host import client_for
+from sandboxd.keys import ENGINE
+from sandboxd.sandbox import MANAGED_LABEL, drain_cleanups
+
+CONFIG_VARIABLE = "SANDBOXD_TEST_CONFIG"
+
+
+@attrs.frozen
+class Leftovers:
+    """Everything of sandboxd's that should be gone once no execution runs."""
+
+    containers: list[str]
+    tasks: list[str]
+    snapshots: list[str]
+    leases: list[str]
+    mounts: list[str]
+    state_entries: list[str]
+
+    def is_empty(self) -> bool:
+        """True when nothing is left."""
+        return not any(attrs.astuple(self))
+
+
+async def find_leftovers(client: ContainerdClient, config: Config) -> Leftovers:
+    """List sandboxd's containers, tasks, snapshots, leases, mounts, workspaces and FIFOs."""
+    managed = f'labels."{MANAGED_LABEL}"'
+    state = config.paths.state
+    mounts_table = await asyncio.to_thread(Path("/proc/self/mounts").read_text)
+    mounts = [line.split()[1] for line in mounts_table.splitlines()]
+    entries = [
+        str(p)
+        for directory in (state / "workspaces", state / "fifos")
+        if directory.exists()
+        for p in directory.iterdir()
+    ]
+    return Leftovers(
+        containers=[c.id for c in await client.containers.list([managed])],
+        tasks=[t.container_id for t in await client.tasks.list()],
+        snapshots=[s.name for s in await client.snapshots.list([managed])],
+        leases=[lease.id for lease in await client.leases.list([managed])],
+        mounts=[m for m in mounts if m.startswith(str(state))],
+        state_entries=entries,
+    )
+
+
+@pytest.fixture(scope="session")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The dev set-up's configuration, with a state directory of this test run's own."""
+    path = os.environ.get(CONFIG_VARIABLE)
+    if not path:
+        pytest.fail(f"{CONFIG_VARIABLE} is not set: run the suite through `scripts/dev test`")
+    loaded = load_config(Path(path), os.environ)
+    state = Path("/run/sandboxd-dev") / f"test-{os.getpid()}"
+    return attrs.evolve(loaded, paths=attrs.evolve(loaded.paths, state=state))
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    """A key the test server accepts."""
+    return generate_key()
+
+
+@pytest.fixture(scope="session")
+async def containerd(config: Config) -> AsyncIterator[ContainerdClient]:
+    """A containerd client of the tests' own, to look behind the daemon's back."""
+    client = client_for(config)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def server(config: Config, api_key: str, containerd: ContainerdClient) -> AsyncIterator[TestServer]:
+    """Sandboxd on a loopback port, against the real containerd; after the suite, nothing may be left."""
+    app = create_app(attrs.evolve(config, dev_keys=(api_key,)))
+    test_server = TestServer(app, host="127.0.0.1")
+    await test_server.start_server()
+    yield test_server
+    await drain_cleanups()
+    await test_server.close()
+    leftovers = await find_leftovers(containerd, config)
+    assert leftovers.is_empty(), f"the suite left resources behind: {leftovers}"
+
+
+@pytest.fixture
+async def http(server: TestServer) -> AsyncIterator[TestClient[Any, Any]]:
+    """An HTTP client for the test server."""
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()
+    yield client
+    await client.session.close()
+
+
+@pytest.fixture
+def engine(server: TestServer) -> Engine:
+    """The running server's engine, for tests that need limits no request can set."""
+    return server.app[ENGINE]
+
+
+@pytest.fixture
+def headers(api_key: str) -> dict[str, str]:
+    """Headers of an authenticated JSON request."""
+    return {"X-API-Key": api_key, "Content-Type": "application/json"}

@@ -1,0 +1,124 @@
+"""Every execution leaves nothing behind: success, failure, timeout, cancellation, failed start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import pytest
+
+from sandboxd.config import Config
+from sandboxd.containerd import ContainerdClient, ContainerdError
+from sandboxd.engine import Engine
+from sandboxd.models import ExecutionRequest, ExecutionStatus
+from sandboxd.oci import SandboxLimits
+from sandboxd.sandbox import Sandbox, drain_cleanups
+from tests.conftest import find_leftovers
+
+pytestmark = pytest.mark.integration
+
+
+async def assert_nothing_left(containerd: ContainerdClient, config: Config) -> None:
+    """No sandboxd container, task, snapshot, lease, mount, workspace or FIFO remains."""
+    await drain_cleanups()
+    leftovers = await find_leftovers(containerd, config)
+    assert leftovers.is_empty(), leftovers
+
+
+@pytest.mark.parametrize(
+    ("language", "code", "timeout", "status"),
+    [
+        ("python", "print('ok')", None, ExecutionStatus.COMPLETED),
+        ("python", "import sys; sys.exit(4)", None, ExecutionStatus.COMPLETED),
+        ("python", "while True: pass", 1, ExecutionStatus.TIMEOUT),
+        ("go", "package main\nfunc main() { nope }", None, ExecutionStatus.COMPILE_ERROR),
+        ("python", "print('z' * (4 << 20))", None, ExecutionStatus.OUTPUT_LIMIT),
+        ("python", "import os\nif os.fork() == 0:\n    os.setsid()\n    import time; time.sleep(60)", None,
+         ExecutionStatus.COMPLETED),
+    ],
+)  # fmt: skip
+async def test_each_ending_cleans_up(
+    engine: Engine,
+    containerd: ContainerdClient,
+    config: Config,
+    language: str,
+    code: str,
+    timeout: int | None,
+    status: ExecutionStatus,
+) -> None:
+    """Whatever way an execution ends, its sandbox and everything around it are gone afterwards."""
+    result = await engine.execute(
+        engine.plan(ExecutionRequest(code=code, language=language, timeout=timeout))
+    )
+    assert result.status == status
+    await assert_nothing_left(containerd, config)
+
+
+async def test_cancelled_execution_cleans_up(
+    engine: Engine, containerd: ContainerdClient, config: Config
+) -> None:
+    """An execution cancelled while its program runs is torn down completely."""
+    plan = engine.plan(
+        ExecutionRequest(code="import time; print('up', flush=True); time.sleep(30)", language="python")
+    )
+    running = asyncio.ensure_future(engine.execute(plan))
+    await asyncio.sleep(1.5)  # boot takes well under a second: the program is sleeping now
+    assert any(task.status == "RUNNING" for task in await containerd.tasks.list())
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    await assert_nothing_left(containerd, config)
+
+
+async def test_task_left_in_created_state_is_removed(
+    engine: Engine,
+    containerd: ContainerdClient,
+    config: Config,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sandbox whose start fails (task stuck in CREATED, which runsc will not signal) is still removed."""
+    state = engine.images["python"]
+    assert state.chain_id is not None
+
+    async def failing_start(container_id: str, exec_id: str = "") -> int:
+        raise ContainerdError("Start", "injected failure before the init process started")
+
+    monkeypatch.setattr(engine.host.client.tasks, "start", failing_start)
+    limits = SandboxLimits(
+        memory_bytes=128 << 20, pids=32, cpus=1, tmp_bytes=1 << 20, file_size_bytes=1 << 20
+    )
+    caplog.set_level(logging.INFO, logger="sandboxd.sandbox")
+    with pytest.raises(ContainerdError, match="injected"):
+        await Sandbox.create(
+            engine.host,
+            str(uuid.uuid4()),
+            image=state.reference,
+            chain_id=state.chain_id,
+            limits=limits,
+            workspace_bytes=1 << 20,
+            environment={},
+            files={"main.py": b"print(1)"},
+            labels={},
+        )
+    monkeypatch.undo()
+    assert "forcing deletion of a CREATED task" in caplog.text
+    await assert_nothing_left(containerd, config)
+
+
+async def test_lease_expires(engine: Engine, containerd: ContainerdClient) -> None:
+    """Each sandbox holds a lease with an expiry, so a crashed daemon's leftovers are collectable."""
+    plan = engine.plan(ExecutionRequest(code="import time; time.sleep(3)", language="python"))
+    running = asyncio.ensure_future(engine.execute(plan))
+    try:
+        for _ in range(100):
+            leases = await containerd.leases.list(['labels."sandboxd.io/managed"'])
+            if leases:
+                break
+            await asyncio.sleep(0.05)
+        assert leases, "no sandboxd lease while an execution runs"
+        assert "containerd.io/gc.expire" in leases[0].labels
+    finally:
+        result = await running
+    assert result.status == ExecutionStatus.COMPLETED

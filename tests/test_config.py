@@ -1,0 +1,69 @@
+"""Daemon configuration and API keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxd.app import StartupError, create_app
+from sandboxd.config import Config, ConfigError, KeyRing, generate_key, hash_key, load_config
+
+
+def test_defaults_without_a_file() -> None:
+    """No file: documented defaults, loopback on 8002, the sandboxd namespace."""
+    config = load_config(None, {})
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 8002)
+    assert config.containerd.namespace == "sandboxd"
+    assert config.api_keys == ()
+
+
+def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
+    """Wrong types, unknown keys and bad values all come at once, each naming its key."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[server]\nport = "80"\n[limits]\nconcurrency = 0\n[runsc]\nbogus = 1\n'
+        '[[api_keys]]\nname = "ci"\nsha256 = "nothex"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    problems = caught.value.problems
+    assert "server.port: expected an integer" in problems
+    assert "limits.concurrency: must be positive, got 0" in problems
+    assert "runsc: unknown field: bogus" in problems
+    assert any(p.startswith("api_keys[0].sha256: must be 64 lower-case hex digits") for p in problems)
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    """SANDBOXD_CONTAINERD_ADDRESS and SANDBOXD_API_KEYS override the file."""
+    path = tmp_path / "config.toml"
+    path.write_text('[containerd]\naddress = "/a.sock"\n')
+    config = load_config(path, {"SANDBOXD_CONTAINERD_ADDRESS": "/b.sock", "SANDBOXD_API_KEYS": "k1, k2,"})
+    assert config.containerd.address == "/b.sock"
+    assert config.dev_keys == ("k1", "k2")
+
+
+def test_keys_are_matched_by_hash() -> None:
+    """Stored hashes identify their key's name; anything else is refused."""
+    key = generate_key()
+    config = load_config(None, {"SANDBOXD_API_KEYS": "dev-plain"})
+    config = Config(api_keys=(), dev_keys=config.dev_keys)
+    ring = KeyRing.from_config(config)
+    assert ring.identify("dev-plain") == "dev-1"
+    assert ring.identify(key) is None
+    assert ring.identify("") is None
+    assert len(hash_key(key)) == 64
+
+
+def test_plain_keys_in_the_file_are_refused(tmp_path: Path) -> None:
+    """Keys are stored hashed: a plain-key field in the file is an error."""
+    path = tmp_path / "config.toml"
+    path.write_text('dev_keys = ["secret"]\n')
+    with pytest.raises(ConfigError, match="dev_keys"):
+        load_config(path, {})
+
+
+def test_server_refuses_to_start_without_a_key() -> None:
+    """With no key configured the app is not built, and the message says how to add one."""
+    with pytest.raises(StartupError, match="sandboxd keys generate"):
+        create_app(load_config(None, {}))

@@ -1,0 +1,90 @@
+"""Runtime TOML files: the shipped ones load, invalid ones are reported by file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxd.runtimes import RuntimeConfigError, load_runtimes
+
+SHIPPED = Path(__file__).resolve().parent.parent / "runtimes"
+
+VALID = """
+name = "python"
+image = "example/python:1"
+source_file = "main.py"
+run = ["python3", "main.py"]
+version_command = ["python3", "--version"]
+[limits]
+timeout = 5
+max_timeout = 10
+memory_mib = 128
+pids = 32
+[build]
+packages = ["python3-minimal"]
+"""
+
+
+def test_shipped_runtimes_load() -> None:
+    """The four foundation runtimes load, with go the only compiled one."""
+    registry = load_runtimes(SHIPPED)
+    assert {r.name for r in registry} == {"python", "javascript", "go", "ruby"}
+    assert [r.name for r in registry if r.compiled] == ["go"]
+    assert registry.get("golang") is registry.get("go")
+    assert registry.get("PY") is registry.get("python")
+    assert registry.get("cobol") is None
+
+
+def test_every_problem_in_every_file_is_reported(tmp_path: Path) -> None:
+    """All problems come at once, each naming its file and field."""
+    (tmp_path / "a.toml").write_text(
+        VALID.replace('run = ["python3", "main.py"]', 'run = "python3 main.py"')
+        .replace("timeout = 5", "timeout = 0")
+        .replace('source_file = "main.py"', 'source_file = "../main.py"\nshell = true')
+    )
+    (tmp_path / "b.toml").write_text("name = [")
+    with pytest.raises(RuntimeConfigError) as caught:
+        load_runtimes(tmp_path)
+    problems = caught.value.problems
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    assert f"{a}: run: expected a list" in problems
+    assert f"{a}: limits.timeout: must be positive, got 0.0" in problems
+    assert f"{a}: unknown field: shell" in problems
+    assert any(p.startswith(f"{b}: not valid TOML") for p in problems)
+
+
+def test_semantic_problems_name_the_field(tmp_path: Path) -> None:
+    """Checks across fields (default above maximum, bad names) name the field at fault."""
+    (tmp_path / "a.toml").write_text(
+        VALID.replace("timeout = 5", "timeout = 50").replace(
+            'source_file = "main.py"', 'source_file = "a/b.py"'
+        )
+    )
+    with pytest.raises(RuntimeConfigError) as caught:
+        load_runtimes(tmp_path)
+    problems = caught.value.problems
+    assert f"{tmp_path / 'a.toml'}: limits.timeout: must not exceed max_timeout (10.0)" in problems
+
+
+def test_duplicate_names_are_refused(tmp_path: Path) -> None:
+    """Two files claiming the same name or alias is an error."""
+    (tmp_path / "a.toml").write_text(VALID)
+    (tmp_path / "b.toml").write_text(VALID.replace('name = "python"', 'name = "py3"\naliases = ["python"]'))
+    with pytest.raises(RuntimeConfigError, match="'python' is already used"):
+        load_runtimes(tmp_path)
+
+
+def test_empty_directory_is_refused(tmp_path: Path) -> None:
+    """A runtimes directory without TOML files stops start-up."""
+    with pytest.raises(RuntimeConfigError, match="no runtime files"):
+        load_runtimes(tmp_path)
+
+
+def test_build_key_follows_the_recipe() -> None:
+    """Changing packages or files changes the key that marks an image current."""
+    registry = load_runtimes(SHIPPED)
+    python = registry.get("python")
+    assert python is not None
+    assert python.build.build_key() == python.build.build_key()
+    assert python.build.build_key() != registry.get("ruby").build.build_key()  # type: ignore[union-attr]
