@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,15 @@ async def find_leftovers(client: ContainerdClient, config: Config) -> Leftovers:
 
 
 @pytest.fixture(scope="session")
-def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    """The dev set-up's configuration, with a state directory of this test run's own."""
+def config() -> Iterator[Config]:
+    """The dev set-up's configuration, with a state directory of this test run's own (removed after)."""
     path = os.environ.get(CONFIG_VARIABLE)
     if not path:
         pytest.fail(f"{CONFIG_VARIABLE} is not set: run the suite through `scripts/dev test`")
     loaded = load_config(Path(path), os.environ)
-    state = Path("/run/sandboxd-dev") / f"test-{os.getpid()}"
-    return attrs.evolve(loaded, paths=attrs.evolve(loaded.paths, state=state))
+    state = loaded.paths.state.parent / f"{loaded.paths.state.name}-test-{os.getpid()}"
+    yield attrs.evolve(loaded, paths=attrs.evolve(loaded.paths, state=state))
+    shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
