@@ -19,18 +19,28 @@ class Admission:
         self.queue = queue
         self._semaphore = asyncio.Semaphore(slots)
         self.waiting = 0
+        self.background_waiting = 0
         self.running = 0
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one slot for the duration of the block; raise ``QueueFullError`` when none can be had."""
-        if self._semaphore.locked() and self.waiting >= self.queue:
+    async def slot(self, *, wait: bool = False) -> AsyncIterator[None]:
+        """Hold one slot for the block; raise ``QueueFullError`` when the queue is full, unless ``wait``.
+
+        Background work passes ``wait=True``: it is bounded where it is accepted, not here.
+        """
+        if not wait and self._semaphore.locked() and self.waiting >= self.queue:
             raise QueueFullError(f"{self.running} executions running and {self.waiting} queued")
-        self.waiting += 1
+        if wait:
+            self.background_waiting += 1
+        else:
+            self.waiting += 1
         try:
             await self._semaphore.acquire()
         finally:
-            self.waiting -= 1
+            if wait:
+                self.background_waiting -= 1
+            else:
+                self.waiting -= 1
         self.running += 1
         try:
             yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 
@@ -13,11 +14,14 @@ from sandboxd.admission import Admission
 from sandboxd.config import Config, KeyRing
 from sandboxd.containerd import ContainerdClient, ContainerdError
 from sandboxd.engine import Engine, EngineSettings
+from sandboxd.executions import ExecutionService
 from sandboxd.host import client_for, prepare_host
-from sandboxd.keys import ADMISSION, CLIENT, CONFIG, ENGINE, KEYS
+from sandboxd.keys import ADMISSION, CLIENT, CONFIG, ENGINE, KEYS, LIMITER, SERVICE, STORE
 from sandboxd.middleware import auth_middleware, error_middleware
+from sandboxd.ratelimit import RateLimiter
 from sandboxd.runtimes import load_runtimes
-from sandboxd.sandbox import drain_cleanups
+from sandboxd.sandbox import drain_cleanups, reconcile
+from sandboxd.store import ExecutionStore
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     limits = config.limits
     settings = EngineSettings(
         output_limit_bytes=limits.output_bytes,
+        code_bytes=limits.code_bytes,
+        stdin_bytes=limits.stdin_bytes,
         workspace_bytes=limits.workspace_mib << 20,
         tmp_bytes=limits.tmp_mib << 20,
         file_size_bytes=limits.file_size_mib << 20,
@@ -68,6 +74,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
     engine = Engine(host, runtimes, settings)
+    await reconcile(host)
     await engine.refresh_images()
     for language in engine.languages():
         if language.available:
@@ -80,6 +87,32 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     await drain_cleanups()
 
 
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = ExecutionStore(app[CONFIG].paths.data / "executions.sqlite3")
+    await store.open()
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    limits = app[CONFIG].limits
+    service = ExecutionService(
+        app[ENGINE],
+        app[STORE],
+        app[ADMISSION],
+        async_queue=limits.async_queue,
+        retention=dt.timedelta(hours=limits.retention_hours),
+    )
+    app[SERVICE] = service
+    await service.recover()
+    purging = asyncio.create_task(service.purge_forever())
+    yield
+    purging.cancel()
+    await service.stop()
+    await drain_cleanups()
+
+
 def create_app(config: Config) -> web.Application:
     """Wire the application; resources are opened by the cleanup contexts when it starts."""
     keys = KeyRing.from_config(config)
@@ -89,13 +122,18 @@ def create_app(config: Config) -> web.Application:
             "(`sandboxd keys generate NAME` prints one), or set SANDBOXD_API_KEYS=key1,key2 for development"
         )
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=config.server.max_body_bytes
+        middlewares=[auth_middleware, error_middleware], client_max_size=config.server.max_body_bytes
     )
     app[CONFIG] = config
     app[KEYS] = keys
-    app.cleanup_ctx.append(_containerd_ctx)
-    app.cleanup_ctx.append(_engine_ctx)
+    app[LIMITER] = RateLimiter()
+    app.cleanup_ctx.extend([_containerd_ctx, _engine_ctx, _store_ctx, _service_ctx])
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/api/v1/languages", handlers.languages)
     app.router.add_post("/api/v1/execute", handlers.execute)
+    app.router.add_post("/api/v1/execute/batch", handlers.execute_batch)
+    app.router.add_post("/api/v1/execute/async", handlers.execute_async)
+    app.router.add_get("/api/v1/executions/{execution_id}", handlers.get_execution)
+    app.router.add_delete("/api/v1/executions/{execution_id}", handlers.cancel_execution)
+    app.router.add_get("/api/v1/sessions/{session_id}/executions", handlers.session_executions)
     return app

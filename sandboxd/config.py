@@ -33,10 +33,11 @@ def generate_key() -> str:
 
 @attrs.frozen
 class ApiKey:
-    """A client's key, stored as its SHA-256 hash."""
+    """A client's key, stored as its SHA-256 hash; ``rate_limit`` is executions per minute."""
 
     name: str
     sha256: str
+    rate_limit: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
 
     def __attrs_post_init__(self) -> None:
         check(bool(_KEY_NAME.match(self.name)), "name", "must be 1-64 characters of A-Z a-z 0-9 . _ -")
@@ -92,10 +93,15 @@ class LimitsConfig:
     concurrency: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=positive)
     queue: int = attrs.field(default=64, validator=positive)
     output_bytes: int = attrs.field(default=1 << 20, validator=positive)
+    code_bytes: int = attrs.field(default=64 << 10, validator=positive)
+    stdin_bytes: int = attrs.field(default=1 << 20, validator=positive)
     workspace_mib: int = attrs.field(default=32, validator=positive)
     tmp_mib: int = attrs.field(default=64, validator=positive)
     file_size_mib: int = attrs.field(default=32, validator=positive)
     open_files: int = attrs.field(default=256, validator=positive)
+    rate_limit: int = attrs.field(default=600, validator=positive)
+    async_queue: int = attrs.field(default=1000, validator=positive)
+    retention_hours: float = attrs.field(default=24.0, validator=positive)
 
 
 @attrs.frozen
@@ -156,26 +162,41 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> Config:
 
 
 @attrs.frozen
+class Identity:
+    """Who made a request: the key's name (which owns its executions) and its rate limit."""
+
+    name: str
+    rate_limit: int
+
+
+@attrs.frozen
 class KeyRing:
     """The API keys the daemon accepts; lookups compare hashes in constant time."""
 
-    hashes: tuple[tuple[str, bytes], ...]
+    keys: tuple[tuple[Identity, bytes], ...]
 
     @classmethod
     def from_config(cls, config: Config) -> KeyRing:
         """Collect the configured hashes and the development keys."""
-        stored = [(key.name, bytes.fromhex(key.sha256)) for key in config.api_keys]
-        dev = [(f"dev-{i}", bytes.fromhex(hash_key(key))) for i, key in enumerate(config.dev_keys, 1)]
+        default = config.limits.rate_limit
+        stored = [
+            (Identity(key.name, key.rate_limit or default), bytes.fromhex(key.sha256))
+            for key in config.api_keys
+        ]
+        dev = [
+            (Identity(f"dev-{i}", default), bytes.fromhex(hash_key(key)))
+            for i, key in enumerate(config.dev_keys, 1)
+        ]
         return cls(tuple(stored + dev))
 
     def __bool__(self) -> bool:
-        return bool(self.hashes)
+        return bool(self.keys)
 
-    def identify(self, presented: str) -> str | None:
-        """The name of the key ``presented`` matches, or None; every stored key is compared."""
+    def identify(self, presented: str) -> Identity | None:
+        """The identity whose key ``presented`` is, or None; every stored key is compared."""
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
-        for name, stored in self.hashes:
+        for identity, stored in self.keys:
             if hmac.compare_digest(digest, stored):
-                found = name
+                found = identity
         return found

@@ -43,6 +43,8 @@ class EngineSettings:
     """Limits that apply to every execution, whatever its runtime."""
 
     output_limit_bytes: int = 1 << 20
+    code_bytes: int = 64 << 10
+    stdin_bytes: int = 1 << 20
     workspace_bytes: int = 32 << 20
     tmp_bytes: int = 64 << 20
     file_size_bytes: int = 32 << 20
@@ -99,6 +101,10 @@ class Engine:
         runtime = self.runtimes.get(request.language)
         if runtime is None:
             raise UnsupportedLanguageError(request.language)
+        if len(request.code.encode()) > self.settings.code_bytes:
+            raise InvalidFieldError("code", f"must be at most {self.settings.code_bytes} bytes")
+        if request.stdin is not None and len(request.stdin.encode()) > self.settings.stdin_bytes:
+            raise InvalidFieldError("stdin", f"must be at most {self.settings.stdin_bytes} bytes")
         limits = runtime.limits
         if request.timeout is not None and request.timeout > limits.max_timeout:
             raise InvalidFieldError(
@@ -112,16 +118,20 @@ class Engine:
             environment={**runtime.environment, **(request.environment or {})},
         )
 
-    async def execute(self, plan: Plan) -> ExecutionResult:
-        """Run a planned execution in a fresh sandbox; sandbox failures become ``internal_error`` results."""
-        runtime = plan.runtime
-        state = self.images.get(runtime.name)
+    def check_available(self, plan: Plan) -> str:
+        """The chain ID of the plan's runtime image; raise when the runtime cannot run now."""
+        state = self.images.get(plan.runtime.name)
         if state is None or not state.available or state.chain_id is None:
             reason = state.reason if state else "its image has not been inspected"
-            raise RuntimeUnavailableError(f"Runtime {runtime.name} is not available: {reason}")
-        execution_id = str(uuid.uuid4())
+            raise RuntimeUnavailableError(f"Runtime {plan.runtime.name} is not available: {reason}")
+        return state.chain_id
+
+    async def execute(self, plan: Plan, execution_id: str | None = None) -> ExecutionResult:
+        """Run a planned execution in a fresh sandbox; sandbox failures become ``internal_error`` results."""
+        chain_id = self.check_available(plan)
+        execution_id = execution_id or str(uuid.uuid4())
         try:
-            return await self._execute(execution_id, plan, state.chain_id)
+            return await self._execute(execution_id, plan, chain_id)
         except (ContainerdError, OSError) as error:
             log.exception("execution %s failed in the sandbox layer", execution_id)
             return self._result(
@@ -226,6 +236,10 @@ class Engine:
         if not sandbox.alive:
             return ExecutionStatus.INTERNAL_ERROR, "internal error: the sandbox stopped unexpectedly"
         return None
+
+    def failed(self, execution_id: str, plan: Plan, status: ExecutionStatus, note: str) -> ExecutionResult:
+        """A result for an execution that ended without its program running to the end."""
+        return self._result(execution_id, plan, b"", b"", -1, 0.0, status, note)
 
     def _result(  # noqa: PLR0917 -- every field of a result, in the result's order
         self,

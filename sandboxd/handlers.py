@@ -1,14 +1,27 @@
-"""HTTP handlers: parse, hand to the engine, serialize. Nothing else."""
+"""HTTP handlers: parse, hand to the execution service, serialize. Nothing else."""
 
 from __future__ import annotations
 
 import json
+from typing import Any, Final
 
 from aiohttp import web
 
-from sandboxd.keys import ADMISSION, ENGINE
-from sandboxd.models import ExecutionRequest
-from sandboxd.validation import ValidationError, converter, structure
+from sandboxd.engine import Plan, UnsupportedLanguageError
+from sandboxd.executions import ExecutionService
+from sandboxd.keys import ENGINE, IDENTITY, SERVICE
+from sandboxd.middleware import charge
+from sandboxd.models import ExecutionRequest, ExecutionState
+from sandboxd.store import StoredExecution
+from sandboxd.validation import InvalidFieldError, ValidationError, converter, structure
+
+MAX_BATCH: Final = 10
+MAX_PAGE: Final = 200
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    """Serialize an attrs value (or a list of them) through the one converter."""
+    return web.json_response(converter.unstructure(value), status=status)
 
 
 async def read_json(request: web.Request) -> object:
@@ -22,19 +35,107 @@ async def read_json(request: web.Request) -> object:
         raise ValidationError([f"Invalid JSON body: {error}"]) from error
 
 
+def _owner(request: web.Request) -> str:
+    return request[IDENTITY].name
+
+
 async def execute(request: web.Request) -> web.Response:
     """POST /api/v1/execute: run one snippet and return its result."""
-    execution = structure(await read_json(request), ExecutionRequest)
-    engine = request.app[ENGINE]
-    plan = engine.plan(execution)
-    async with request.app[ADMISSION].slot():
-        result = await engine.execute(plan)
-    return web.json_response(converter.unstructure(result))
+    service = request.app[SERVICE]
+    plan = service.plan(structure(await read_json(request), ExecutionRequest))
+    charge(request, 1)
+    return json_response(await service.run(_owner(request), plan))
+
+
+def plan_batch(service: ExecutionService, body: object) -> list[Plan]:
+    """Validate a whole batch before anything runs; problems name the item's index and field."""
+    if not isinstance(body, list):
+        raise ValidationError(["Request body must be a JSON array of execution requests"])
+    if not body:
+        raise ValidationError(["Batch must contain at least one execution"])
+    if len(body) > MAX_BATCH:
+        raise ValidationError([f"Maximum {MAX_BATCH} executions allowed in a batch"])
+    for item in body:
+        language = item.get("language") if isinstance(item, dict) else None
+        if isinstance(language, str) and service.engine.runtimes.get(language) is None:
+            raise UnsupportedLanguageError(language)
+    problems: list[str] = []
+    plans: list[Plan] = []
+    for index, item in enumerate(body):
+        try:
+            plans.append(service.plan(structure(item, ExecutionRequest)))
+        except ValidationError as error:
+            problems.extend(f"item {index}: {problem}" for problem in error.problems)
+        except InvalidFieldError as error:
+            problems.append(f"item {index}: {error.field}: {error.message}")
+    if problems:
+        raise ValidationError(problems)
+    return plans
+
+
+async def execute_batch(request: web.Request) -> web.Response:
+    """POST /api/v1/execute/batch: run up to 10 snippets in order; one result per item."""
+    service = request.app[SERVICE]
+    plans = plan_batch(service, await read_json(request))
+    charge(request, len(plans))
+    return json_response(await service.run_batch(_owner(request), plans))
+
+
+async def execute_async(request: web.Request) -> web.Response:
+    """POST /api/v1/execute/async: accept one snippet and answer at once; poll for its result."""
+    service = request.app[SERVICE]
+    plan = service.plan(structure(await read_json(request), ExecutionRequest))
+    charge(request, 1)
+    execution_id = await service.submit(_owner(request), plan)
+    return web.json_response({"execution_id": execution_id, "status": "queued"}, status=202)
+
+
+def _record_response(record: StoredExecution) -> web.Response:
+    if record.result is not None:
+        return json_response(record.result)
+    state = ExecutionState(
+        execution_id=record.execution_id,
+        status=record.status,
+        language=record.language,
+        session_id=record.session_id,
+    )
+    return json_response(state)
+
+
+async def get_execution(request: web.Request) -> web.Response:
+    """GET /api/v1/executions/{execution_id}: its status, then its full result."""
+    record = await request.app[SERVICE].get(_owner(request), request.match_info["execution_id"])
+    return _record_response(record)
+
+
+async def cancel_execution(request: web.Request) -> web.Response:
+    """DELETE /api/v1/executions/{execution_id}: cancel a queued or running asynchronous execution."""
+    record = await request.app[SERVICE].cancel(_owner(request), request.match_info["execution_id"])
+    return _record_response(record)
+
+
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidFieldError(name, f"must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+async def session_executions(request: web.Request) -> web.Response:
+    """GET /api/v1/sessions/{session_id}/executions: the caller's executions in a session, newest first."""
+    limit = _query_int(request, "limit", 50, 1, MAX_PAGE)
+    offset = _query_int(request, "offset", 0, 0, 1 << 31)
+    page = await request.app[SERVICE].session(
+        _owner(request), request.match_info["session_id"], limit, offset
+    )
+    return json_response(page)
 
 
 async def languages(request: web.Request) -> web.Response:
     """GET /api/v1/languages: every runtime, its version and whether it is available."""
-    return web.json_response(converter.unstructure(request.app[ENGINE].languages()))
+    return json_response(request.app[ENGINE].languages())
 
 
 async def healthz(request: web.Request) -> web.Response:

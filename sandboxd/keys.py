@@ -1,16 +1,25 @@
-"""Typed keys for the aiohttp application's state."""
+"""Typed keys for the aiohttp application's and requests' state."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from sandboxd.admission import Admission
-from sandboxd.config import Config, KeyRing
+from sandboxd.config import Config, Identity, KeyRing
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine import Engine
+from sandboxd.executions import ExecutionService
+from sandboxd.ratelimit import Decision, RateLimiter
+from sandboxd.store import ExecutionStore
 
 CONFIG = web.AppKey("config", Config)
 KEYS = web.AppKey("keys", KeyRing)
+LIMITER = web.AppKey("limiter", RateLimiter)
 CLIENT = web.AppKey("client", ContainerdClient)
 ENGINE = web.AppKey("engine", Engine)
 ADMISSION = web.AppKey("admission", Admission)
+STORE = web.AppKey("store", ExecutionStore)
+SERVICE = web.AppKey("service", ExecutionService)
+
+IDENTITY = web.RequestKey("identity", Identity)
+RATE = web.RequestKey("rate", Decision)

@@ -10,13 +10,23 @@ from aiohttp.typedefs import Handler
 
 from sandboxd.admission import QueueFullError
 from sandboxd.engine import RuntimeUnavailableError, UnsupportedLanguageError
-from sandboxd.keys import CONFIG, KEYS
+from sandboxd.executions import AlreadyFinishedError, ExecutionNotFoundError
+from sandboxd.keys import CONFIG, IDENTITY, KEYS, LIMITER, RATE
+from sandboxd.ratelimit import Decision
 from sandboxd.validation import InvalidFieldError, ValidationError
 
 log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/api/v1/"
 API_KEY_HEADER: Final = "X-API-Key"
+
+
+class RateLimitedError(Exception):
+    """The key's bucket does not hold enough tokens for the request."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__("Rate limit exceeded")
+        self.decision = decision
 
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -35,6 +45,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(400, f"{error.field}: {error.message}")
     except UnsupportedLanguageError as error:
         return error_response(400, str(error))
+    except ExecutionNotFoundError as error:
+        return error_response(404, str(error))
+    except AlreadyFinishedError as error:
+        return error_response(409, str(error))
+    except RateLimitedError as error:
+        return error_response(429, "Rate limit exceeded", {"Retry-After": str(error.decision.retry_after)})
     except QueueFullError:
         return error_response(
             503, "Server busy: too many executions queued; retry later", {"Retry-After": "1"}
@@ -42,9 +58,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except RuntimeUnavailableError as error:
         return error_response(503, str(error), {"Retry-After": "30"})
     except web.HTTPRequestEntityTooLarge:
-        return error_response(
-            413, f"Request body too large: at most {request.app[CONFIG].server.max_body_bytes} bytes"
-        )
+        limit = request.app[CONFIG].server.max_body_bytes
+        return error_response(413, f"Request body too large: at most {limit} bytes")
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -57,11 +72,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require a known X-API-Key on every API route."""
-    if request.path.startswith(API_PREFIX):
-        presented = request.headers.get(API_KEY_HEADER)
-        if not presented:
-            return error_response(401, f"Missing {API_KEY_HEADER} header")
-        if request.app[KEYS].identify(presented) is None:
-            return error_response(401, "Invalid API key")
-    return await handler(request)
+    """Require a known X-API-Key on every API route; report the key's rate-limit state on the response."""
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)
+    presented = request.headers.get(API_KEY_HEADER)
+    if not presented:
+        return error_response(401, f"Missing {API_KEY_HEADER} header")
+    identity = request.app[KEYS].identify(presented)
+    if identity is None:
+        return error_response(401, "Invalid API key")
+    request[IDENTITY] = identity
+    response = await handler(request)  # error_middleware runs inside: errors are responses here
+    decision = request.get(RATE) or request.app[LIMITER].peek(identity.name, identity.rate_limit)
+    response.headers["X-RateLimit-Limit"] = str(decision.limit)
+    response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
+    return response
+
+
+def charge(request: web.Request, cost: int) -> None:
+    """Take ``cost`` executions from the caller's rate limit, or refuse the request with 429."""
+    identity = request[IDENTITY]
+    decision = request.app[LIMITER].take(identity.name, identity.rate_limit, cost)
+    request[RATE] = decision
+    if not decision.allowed:
+        raise RateLimitedError(decision)

@@ -11,8 +11,6 @@ import attrs
 
 from sandboxd.validation import check
 
-MAX_CODE_BYTES: Final = 64 * 1024
-MAX_STDIN_BYTES: Final = 1024 * 1024
 MAX_ENV_VARS: Final = 64
 MAX_ENV_BYTES: Final = 32 * 1024
 MAX_SESSION_ID: Final = 128
@@ -21,24 +19,34 @@ _SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]+$")
 
 
 class ExecutionStatus(enum.StrEnum):
-    """How an execution ended; anything but ``completed`` comes with ``exit_code`` -1."""
+    """Where an execution is: waiting, running, or how it ended (any end but completed has exit_code -1)."""
 
+    QUEUED = "queued"
+    RUNNING = "running"
     COMPLETED = "completed"
     COMPILE_ERROR = "compile_error"
     TIMEOUT = "timeout"
     MEMORY_LIMIT = "memory_limit"
     OUTPUT_LIMIT = "output_limit"
     INTERNAL_ERROR = "internal_error"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """True once the execution has a result."""
+        return self not in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+
+
+class Kind(enum.StrEnum):
+    """How an execution was requested."""
+
+    SYNC = "sync"
+    BATCH = "batch"
+    ASYNC = "async"
 
 
 def _code(_instance: object, _attribute: attrs.Attribute[Any], value: str) -> None:
     check(bool(value.strip()), "code", "must not be empty")
-    check(len(value.encode()) <= MAX_CODE_BYTES, "code", f"must be at most {MAX_CODE_BYTES} bytes")
-
-
-def _stdin(_instance: object, _attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None:
-        check(len(value.encode()) <= MAX_STDIN_BYTES, "stdin", f"must be at most {MAX_STDIN_BYTES} bytes")
 
 
 def _environment(
@@ -75,7 +83,7 @@ class ExecutionRequest:
 
     code: str = attrs.field(validator=_code)
     language: str
-    stdin: str | None = attrs.field(default=None, validator=_stdin)
+    stdin: str | None = None
     environment: Mapping[str, str] | None = attrs.field(default=None, validator=_environment)
     timeout: int | None = attrs.field(default=None, validator=_timeout)
     session_id: str | None = attrs.field(default=None, validator=_session_id)
@@ -93,6 +101,37 @@ class ExecutionResult:
     language: str
     session_id: str | None
     status: ExecutionStatus
+
+
+@attrs.frozen
+class ExecutionState:
+    """An execution that has no result yet."""
+
+    execution_id: str
+    status: ExecutionStatus
+    language: str
+    session_id: str | None
+
+
+@attrs.frozen
+class ExecutionSummary:
+    """One line of a session's listing; the full result is at /api/v1/executions/{execution_id}."""
+
+    execution_id: str
+    status: ExecutionStatus
+    language: str
+    exit_code: int | None
+    execution_time: float | None
+    created_at: str
+
+
+@attrs.frozen
+class SessionPage:
+    """A page of a session's executions, newest first; ``next_offset`` is null on the last page."""
+
+    session_id: str
+    executions: tuple[ExecutionSummary, ...]
+    next_offset: int | None
 
 
 @attrs.frozen

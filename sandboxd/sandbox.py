@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,6 +30,9 @@ from sandboxd.workspace import Workspace
 log = logging.getLogger(__name__)
 
 MANAGED_LABEL: Final = "sandboxd.io/managed"
+# Which daemon made a sandbox (a digest of its state directory): at start-up a
+# daemon reconciles only its own, never those of another daemon in the namespace.
+HOST_LABEL: Final = "sandboxd.io/host"
 EXECUTION_LABEL: Final = "sandboxd.io/execution"
 RUNC_V2: Final = "io.containerd.runc.v2"
 # Once the program has exited, its output pipes close as soon as the shim has
@@ -66,6 +70,11 @@ class SandboxHost:
     fifos: Path
     lease_ttl: dt.timedelta
     cgroup_root: Path = Path("/sys/fs/cgroup")
+
+    @property
+    def host_id(self) -> str:
+        """The mark this daemon puts on its sandboxes: a digest of its state directory."""
+        return hashlib.sha256(str(self.workspaces.parent).encode()).hexdigest()[:16]
 
     def runtime_options(self) -> options_pb2.Options:
         """Runc shim options that make it drive runsc through the wrapper."""
@@ -108,6 +117,19 @@ class Sandbox:
         self.workspace: Workspace | None = None
 
     @classmethod
+    def adopt(cls, host: SandboxHost, sandbox_id: str) -> Sandbox:
+        """A handle on a sandbox found in containerd, set up to remove every part it may have."""
+        sandbox = cls(host, sandbox_id)
+        client = host.client
+        sandbox._push("lease", client.leases.delete, sandbox_id)
+        sandbox._push("workspace", Workspace(host.workspaces / sandbox_id).remove)
+        sandbox._push("fifo directory", sandbox._remove_fifo_dir)
+        sandbox._push("snapshot", client.snapshots.remove, sandbox_id)
+        sandbox._push("container", client.containers.delete, sandbox_id)
+        sandbox._push("task", sandbox._teardown_task)
+        return sandbox
+
+    @classmethod
     async def create(
         cls,
         host: SandboxHost,
@@ -141,7 +163,7 @@ class Sandbox:
         labels: Mapping[str, str],
     ) -> None:
         client, sid = self.host.client, self.id
-        all_labels = {MANAGED_LABEL: "true", EXECUTION_LABEL: sid, **labels}
+        all_labels = {MANAGED_LABEL: "true", HOST_LABEL: self.host.host_id, EXECUTION_LABEL: sid, **labels}
         await client.leases.create(sid, expires_in=self.host.lease_ttl, labels=all_labels)
         self._push("lease", client.leases.delete, sid)
 
@@ -283,10 +305,19 @@ class Sandbox:
 
     async def _teardown_task(self) -> None:
         tasks = self.host.client.tasks
+        if self._init_exit is None:
+            # Adopted from a previous run: find out whether a task exists, and watch it.
+            try:
+                status = (await tasks.get(self.id)).status
+            except NotFoundError:
+                return
+            if status != "STOPPED":
+                self._init_exit = asyncio.ensure_future(tasks.wait(self.id))
         if self.alive:
             try:
                 await tasks.kill(self.id, signal.SIGKILL, all_processes=True)
             except NotFoundError:
+                self._stop_watching()
                 return
             except ContainerdError as error:
                 if (await tasks.get(self.id)).status == "CREATED":
@@ -296,10 +327,50 @@ class Sandbox:
         if self._init_exit is not None:
             with contextlib.suppress(TimeoutError, ContainerdError):
                 await asyncio.wait_for(asyncio.shield(self._init_exit), _KILL_WAIT)
-            self._init_exit.cancel()
+        self._stop_watching()
         await tasks.delete(self.id)
+
+    def _stop_watching(self) -> None:
+        if self._init_exit is not None:
+            self._init_exit.cancel()
+            if self._init_exit.done() and not self._init_exit.cancelled():
+                self._init_exit.exception()  # retrieved: a failed watch is expected once the task is gone
 
     async def destroy(self) -> None:
         """Remove everything the sandbox created, in reverse order; safe to call more than once."""
         undo, self._undo = self._undo, contextlib.AsyncExitStack()
         await undo.aclose()
+
+
+async def reconcile(host: SandboxHost) -> int:
+    """Remove every sandbox a previous run of this daemon left behind; return how many.
+
+    Run at start-up, before any execution: a task in any state (CREATED ones
+    included) is torn down like a sandbox whose execution ended, and workspaces
+    and FIFO directories nobody owns any more are removed.
+    """
+    client = host.client
+    mine = [f'labels."{HOST_LABEL}"=={host.host_id}']
+    found = {container.id for container in await client.containers.list(mine)}
+    found |= {snapshot.name for snapshot in await client.snapshots.list(mine)}
+    found |= {lease.id for lease in await client.leases.list(mine)}
+    for sandbox_id in sorted(found):
+        await Sandbox.adopt(host, sandbox_id).destroy()
+    for directory in await asyncio.to_thread(_entries, host.workspaces):
+        await Workspace(directory).remove()
+    for directory in await asyncio.to_thread(_entries, host.fifos):
+        await asyncio.to_thread(_remove_fifo_dir, directory)
+    if found:
+        log.warning("removed %d sandboxes left by a previous run", len(found))
+    return len(found)
+
+
+def _entries(directory: Path) -> list[Path]:
+    return sorted(directory.iterdir()) if directory.is_dir() else []
+
+
+def _remove_fifo_dir(directory: Path) -> None:
+    for step in _entries(directory):
+        ProcessStdio(step).close()
+    with contextlib.suppress(OSError):
+        directory.rmdir()

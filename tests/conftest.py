@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,14 @@ def config() -> Iterator[Config]:
         pytest.fail(f"{CONFIG_VARIABLE} is not set: run the suite through `scripts/dev test`")
     loaded = load_config(Path(path), os.environ)
     state = loaded.paths.state.parent / f"{loaded.paths.state.name}-test-{os.getpid()}"
-    yield attrs.evolve(loaded, paths=attrs.evolve(loaded.paths, state=state))
+    data = Path(tempfile.mkdtemp(prefix="sandboxd-test-data-"))
+    yield attrs.evolve(
+        loaded,
+        paths=attrs.evolve(loaded.paths, state=state, data=data),
+        limits=attrs.evolve(loaded.limits, concurrency=4),
+    )
     shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,9 @@ def test_keys_are_matched_by_hash() -> None:
     config = load_config(None, {"SANDBOXD_API_KEYS": "dev-plain"})
     config = Config(api_keys=(), dev_keys=config.dev_keys)
     ring = KeyRing.from_config(config)
-    assert ring.identify("dev-plain") == "dev-1"
+    identity = ring.identify("dev-plain")
+    assert identity is not None
+    assert (identity.name, identity.rate_limit) == ("dev-1", 600)
     assert ring.identify(key) is None
     assert ring.identify("") is None
     assert len(hash_key(key)) == 64
