@@ -41,6 +41,11 @@ _OUTPUT_GRACE: Final = 1.0
 _KILL_WAIT: Final = 5.0
 
 
+def host_id_for(state_dir: Path) -> str:
+    """The value of HOST_LABEL for the daemon whose state directory is ``state_dir``."""
+    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+
+
 _pending_cleanups: set[asyncio.Future[None]] = set()
 
 
@@ -73,8 +78,8 @@ class SandboxHost:
 
     @property
     def host_id(self) -> str:
-        """The mark this daemon puts on its sandboxes: a digest of its state directory."""
-        return hashlib.sha256(str(self.workspaces.parent).encode()).hexdigest()[:16]
+        """The mark this daemon puts on its sandboxes."""
+        return host_id_for(self.workspaces.parent)
 
     def runtime_options(self) -> options_pb2.Options:
         """Runc shim options that make it drive runsc through the wrapper."""

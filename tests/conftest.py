@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,26 @@ def config() -> Iterator[Config]:
     )
     shutil.rmtree(state, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def separate_daemon(config: Config) -> Iterator[Callable[[], Config]]:
+    """Make configurations for further daemons: each with its own state and data directories.
+
+    Two daemons must never share them: each reconciles its state directory's
+    sandboxes and recovers its data directory's executions when it starts.
+    """
+    made: list[Path] = []
+
+    def make() -> Config:
+        state = config.paths.state.parent / f"{config.paths.state.name}-{len(made)}"
+        data = Path(tempfile.mkdtemp(prefix="sandboxd-test-data-"))
+        made.extend([state, data])
+        return attrs.evolve(config, paths=attrs.evolve(config.paths, state=state, data=data))
+
+    yield make
+    for directory in made:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

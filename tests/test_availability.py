@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -58,8 +58,11 @@ async def test_current_image_is_not_rebuilt(
 
 
 @pytest.fixture
-async def one_slot_server(config: Config, api_key: str) -> AsyncIterator[TestClient[Any, Any]]:
+async def one_slot_server(
+    separate_daemon: Callable[[], Config], api_key: str
+) -> AsyncIterator[TestClient[Any, Any]]:
     """A second server allowing one execution at a time and one waiting."""
+    config = separate_daemon()
     small = attrs.evolve(
         config, dev_keys=(api_key,), limits=attrs.evolve(config.limits, concurrency=1, queue=1)
     )

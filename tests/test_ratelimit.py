@@ -1,0 +1,36 @@
+"""The token bucket on its own, with a fake clock."""
+
+from __future__ import annotations
+
+from sandboxd.ratelimit import RateLimiter
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        """The current fake time."""
+        return self.now
+
+
+def test_bucket_refills_at_the_rate() -> None:
+    """60 a minute: a burst of 60, then one a second; a refusal says how long to wait."""
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    assert limiter.take("k", 60, 60).allowed
+    refused = limiter.take("k", 60, 3)
+    assert (refused.allowed, refused.remaining, refused.retry_after) == (False, 0, 3)
+    clock.now = 3.0
+    assert limiter.take("k", 60, 3).allowed
+    assert limiter.peek("k", 60).remaining == 0
+
+
+def test_keys_have_separate_buckets() -> None:
+    """One key's use does not touch another's bucket."""
+    limiter = RateLimiter(Clock())
+    assert limiter.take("a", 10, 10).allowed
+    assert not limiter.take("a", 10, 1).allowed
+    assert limiter.take("b", 10, 10).allowed
