@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from sandboxd import handlers
+from sandboxd import handlers, openapi
 from sandboxd.admission import Admission
 from sandboxd.config import Config, KeyRing
 from sandboxd.containerd import ContainerdClient, ContainerdError
@@ -128,12 +128,15 @@ def create_app(config: Config) -> web.Application:
     app[KEYS] = keys
     app[LIMITER] = RateLimiter()
     app.cleanup_ctx.extend([_containerd_ctx, _engine_ctx, _store_ctx, _service_ctx])
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/api/v1/languages", handlers.languages)
+    app.router.add_get("/healthz", handlers.healthz, allow_head=False)
+    app.router.add_get("/api/v1/languages", handlers.languages, allow_head=False)
     app.router.add_post("/api/v1/execute", handlers.execute)
     app.router.add_post("/api/v1/execute/batch", handlers.execute_batch)
     app.router.add_post("/api/v1/execute/async", handlers.execute_async)
-    app.router.add_get("/api/v1/executions/{execution_id}", handlers.get_execution)
+    app.router.add_get("/api/v1/executions/{execution_id}", handlers.get_execution, allow_head=False)
     app.router.add_delete("/api/v1/executions/{execution_id}", handlers.cancel_execution)
-    app.router.add_get("/api/v1/sessions/{session_id}/executions", handlers.session_executions)
+    app.router.add_get(
+        "/api/v1/sessions/{session_id}/executions", handlers.session_executions, allow_head=False
+    )
+    openapi.setup(app)
     return app

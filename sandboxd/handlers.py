@@ -11,7 +11,17 @@ from sandboxd.engine import Plan, UnsupportedLanguageError
 from sandboxd.executions import ExecutionService
 from sandboxd.keys import ENGINE, IDENTITY, SERVICE
 from sandboxd.middleware import charge
-from sandboxd.models import ExecutionRequest, ExecutionState
+from sandboxd.models import (
+    AsyncAccepted,
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutionState,
+    ExecutionStatus,
+    Health,
+    LanguageInfo,
+    SessionPage,
+)
+from sandboxd.openapi import documented
 from sandboxd.store import StoredExecution
 from sandboxd.validation import InvalidFieldError, ValidationError, converter, structure
 
@@ -39,6 +49,12 @@ def _owner(request: web.Request) -> str:
     return request[IDENTITY].name
 
 
+@documented(
+    "Run one snippet synchronously",
+    ok=(200, ExecutionResult),
+    body=ExecutionRequest,
+    errors=(400, 401, 413, 415, 429, 503),
+)
 async def execute(request: web.Request) -> web.Response:
     """POST /api/v1/execute: run one snippet and return its result."""
     service = request.app[SERVICE]
@@ -73,6 +89,14 @@ def plan_batch(service: ExecutionService, body: object) -> list[Plan]:
     return plans
 
 
+@documented(
+    "Run up to 10 snippets in order",
+    ok=(200, ExecutionResult),
+    response_is_list=True,
+    body=ExecutionRequest,
+    body_is_list=True,
+    errors=(400, 401, 413, 415, 429, 503),
+)
 async def execute_batch(request: web.Request) -> web.Response:
     """POST /api/v1/execute/batch: run up to 10 snippets in order; one result per item."""
     service = request.app[SERVICE]
@@ -81,13 +105,19 @@ async def execute_batch(request: web.Request) -> web.Response:
     return json_response(await service.run_batch(_owner(request), plans))
 
 
+@documented(
+    "Accept one snippet to run in the background",
+    ok=(202, AsyncAccepted),
+    body=ExecutionRequest,
+    errors=(400, 401, 413, 415, 429, 503),
+)
 async def execute_async(request: web.Request) -> web.Response:
     """POST /api/v1/execute/async: accept one snippet and answer at once; poll for its result."""
     service = request.app[SERVICE]
     plan = service.plan(structure(await read_json(request), ExecutionRequest))
     charge(request, 1)
     execution_id = await service.submit(_owner(request), plan)
-    return web.json_response({"execution_id": execution_id, "status": "queued"}, status=202)
+    return json_response(AsyncAccepted(execution_id=execution_id, status=ExecutionStatus.QUEUED), status=202)
 
 
 def _record_response(record: StoredExecution) -> web.Response:
@@ -102,12 +132,38 @@ def _record_response(record: StoredExecution) -> web.Response:
     return json_response(state)
 
 
+@documented(
+    "An execution's status, then its full result",
+    ok=(200, ExecutionResult),
+    errors=(401, 404),
+    parameters=[
+        {
+            "in": "path",
+            "name": "execution_id",
+            "required": True,
+            "schema": {"type": "string", "format": "uuid"},
+        }
+    ],
+)
 async def get_execution(request: web.Request) -> web.Response:
     """GET /api/v1/executions/{execution_id}: its status, then its full result."""
     record = await request.app[SERVICE].get(_owner(request), request.match_info["execution_id"])
     return _record_response(record)
 
 
+@documented(
+    "Cancel a queued or running asynchronous execution",
+    ok=(200, ExecutionResult),
+    errors=(401, 404, 409),
+    parameters=[
+        {
+            "in": "path",
+            "name": "execution_id",
+            "required": True,
+            "schema": {"type": "string", "format": "uuid"},
+        }
+    ],
+)
 async def cancel_execution(request: web.Request) -> web.Response:
     """DELETE /api/v1/executions/{execution_id}: cancel a queued or running asynchronous execution."""
     record = await request.app[SERVICE].cancel(_owner(request), request.match_info["execution_id"])
@@ -123,6 +179,21 @@ def _query_int(request: web.Request, name: str, default: int, low: int, high: in
     return int(raw)
 
 
+@documented(
+    "The caller's executions in a session, newest first",
+    ok=(200, SessionPage),
+    errors=(400, 401),
+    parameters=[
+        {
+            "in": "path",
+            "name": "session_id",
+            "required": True,
+            "schema": {"type": "string", "maxLength": 128},
+        },
+        {"in": "query", "name": "limit", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
+        {"in": "query", "name": "offset", "schema": {"type": "integer", "minimum": 0}},
+    ],
+)
 async def session_executions(request: web.Request) -> web.Response:
     """GET /api/v1/sessions/{session_id}/executions: the caller's executions in a session, newest first."""
     limit = _query_int(request, "limit", 50, 1, MAX_PAGE)
@@ -133,11 +204,13 @@ async def session_executions(request: web.Request) -> web.Response:
     return json_response(page)
 
 
+@documented("Runtimes and their availability", ok=(200, LanguageInfo), response_is_list=True, errors=(401,))
 async def languages(request: web.Request) -> web.Response:
     """GET /api/v1/languages: every runtime, its version and whether it is available."""
     return json_response(request.app[ENGINE].languages())
 
 
+@documented("Liveness of the HTTP server", ok=(200, Health), errors=())
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: liveness of the HTTP server."""
-    return web.json_response({"status": "ok"})
+    return json_response(Health(status="ok"))

@@ -146,6 +146,21 @@ class LanguageInfo:
 
 
 @attrs.frozen
+class AsyncAccepted:
+    """The answer to an asynchronous submission: poll /api/v1/executions/{execution_id}."""
+
+    execution_id: str
+    status: ExecutionStatus
+
+
+@attrs.frozen
+class Health:
+    """Liveness."""
+
+    status: str
+
+
+@attrs.frozen
 class ErrorBody:
     """Every error response: ``{"detail": "..."}``."""
 

@@ -1,0 +1,76 @@
+"""The OpenAPI document: valid, derived from the models, and in step with the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from openapi_spec_validator import validate
+
+from sandboxd.openapi import SPEC_URL, UI_PATH
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[Any, Any]
+
+
+async def spec_of(http: Client) -> dict[str, Any]:
+    """Fetch the served OpenAPI document (no key needed)."""
+    response = await http.get(SPEC_URL)
+    assert response.status == 200
+    document: dict[str, Any] = await response.json()
+    return document
+
+
+def served_routes(app: web.Application) -> set[tuple[str, str]]:
+    """(method, path) of every route the application serves, the documentation's own excepted."""
+    routes = set()
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if path.startswith("/api/docs"):
+            continue
+        routes.add((route.method.lower(), path))
+    return routes
+
+
+async def test_document_is_valid_openapi_3(http: Client) -> None:
+    """The document validates as OpenAPI 3 and Swagger UI is served."""
+    document = await spec_of(http)
+    assert document["openapi"].startswith("3.")
+    validate(document)
+    ui = await http.get(UI_PATH)
+    assert ui.status == 200
+    assert "swagger" in (await ui.text()).lower()
+
+
+async def test_every_route_is_documented_and_nothing_else(http: Client) -> None:
+    """A served route without documentation, or documentation without a route, fails this test."""
+    document = await spec_of(http)
+    documented = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert documented == served_routes(http.app)
+
+
+async def test_every_operation_documents_its_errors(http: Client) -> None:
+    """API operations document 401, and those taking a body document 400, 413 and 429."""
+    document = await spec_of(http)
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            codes = set(operation["responses"])
+            if path.startswith("/api/v1/"):
+                assert "401" in codes, (method, path)
+            if "requestBody" in operation:
+                assert {"400", "413", "429"} <= codes, (method, path)
+                assert operation["requestBody"]["required"] is True
+
+
+async def test_schemas_come_from_the_models(http: Client) -> None:
+    """The request schema has the model's fields, with the two required ones marked so."""
+    schemas = (await spec_of(http))["components"]["schemas"]
+    request = schemas["ExecutionRequest"]
+    assert set(request["properties"]) == {"code", "language", "stdin", "environment", "timeout", "session_id"}
+    assert sorted(request["required"]) == ["code", "language"]
+    result = schemas["ExecutionResult"]
+    assert "status" in result["properties"]
+    assert set(result["properties"]["status"]["enum"]) >= {"completed", "timeout", "memory_limit"}
