@@ -27,6 +27,12 @@ from sandboxd.validation import InvalidFieldError, ValidationError, converter, s
 
 MAX_BATCH: Final = 10
 MAX_PAGE: Final = 200
+EXECUTION_ID_PARAMETER: Final = {
+    "in": "path",
+    "name": "execution_id",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:
@@ -136,14 +142,7 @@ def _record_response(record: StoredExecution) -> web.Response:
     "An execution's status, then its full result",
     ok=(200, ExecutionResult),
     errors=(401, 404),
-    parameters=[
-        {
-            "in": "path",
-            "name": "execution_id",
-            "required": True,
-            "schema": {"type": "string", "format": "uuid"},
-        }
-    ],
+    parameters=[EXECUTION_ID_PARAMETER],
 )
 async def get_execution(request: web.Request) -> web.Response:
     """GET /api/v1/executions/{execution_id}: its status, then its full result."""
@@ -155,14 +154,7 @@ async def get_execution(request: web.Request) -> web.Response:
     "Cancel a queued or running asynchronous execution",
     ok=(200, ExecutionResult),
     errors=(401, 404, 409),
-    parameters=[
-        {
-            "in": "path",
-            "name": "execution_id",
-            "required": True,
-            "schema": {"type": "string", "format": "uuid"},
-        }
-    ],
+    parameters=[EXECUTION_ID_PARAMETER],
 )
 async def cancel_execution(request: web.Request) -> web.Response:
     """DELETE /api/v1/executions/{execution_id}: cancel a queued or running asynchronous execution."""

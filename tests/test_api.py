@@ -115,3 +115,17 @@ async def test_unknown_route_is_json_404(http: Client, headers: dict[str, str]) 
     response = await http.get("/api/v1/nothing", headers=headers)
     assert response.status == 404
     assert await response.json() == {"detail": "Not Found"}
+
+
+async def test_stdin_bound(http: Client, headers: dict[str, str]) -> None:
+    """Exactly 1 MiB of stdin is delivered whole; one byte more is a 400 naming stdin."""
+    code = "import sys\nprint(len(sys.stdin.read()))"
+    limit = 1 << 20
+    status, result = await post(
+        http, json.dumps({"code": code, "language": "python", "stdin": "x" * limit}), headers
+    )
+    assert status == 200
+    assert result["stdout"] == f"{limit}\n"
+    body = json.dumps({"code": code, "language": "python", "stdin": "x" * (limit + 1)})
+    status, result = await post(http, body, headers)
+    assert (status, result) == (400, {"detail": f"stdin: must be at most {limit} bytes"})
