@@ -173,3 +173,27 @@ async def test_rate_limit(two_key_server: tuple[Client, dict[str, str], dict[str
     response = await http.post("/api/v1/execute", data=one, headers=bob)
     assert response.status == 200
     assert response.headers["X-RateLimit-Limit"] == "600"
+
+
+async def test_cancel_queued(
+    separate_daemon: Callable[[], Config], api_key: str, headers: dict[str, str]
+) -> None:
+    """With the only slot busy, a queued execution is cancelled before it runs; the running one goes on."""
+    config = separate_daemon()
+    one_slot = attrs.evolve(config, dev_keys=(api_key,), limits=attrs.evolve(config.limits, concurrency=1))
+    http: Client = TestClient(TestServer(create_app(one_slot), host="127.0.0.1"))
+    await http.start_server()
+    try:
+        running = await submit(
+            http, headers, code="import time; time.sleep(2); print('ran')", language="python"
+        )
+        await wait_for(http, headers, running, "running")
+        queued = await submit(http, headers, code="print('must not run')", language="python")
+        assert (await wait_for(http, headers, queued, "queued"))["status"] == "queued"
+        response = await http.delete(f"/api/v1/executions/{queued}", headers=headers)
+        cancelled = await response.json()
+        assert (cancelled["status"], cancelled["stdout"], cancelled["exit_code"]) == ("cancelled", "", -1)
+        finished = await wait_for(http, headers, running, "completed")
+        assert finished["stdout"] == "ran\n"
+    finally:
+        await http.close()
