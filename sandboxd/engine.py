@@ -10,6 +10,7 @@ from typing import Final
 
 import attrs
 
+from sandboxd.cgroups import CgroupUsage
 from sandboxd.containerd import ContainerdError
 from sandboxd.images import ImageState, inspect_image
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, LanguageInfo
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 _OOM_EXIT_CODES: Final = frozenset({128, 137, 143})
 # What runsc itself writes to an exec'd process's stderr when its sandbox died under it.
 _RUNSC_LOST_SANDBOX: Final = b"waiting on pid "
+_RUNSC_LOST_SANDBOX_EXIT: Final = 128
+_SANDBOX_EXIT_GRACE: Final = 1.0
 
 
 class UnsupportedLanguageError(Exception):
@@ -134,10 +137,8 @@ class Engine:
             return await self._execute(execution_id, plan, chain_id)
         except (ContainerdError, OSError) as error:
             log.exception("execution %s failed in the sandbox layer", execution_id)
-            return self._result(
-                execution_id, plan, b"", b"", -1, 0.0, ExecutionStatus.INTERNAL_ERROR,
-                f"internal error: the sandbox failed ({type(error).__name__}); execution {execution_id}",
-            )  # fmt: skip
+            note = f"internal error: the sandbox failed ({type(error).__name__}); execution {execution_id}"
+            return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
 
     async def _execute(self, execution_id: str, plan: Plan, chain_id: str) -> ExecutionResult:
         runtime, request = plan.runtime, plan.request
@@ -163,36 +164,40 @@ class Engine:
         )
         log.debug("execution %s: sandbox up in %.3f s", execution_id, time.monotonic() - started)
         try:
-            budget = plan.timeout
-            elapsed = 0.0
-            if runtime.compiled:
-                built = await self._exec(sandbox, "compile", runtime.compile, plan, limits, b"", budget)
-                elapsed = built.duration
-                failure = await self._failure(sandbox, built, plan, limits)
-                if failure is not None or built.exit_code != 0:
-                    status, note = failure or (
-                        ExecutionStatus.COMPILE_ERROR,
-                        f"compilation failed with exit status {built.exit_code}",
-                    )
-                    stderr = built.stdout.data + built.stderr.data
-                    return self._result(execution_id, plan, b"", stderr, -1, elapsed, status, note, sandbox)
-                budget = max(budget - elapsed, 0.001)
-            stdin = (request.stdin or "").encode()
-            ran = await self._exec(sandbox, "run", runtime.run, plan, limits, stdin, budget)
-            elapsed += ran.duration
-            failure = await self._failure(sandbox, ran, plan, limits)
-            if failure is not None:
-                status, note = failure
-                return self._result(
-                    execution_id, plan, ran.stdout.data, ran.stderr.data, -1, elapsed, status, note, sandbox
-                )
-            exit_code = -1 if ran.exit_code is None else ran.exit_code
-            return self._result(
-                execution_id, plan, ran.stdout.data, ran.stderr.data, exit_code, elapsed,
-                ExecutionStatus.COMPLETED, None, sandbox,
-            )  # fmt: skip
+            ending = await self._run_steps(sandbox, plan, limits)
+            usage = await sandbox.usage()
+            if not sandbox.alive:
+                ending = attrs.evolve(ending, stderr=_without_runsc_noise(ending.stderr))
+            return self._result(execution_id, plan, ending, usage)
         finally:
             await complete_even_if_cancelled(sandbox.destroy())
+
+    async def _run_steps(self, sandbox: Sandbox, plan: Plan, limits: SandboxLimits) -> _Ending:
+        """Compile (if the runtime does) and run; say how it ended."""
+        runtime = plan.runtime
+        budget = plan.timeout
+        elapsed = 0.0
+        if runtime.compiled:
+            built = await self._exec(sandbox, "compile", runtime.compile, plan, limits, b"", budget)
+            elapsed = built.duration
+            failure = await self._failure(sandbox, built, plan, limits)
+            if failure is not None or built.exit_code != 0:
+                status, note = failure or (
+                    ExecutionStatus.COMPILE_ERROR,
+                    f"compilation failed with exit status {built.exit_code}",
+                )
+                stderr = built.stdout.data + built.stderr.data
+                return _Ending(b"", stderr, -1, elapsed, status, note)
+            budget = max(budget - elapsed, 0.001)
+        stdin = (plan.request.stdin or "").encode()
+        ran = await self._exec(sandbox, "run", runtime.run, plan, limits, stdin, budget)
+        elapsed += ran.duration
+        failure = await self._failure(sandbox, ran, plan, limits)
+        if failure is not None:
+            status, note = failure
+            return _Ending(ran.stdout.data, ran.stderr.data, -1, elapsed, status, note)
+        exit_code = -1 if ran.exit_code is None else ran.exit_code
+        return _Ending(ran.stdout.data, ran.stderr.data, exit_code, elapsed, ExecutionStatus.COMPLETED, None)
 
     async def _exec(  # noqa: PLR0917 -- a private relay of one call's arguments
         self,
@@ -227,47 +232,56 @@ class Engine:
                 f"output limit of {limit} bytes per stream exceeded; output truncated",
             )
         if outcome.exit_code in _OOM_EXIT_CODES or not sandbox.alive:
+            # The kernel counts the OOM kill before runsc reports the exit: no wait needed.
             usage = await sandbox.usage()
             if usage.oom_kills:
                 return (
                     ExecutionStatus.MEMORY_LIMIT,
                     f"memory limit of {limits.memory_bytes >> 20} MiB exceeded",
                 )
+        # runsc reports 128 for a process whose sandbox died under it, before containerd
+        # has seen the sandbox go; a program may also exit 128 itself, so look first.
+        if outcome.exit_code == _RUNSC_LOST_SANDBOX_EXIT:
+            await sandbox.wait_stopped(_SANDBOX_EXIT_GRACE)
         if not sandbox.alive:
             return ExecutionStatus.INTERNAL_ERROR, "internal error: the sandbox stopped unexpectedly"
         return None
 
     def failed(self, execution_id: str, plan: Plan, status: ExecutionStatus, note: str) -> ExecutionResult:
         """A result for an execution that ended without its program running to the end."""
-        return self._result(execution_id, plan, b"", b"", -1, 0.0, status, note)
+        return self._result(execution_id, plan, _Ending(b"", b"", -1, 0.0, status, note), None)
 
-    def _result(  # noqa: PLR0917 -- every field of a result, in the result's order
-        self,
-        execution_id: str,
-        plan: Plan,
-        stdout: bytes,
-        stderr: bytes,
-        exit_code: int,
-        elapsed: float,
-        status: ExecutionStatus,
-        note: str | None,
-        sandbox: Sandbox | None = None,
+    def _result(
+        self, execution_id: str, plan: Plan, ending: _Ending, usage: CgroupUsage | None
     ) -> ExecutionResult:
-        if sandbox is not None and not sandbox.alive:
-            stderr = _without_runsc_noise(stderr)
-        text = stderr.decode(errors="replace")
-        if note is not None:
-            text += ("" if not text or text.endswith("\n") else "\n") + f"sandboxd: {note}\n"
+        text = ending.stderr.decode(errors="replace")
+        if ending.note is not None:
+            text += ("" if not text or text.endswith("\n") else "\n") + f"sandboxd: {ending.note}\n"
+        cpu_ns = usage.cpu_time_ns if usage else None
         return ExecutionResult(
             execution_id=execution_id,
-            stdout=stdout.decode(errors="replace"),
+            stdout=ending.stdout.decode(errors="replace"),
             stderr=text,
-            exit_code=exit_code,
-            execution_time=round(elapsed, 4),
+            exit_code=ending.exit_code,
+            execution_time=round(ending.elapsed, 4),
             language=plan.runtime.name,
             session_id=plan.request.session_id,
-            status=status,
+            status=ending.status,
+            cpu_time=None if cpu_ns is None else round(cpu_ns / 1e9, 4),
+            memory_peak=usage.peak_memory_bytes if usage else None,
         )
+
+
+@attrs.frozen
+class _Ending:
+    """How an execution's steps ended, before it becomes a result."""
+
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    elapsed: float
+    status: ExecutionStatus
+    note: str | None
 
 
 def _without_runsc_noise(stderr: bytes) -> bytes:

@@ -101,6 +101,9 @@ class ExecutionResult:
     language: str
     session_id: str | None
     status: ExecutionStatus
+    # Usage of the whole sandbox (gVisor's own kernel included), where the host's cgroup reports it.
+    cpu_time: float | None = None
+    memory_peak: int | None = None
 
 
 @attrs.frozen

@@ -31,11 +31,23 @@ class SandboxLimits:
     open_files: int = 256
 
 
+def host_pids_limit(limits: SandboxLimits) -> int:
+    """The host cgroup's pids limit: a backstop far above the sandbox's own process limit.
+
+    Processes inside the sandbox are limited by RLIMIT_NPROC, which gVisor enforces
+    (fork and clone fail with EAGAIN). The host cgroup also counts gVisor's own
+    threads, several per sandboxed task; at the same number, a fork bomb made the
+    sentry itself fail and the whole sandbox die instead of the fork failing.
+    """
+    return limits.pids * 16 + 256
+
+
 def _rlimits(limits: SandboxLimits) -> list[dict[str, Any]]:
     return [
         {"type": "RLIMIT_NOFILE", "hard": limits.open_files, "soft": limits.open_files},
         {"type": "RLIMIT_FSIZE", "hard": limits.file_size_bytes, "soft": limits.file_size_bytes},
         {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+        {"type": "RLIMIT_NPROC", "hard": limits.pids, "soft": limits.pids},
     ]
 
 
@@ -89,7 +101,7 @@ def sandbox_spec(
                 "devices": [{"allow": False, "access": "rwm"}],
                 "memory": {"limit": limits.memory_bytes, "swap": limits.memory_bytes},
                 "cpu": {"quota": int(limits.cpus * _CPU_PERIOD_US), "period": _CPU_PERIOD_US},
-                "pids": {"limit": limits.pids},
+                "pids": {"limit": host_pids_limit(limits)},
             },
             "cgroupsPath": cgroups_path,
             "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount", "network")],

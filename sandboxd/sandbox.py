@@ -303,6 +303,14 @@ class Sandbox:
         """Memory and CPU the sandbox used so far, and whether the kernel OOM-killed it."""
         return await asyncio.to_thread(read_usage, self.host.cgroup_root, self.cgroups_path)
 
+    async def wait_stopped(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the init process to exit; return whether it did."""
+        if self._init_exit is None:
+            return True
+        with contextlib.suppress(TimeoutError, ContainerdError):
+            await asyncio.wait_for(asyncio.shield(self._init_exit), timeout)
+        return self._init_exit.done()
+
     @property
     def alive(self) -> bool:
         """False once the init process has exited (the sandbox was killed, e.g. out of memory)."""

@@ -52,7 +52,10 @@ async def test_async_result_has_the_sync_fields(http: Client, headers: dict[str,
         "language": "python",
         "session_id": "s-async",
         "status": "completed",
+        "cpu_time": result["cpu_time"],
+        "memory_peak": result["memory_peak"],
     }
+    assert result["cpu_time"] > 0
 
 
 async def test_cancel_running(http: Client, headers: dict[str, str]) -> None:

@@ -61,8 +61,11 @@ async def test_result_has_exactly_the_documented_fields(http: Client, headers: d
     assert status == 200
     assert set(result) == {
         "execution_id", "stdout", "stderr", "exit_code", "execution_time", "language", "session_id", "status",
+        "cpu_time", "memory_peak",
     }  # fmt: skip
     assert result["session_id"] == "test-session-1"
+    assert 0 < result["cpu_time"] < 10
+    assert 1 << 20 < result["memory_peak"] < 256 << 20
 
 
 async def test_alias_reports_canonical_language(http: Client, headers: dict[str, str]) -> None:

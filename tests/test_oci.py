@@ -41,7 +41,9 @@ def test_sandbox_is_confined() -> None:
     assert {"type": "network"} in spec["linux"]["namespaces"]
     resources = spec["linux"]["resources"]
     assert resources["memory"]["limit"] == 128 << 20
-    assert resources["pids"]["limit"] == 64
+    assert resources["pids"]["limit"] == 64 * 16 + 256
+    rlimits = {r["type"]: r["hard"] for r in spec["process"]["rlimits"]}
+    assert rlimits["RLIMIT_NPROC"] == 64
     assert resources["cpu"] == {"quota": 50_000, "period": 100_000}
     assert spec["process"]["args"] == ["/bin/sleep", "infinity"]
 
