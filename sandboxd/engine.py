@@ -166,8 +166,7 @@ class Engine:
         try:
             ending = await self._run_steps(sandbox, plan, limits)
             usage = await sandbox.usage()
-            if not sandbox.alive:
-                ending = attrs.evolve(ending, stderr=_without_runsc_noise(ending.stderr))
+            ending = attrs.evolve(ending, stderr=_without_runsc_noise(ending.stderr, sandbox.id))
             return self._result(execution_id, plan, ending, usage)
         finally:
             await complete_even_if_cancelled(sandbox.destroy())
@@ -284,8 +283,14 @@ class _Ending:
     note: str | None
 
 
-def _without_runsc_noise(stderr: bytes) -> bytes:
+def _without_runsc_noise(stderr: bytes, sandbox_id: str) -> bytes:
+    """Drop the line runsc itself writes when the sandbox died under the process.
+
+    It names the sandbox's id, which the program cannot know, so a line of the
+    program's own is never taken for it.
+    """
     lines = stderr.splitlines(keepends=True)
-    while lines and lines[-1].startswith(_RUNSC_LOST_SANDBOX):
+    marker = f'in sandbox "{sandbox_id}"'.encode()
+    while lines and lines[-1].startswith(_RUNSC_LOST_SANDBOX) and marker in lines[-1]:
         lines.pop()
     return b"".join(lines)
