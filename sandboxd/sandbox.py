@@ -13,7 +13,9 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -39,6 +41,7 @@ RUNC_V2: Final = "io.containerd.runc.v2"
 # copied what is left; a sandboxed process that keeps them open gets this long.
 _OUTPUT_GRACE: Final = 1.0
 _KILL_WAIT: Final = 5.0
+_RECONCILE_PARALLEL: Final = 4
 
 
 def host_id_for(state_dir: Path) -> str:
@@ -98,6 +101,10 @@ class SandboxHost:
             log.warning("runsc delete --force %s: %s", sandbox_id, stderr.decode(errors="replace").strip())
 
 
+class SandboxError(OSError):
+    """A sandbox could not be removed completely; what is left is found again at reconciliation."""
+
+
 @attrs.frozen
 class ProcessOutcome:
     """How one exec'd process ended. ``exit_code`` is None when it was killed by sandboxd."""
@@ -130,8 +137,8 @@ class Sandbox:
         sandbox._push("workspace", Workspace(host.workspaces / sandbox_id).remove)
         sandbox._push("fifo directory", sandbox._remove_fifo_dir)
         sandbox._push("snapshot", client.snapshots.remove, sandbox_id)
-        sandbox._push("container", client.containers.delete, sandbox_id)
-        sandbox._push("task", sandbox._teardown_task)
+        sandbox._push("container", sandbox._delete_container)
+        sandbox._push("task", sandbox._teardown_adopted_task)
         return sandbox
 
     @classmethod
@@ -201,7 +208,7 @@ class Sandbox:
             labels=all_labels,
             lease=sid,
         )
-        self._push("container", client.containers.delete, sid)
+        self._push("container", self._delete_container)
 
         await client.tasks.create(sid, rootfs=mounts)
         self._push("task", self._teardown_task)
@@ -210,18 +217,32 @@ class Sandbox:
 
     def _push(self, what: str, action: Callable[..., Awaitable[object]], *args: str) -> None:
         async def undo() -> None:
+            started = time.monotonic()
             try:
                 await action(*args)
             except NotFoundError:
                 pass
             except (ContainerdError, OSError):
                 log.exception("sandbox %s: removing the %s failed", self.id, what)
+            log.debug("sandbox %s: %s removed in %.3f s", self.id, what, time.monotonic() - started)
 
         self._undo.push_async_callback(undo)
 
+    async def _delete_container(self) -> None:
+        # containerd's Containers service deletes a container even while its task
+        # lives, and an orphaned task can no longer be reached through the API.
+        # Keep the record instead, so that reconciliation finds the sandbox again.
+        try:
+            await self.host.client.tasks.get(self.id)
+        except NotFoundError:
+            await self.host.client.containers.delete(self.id)
+            return
+        raise SandboxError(
+            f"sandbox {self.id}: its task is still there; the container is kept for reconciliation"
+        )
+
     async def _remove_fifo_dir(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self._fifo_dir.rmdir)
+        await asyncio.to_thread(_remove_fifo_dir, self._fifo_dir)
 
     async def exec(
         self,
@@ -343,6 +364,17 @@ class Sandbox:
         self._stop_watching()
         await tasks.delete(self.id)
 
+    async def _teardown_adopted_task(self) -> None:
+        # A shim starting an exec when the previous daemon died waits, holding the
+        # task, until a reader opens the exec's output FIFOs; kill waits behind it.
+        # Holding read ends of the dead daemon's FIFOs lets the shim go on.
+        held = await asyncio.to_thread(_open_fifo_readers, self._fifo_dir)
+        try:
+            await self._teardown_task()
+        finally:
+            for fd in held:
+                os.close(fd)
+
     def _stop_watching(self) -> None:
         if self._init_exit is not None:
             self._init_exit.cancel()
@@ -367,8 +399,13 @@ async def reconcile(host: SandboxHost) -> int:
     found = {container.id for container in await client.containers.list(mine)}
     found |= {snapshot.name for snapshot in await client.snapshots.list(mine)}
     found |= {lease.id for lease in await client.leases.list(mine)}
-    for sandbox_id in sorted(found):
-        await Sandbox.adopt(host, sandbox_id).destroy()
+    limit = asyncio.Semaphore(_RECONCILE_PARALLEL)
+
+    async def remove(sandbox_id: str) -> None:
+        async with limit:
+            await Sandbox.adopt(host, sandbox_id).destroy()
+
+    await asyncio.gather(*(remove(sandbox_id) for sandbox_id in sorted(found)))
     for directory in await asyncio.to_thread(_entries, host.workspaces):
         await Workspace(directory).remove()
     for directory in await asyncio.to_thread(_entries, host.fifos):
@@ -380,6 +417,17 @@ async def reconcile(host: SandboxHost) -> int:
 
 def _entries(directory: Path) -> list[Path]:
     return sorted(directory.iterdir()) if directory.is_dir() else []
+
+
+def _open_fifo_readers(directory: Path) -> list[int]:
+    """Open (non-blocking) a read end of every output FIFO under ``directory``, which the daemon owns."""
+    held = []
+    for step in _entries(directory):
+        stdio = ProcessStdio(step)
+        for path in (stdio.stdout, stdio.stderr):
+            with contextlib.suppress(OSError):
+                held.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    return held
 
 
 def _remove_fifo_dir(directory: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -18,11 +19,12 @@ from sandboxd.app import create_app
 from sandboxd.config import Config, generate_key, load_config
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine import Engine
-from sandboxd.host import client_for
+from sandboxd.host import client_for, prepare_host
 from sandboxd.keys import ENGINE
-from sandboxd.sandbox import MANAGED_LABEL, drain_cleanups
+from sandboxd.sandbox import MANAGED_LABEL, Sandbox, drain_cleanups
 
 CONFIG_VARIABLE = "SANDBOXD_TEST_CONFIG"
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -115,9 +117,22 @@ async def containerd(config: Config) -> AsyncIterator[ContainerdClient]:
     await client.close()
 
 
+async def sweep_earlier_runs(containerd: ContainerdClient, config: Config) -> None:
+    """Remove what an earlier, aborted run left in the namespace, so this run answers only for itself."""
+    leftovers = await find_leftovers(containerd, config)
+    if leftovers.is_empty():
+        return
+    log.warning("removing resources an earlier run left behind: %s", leftovers)
+    host = await asyncio.to_thread(prepare_host, config, containerd)
+    ids = {*leftovers.containers, *leftovers.tasks, *leftovers.snapshots, *leftovers.leases}
+    for sandbox_id in sorted(ids):
+        await Sandbox.adopt(host, sandbox_id).destroy()
+
+
 @pytest.fixture(scope="session")
 async def server(config: Config, api_key: str, containerd: ContainerdClient) -> AsyncIterator[TestServer]:
     """Sandboxd on a loopback port, against the real containerd; after the suite, nothing may be left."""
+    await sweep_earlier_runs(containerd, config)
     app = create_app(attrs.evolve(config, dev_keys=(api_key,)))
     test_server = TestServer(app, host="127.0.0.1")
     await test_server.start_server()

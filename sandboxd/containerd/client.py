@@ -410,8 +410,11 @@ class Tasks(_Service[task_pb2.Process]):
 
 
 def _process_info(process: task_pb2.Process) -> ProcessInfo:
+    # ListTasks names a task's container in ``id`` and leaves ``container_id`` empty.
     return ProcessInfo(
-        container_id=process.container_id, pid=process.pid, status=task_pb2.Status.Name(process.status)
+        container_id=process.container_id or process.id,
+        pid=process.pid,
+        status=task_pb2.Status.Name(process.status),
     )
 
 
