@@ -22,6 +22,7 @@ from sandboxd.ratelimit import RateLimiter
 from sandboxd.runtimes import load_runtimes
 from sandboxd.sandbox import drain_cleanups, reconcile
 from sandboxd.store import ExecutionStore
+from sandboxd.watch import ContainerdWatch
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,12 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         open_files=limits.open_files,
     )
     runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
-    engine = Engine(host, runtimes, settings)
+
+    async def after_outage() -> None:
+        await reconcile(host, keep=engine.active)
+        await engine.refresh_images()
+
+    engine = Engine(host, runtimes, settings, ContainerdWatch(app[CLIENT], after_outage))
     await reconcile(host)
     await engine.refresh_images()
     for language in engine.languages():
@@ -83,7 +89,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             log.warning("runtime %s unavailable: %s", language.language, language.reason)
     app[ENGINE] = engine
     app[ADMISSION] = Admission(limits.concurrency, limits.queue)
+    watching = asyncio.create_task(engine.watch.run_forever(), name="containerd watch")
     yield
+    watching.cancel()
     await drain_cleanups()
 
 

@@ -11,13 +11,14 @@ from typing import Final
 import attrs
 
 from sandboxd.cgroups import CgroupUsage
-from sandboxd.containerd import ContainerdError
+from sandboxd.containerd import ContainerdError, UnavailableError
 from sandboxd.images import ImageState, inspect_image
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, LanguageInfo
 from sandboxd.oci import SandboxLimits
 from sandboxd.runtimes import Runtime, RuntimeRegistry
 from sandboxd.sandbox import ProcessOutcome, Sandbox, SandboxHost, complete_even_if_cancelled
 from sandboxd.validation import InvalidFieldError
+from sandboxd.watch import ContainerdUnavailableError, ContainerdWatch
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,16 @@ class Plan:
 class Engine:
     """Runs executions in sandboxes and knows which runtimes can serve."""
 
-    def __init__(self, host: SandboxHost, runtimes: RuntimeRegistry, settings: EngineSettings) -> None:
+    def __init__(
+        self, host: SandboxHost, runtimes: RuntimeRegistry, settings: EngineSettings, watch: ContainerdWatch
+    ) -> None:
         self.host = host
         self.runtimes = runtimes
         self.settings = settings
+        self.watch = watch
         self.images: dict[str, ImageState] = {}
+        # Sandboxes in use, which reconciliation after an outage must leave alone.
+        self.active: set[str] = set()
 
     async def refresh_images(self) -> None:
         """Look up every runtime's image in containerd."""
@@ -132,13 +138,21 @@ class Engine:
     async def execute(self, plan: Plan, execution_id: str | None = None) -> ExecutionResult:
         """Run a planned execution in a fresh sandbox; sandbox failures become ``internal_error`` results."""
         chain_id = self.check_available(plan)
+        self.watch.require()
         execution_id = execution_id or str(uuid.uuid4())
+        self.active.add(execution_id)
         try:
             return await self._execute(execution_id, plan, chain_id)
+        except UnavailableError as error:
+            self.watch.report(error)
+            note = "internal error: containerd became unavailable during the execution"
+            return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
         except (ContainerdError, OSError) as error:
             log.exception("execution %s failed in the sandbox layer", execution_id)
             note = f"internal error: the sandbox failed ({type(error).__name__}); execution {execution_id}"
             return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
+        finally:
+            self.active.discard(execution_id)
 
     async def _execute(self, execution_id: str, plan: Plan, chain_id: str) -> ExecutionResult:
         runtime, request = plan.runtime, plan.request
@@ -151,17 +165,24 @@ class Engine:
             open_files=self.settings.open_files,
         )
         started = time.monotonic()
-        sandbox = await Sandbox.create(
-            self.host,
-            execution_id,
-            image=runtime.image,
-            chain_id=chain_id,
-            limits=limits,
-            workspace_bytes=self.settings.workspace_bytes,
-            environment=plan.environment,
-            files={runtime.source_file: request.code.encode()},
-            labels={"sandboxd.io/language": runtime.name},
-        )
+        try:
+            sandbox = await Sandbox.create(
+                self.host,
+                execution_id,
+                image=runtime.image,
+                chain_id=chain_id,
+                limits=limits,
+                workspace_bytes=self.settings.workspace_bytes,
+                environment=plan.environment,
+                files={runtime.source_file: request.code.encode()},
+                labels={"sandboxd.io/language": runtime.name},
+            )
+        except UnavailableError as error:
+            # Nothing ran: the caller gets 503 and may retry, rather than a failed result.
+            self.watch.report(error)
+            raise ContainerdUnavailableError(
+                f"containerd is unavailable ({error.detail}); retry later"
+            ) from error
         log.debug("execution %s: sandbox up in %.3f s", execution_id, time.monotonic() - started)
         try:
             ending = await self._run_steps(sandbox, plan, limits)

@@ -28,6 +28,7 @@ from sandboxd.models import (
 )
 from sandboxd.store import ExecutionStore, StoredExecution
 from sandboxd.validation import InvalidFieldError
+from sandboxd.watch import ContainerdUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class ExecutionService:
         """Validate a request against its runtime (400s happen here, before anything runs)."""
         plan = self.engine.plan(request)
         self.engine.check_available(plan)
+        self.engine.watch.require()
         return plan
 
     async def run(self, owner: str, plan: Plan) -> ExecutionResult:
@@ -88,6 +90,12 @@ class ExecutionService:
         )
         try:
             result = await self._execute(execution_id, plan)
+        except ContainerdUnavailableError as error:
+            failed = self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
+            await self.store.finish(failed)
+            if kind is Kind.BATCH:
+                return failed  # one item's failure is that item's result, never a failed batch
+            raise
         except asyncio.CancelledError:
             note = "cancelled: the client went away or the daemon stopped"
             await self._finish_shielded(
@@ -125,8 +133,15 @@ class ExecutionService:
     async def _run_async(self, execution_id: str, plan: Plan) -> None:
         try:
             async with self.admission.slot(wait=True):
-                await self.store.set_status(execution_id, ExecutionStatus.RUNNING)
-                result = await self._execute(execution_id, plan)
+                while True:
+                    await self.store.set_status(execution_id, ExecutionStatus.RUNNING)
+                    try:
+                        result = await self._execute(execution_id, plan)
+                        break
+                    except ContainerdUnavailableError:
+                        # Accepted work is durable: wait for containerd instead of failing.
+                        await self.store.set_status(execution_id, ExecutionStatus.QUEUED)
+                        await self.engine.watch.wait_available()
             await self.store.finish(result)
         except asyncio.CancelledError:
             if execution_id in self._cancelled_by_owner:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Final
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from sandboxd.executions import AlreadyFinishedError, ExecutionNotFoundError
 from sandboxd.keys import CONFIG, IDENTITY, KEYS, LIMITER, RATE
 from sandboxd.ratelimit import Decision
 from sandboxd.validation import InvalidFieldError, ValidationError
+from sandboxd.watch import ContainerdUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -34,38 +36,51 @@ def error_response(status: int, detail: str, headers: dict[str, str] | None = No
     return web.json_response({"detail": detail}, status=status, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:  # noqa: PLR0911
-    """Translate failures into precise JSON errors; bad input is a 4xx, never a 500."""
-    try:
-        return await handler(request)
-    except ValidationError as error:
+# Failures that are the caller's to know about: HTTP status and extra headers; the detail is str(error).
+_PLAIN_ERRORS: Final[tuple[tuple[type[Exception], int, Mapping[str, str]], ...]] = (
+    (UnsupportedLanguageError, 400, {}),
+    (ExecutionNotFoundError, 404, {}),
+    (AlreadyFinishedError, 409, {}),
+    (RuntimeUnavailableError, 503, {"Retry-After": "30"}),
+    (ContainerdUnavailableError, 503, {"Retry-After": "5"}),
+)
+
+
+def _known_error(request: web.Request, error: Exception) -> web.Response | None:  # noqa: PLR0911 -- one per kind
+    """The response for an error the API defines, or None for an unexpected one."""
+    if isinstance(error, ValidationError):
         return error_response(400, "; ".join(error.problems))
-    except InvalidFieldError as error:
+    if isinstance(error, InvalidFieldError):
         return error_response(400, f"{error.field}: {error.message}")
-    except UnsupportedLanguageError as error:
-        return error_response(400, str(error))
-    except ExecutionNotFoundError as error:
-        return error_response(404, str(error))
-    except AlreadyFinishedError as error:
-        return error_response(409, str(error))
-    except RateLimitedError as error:
+    if isinstance(error, RateLimitedError):
         return error_response(429, "Rate limit exceeded", {"Retry-After": str(error.decision.retry_after)})
-    except QueueFullError:
+    if isinstance(error, QueueFullError):
         return error_response(
             503, "Server busy: too many executions queued; retry later", {"Retry-After": "1"}
         )
-    except RuntimeUnavailableError as error:
-        return error_response(503, str(error), {"Retry-After": "30"})
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(error, web.HTTPRequestEntityTooLarge):
         limit = request.app[CONFIG].server.max_body_bytes
         return error_response(413, f"Request body too large: at most {limit} bytes")
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
+    if isinstance(error, web.HTTPException) and error.status >= 400:
         kept = {name: value for name, value in error.headers.items() if name in ("Allow", "Retry-After")}
         return error_response(error.status, error.reason, kept)
-    except Exception:
+    for kind, status, headers in _PLAIN_ERRORS:
+        if isinstance(error, kind):
+            return error_response(status, str(error), dict(headers))
+    return None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Translate failures into precise JSON errors; bad input is a 4xx, never a 500."""
+    try:
+        return await handler(request)
+    except Exception as error:
+        response = _known_error(request, error)
+        if response is not None:
+            return response
+        if isinstance(error, web.HTTPException):
+            raise
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "Internal server error")
 

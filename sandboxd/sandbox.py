@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -311,9 +311,16 @@ class Sandbox:
             await self.host.client.tasks.close_stdin(self.id, step)
 
     async def kill(self) -> None:
-        """SIGKILL every process in the sandbox."""
-        with contextlib.suppress(NotFoundError):
+        """SIGKILL every process in the sandbox; a sandbox that already stopped needs nothing."""
+        try:
             await self.host.client.tasks.kill(self.id, signal.SIGKILL, all_processes=True)
+        except NotFoundError:
+            pass
+        except ContainerdError:
+            # runsc refuses to signal a sandbox that has stopped (killed for memory, say).
+            if await self.wait_stopped(_KILL_WAIT / 5):
+                return
+            raise
 
     @property
     def cgroups_path(self) -> str:
@@ -387,7 +394,7 @@ class Sandbox:
         await undo.aclose()
 
 
-async def reconcile(host: SandboxHost) -> int:
+async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
     """Remove every sandbox a previous run of this daemon left behind; return how many.
 
     Run at start-up, before any execution: a task in any state (CREATED ones
@@ -399,6 +406,7 @@ async def reconcile(host: SandboxHost) -> int:
     found = {container.id for container in await client.containers.list(mine)}
     found |= {snapshot.name for snapshot in await client.snapshots.list(mine)}
     found |= {lease.id for lease in await client.leases.list(mine)}
+    found -= set(keep)
     limit = asyncio.Semaphore(_RECONCILE_PARALLEL)
 
     async def remove(sandbox_id: str) -> None:
@@ -407,9 +415,11 @@ async def reconcile(host: SandboxHost) -> int:
 
     await asyncio.gather(*(remove(sandbox_id) for sandbox_id in sorted(found)))
     for directory in await asyncio.to_thread(_entries, host.workspaces):
-        await Workspace(directory).remove()
+        if directory.name not in keep:
+            await Workspace(directory).remove()
     for directory in await asyncio.to_thread(_entries, host.fifos):
-        await asyncio.to_thread(_remove_fifo_dir, directory)
+        if directory.name not in keep:
+            await asyncio.to_thread(_remove_fifo_dir, directory)
     if found:
         log.warning("removed %d sandboxes left by a previous run", len(found))
     return len(found)

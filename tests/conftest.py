@@ -79,7 +79,10 @@ def config() -> Iterator[Config]:
         paths=attrs.evolve(loaded.paths, state=state, data=data),
         limits=attrs.evolve(loaded.limits, concurrency=4),
     )
-    shutil.rmtree(state, ignore_errors=True)
+    # runsc keeps the state of live sandboxes under the state directory; without it they could
+    # never be removed, so a run that left any keeps the directory for the next one to sweep.
+    if not any((state / "runsc" / loaded.containerd.namespace).glob("*")):
+        shutil.rmtree(state, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
 
 

@@ -1,0 +1,68 @@
+"""Whether containerd answers: a ping every second, and failures the engine sees on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from sandboxd.containerd import ContainerdClient, ContainerdError
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL: Final = 1.0
+PING_TIMEOUT: Final = 1.0
+
+
+class ContainerdUnavailableError(Exception):
+    """containerd does not answer; nothing can run until it is back."""
+
+
+class ContainerdWatch:
+    """Tracks containerd's availability; runs ``on_recovery`` each time it comes back."""
+
+    def __init__(self, client: ContainerdClient, on_recovery: Callable[[], Awaitable[None]]) -> None:
+        self.client = client
+        self.on_recovery = on_recovery
+        self.available = True
+        self.reason: str | None = None
+        self._back = asyncio.Event()
+        self._back.set()
+
+    def require(self) -> None:
+        """Raise ``ContainerdUnavailableError`` unless containerd answered at the last look."""
+        if not self.available:
+            raise ContainerdUnavailableError(f"containerd is unavailable ({self.reason}); retry later")
+
+    def report(self, error: ContainerdError) -> None:
+        """Mark containerd unavailable now, on an error seen by a caller (before the next ping)."""
+        if self.available:
+            log.error("containerd became unavailable: %s", error.detail)
+        self.available = False
+        self.reason = error.detail
+        self._back.clear()
+
+    async def wait_available(self) -> None:
+        """Return once containerd answers again."""
+        await self._back.wait()
+
+    async def run_forever(self) -> None:
+        """Ping containerd every second; on the way back, reconcile before reporting it available."""
+        while True:
+            try:
+                await self.client.version(timeout=PING_TIMEOUT)
+            except ContainerdError as error:
+                self.report(error)
+            else:
+                if not self.available:
+                    log.info("containerd is back; reconciling what the outage left behind")
+                    try:
+                        await self.on_recovery()
+                    except ContainerdError as error:
+                        log.warning("reconciliation after the outage failed: %s", error.detail)
+                        continue
+                    self.available = True
+                    self.reason = None
+                    self._back.set()
+            await asyncio.sleep(PING_INTERVAL)

@@ -1,0 +1,114 @@
+"""containerd going away and coming back while the daemon runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from sandboxd.config import Config
+from sandboxd.containerd import ContainerdClient
+from sandboxd.sandbox import drain_cleanups
+from tests.conftest import find_leftovers
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[Any, Any]
+PIDFILE_VARIABLE = "SANDBOXD_DEV_CONTAINERD_PIDFILE"
+
+
+class PrivateContainerd:
+    """The containerd `scripts/dev test` started, which this test may stop and start again."""
+
+    def __init__(self, config: Config) -> None:
+        pidfile = os.environ.get(PIDFILE_VARIABLE)
+        if not pidfile:
+            pytest.fail(f"{PIDFILE_VARIABLE} is not set: run the suite through `scripts/dev test`")
+        self.pidfile = Path(pidfile)
+        self.pid = int(self.pidfile.read_text())
+        self.argv = [
+            arg.decode() for arg in Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0") if arg
+        ]
+        assert Path(self.argv[0]).name == "containerd", f"{self.pidfile} names {self.argv}"
+        self.log = self.pidfile.with_suffix(".outage-test.log")
+        self.address = config.containerd.address
+
+    def stop(self) -> None:
+        """SIGTERM containerd and wait until it has exited."""
+        os.kill(self.pid, signal.SIGTERM)
+        for _ in range(200):
+            if not Path(f"/proc/{self.pid}").exists():
+                return
+            time.sleep(0.05)
+        raise AssertionError("containerd did not stop within 10 s")
+
+    def start(self) -> None:
+        """Start containerd again with the same command line, detached like scripts/dev starts it."""
+        # Spawned detached, not as a child this test would have to wait for: scripts/dev stops it.
+        self.pid = os.posix_spawnp(
+            self.argv[0],
+            self.argv,
+            dict(os.environ),
+            setsid=True,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(self.log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+        )
+        self.pidfile.write_text(f"{self.pid}\n")
+
+
+async def execute(http: Client, headers: dict[str, str], code: str, **extra: Any) -> tuple[int, Any]:
+    """POST one execution; return the status and the body."""
+    body = json.dumps({"code": code, "language": "python", **extra})
+    response = await http.post("/api/v1/execute", data=body, headers=headers)
+    return response.status, await response.json()
+
+
+async def test_containerd_outage(
+    http: Client, headers: dict[str, str], containerd: ContainerdClient, config: Config
+) -> None:
+    """In-flight work ends as internal_error, new work gets 503 at once, and the daemon recovers alone."""
+    private = PrivateContainerd(config)
+    running = asyncio.ensure_future(
+        execute(http, headers, "import time\nprint('up', flush=True)\ntime.sleep(30)", timeout=40)
+    )
+    for _ in range(100):
+        if any(task.status == "RUNNING" for task in await containerd.tasks.list()):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(private.stop)
+    try:
+        status, result = await asyncio.wait_for(running, 15)
+        assert status == 200
+        assert (result["status"], result["exit_code"]) == ("internal_error", -1)
+        assert "containerd became unavailable" in result["stderr"]
+
+        started = time.monotonic()
+        status, body = await execute(http, headers, "print('during the outage')")
+        assert time.monotonic() - started < 1
+        assert status == 503
+        assert body["detail"].startswith("containerd is unavailable")
+        assert (await http.get("/healthz")).status == 200
+    finally:
+        await asyncio.to_thread(private.start)
+
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = await execute(http, headers, "print('containerd is back')")
+        if status == 200 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert (status, body["stdout"]) == (200, "containerd is back\n"), body
+    await drain_cleanups()
+    leftovers = await find_leftovers(containerd, config)
+    assert leftovers.is_empty(), leftovers
