@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,9 +16,22 @@ from sandboxd.config import Config, KeyRing
 from sandboxd.containerd import ContainerdClient, ContainerdError
 from sandboxd.engine import Engine, EngineSettings
 from sandboxd.executions import ExecutionService
+from sandboxd.health import HealthReporter, start_server
 from sandboxd.host import client_for, prepare_host
-from sandboxd.keys import ADMISSION, CLIENT, CONFIG, ENGINE, KEYS, LIMITER, SERVICE, STORE
+from sandboxd.keys import (
+    ADMISSION,
+    CLIENT,
+    CONFIG,
+    ENGINE,
+    HEALTH_PORT,
+    KEYS,
+    LIMITER,
+    NOTIFIER,
+    SERVICE,
+    STORE,
+)
 from sandboxd.middleware import auth_middleware, error_middleware
+from sandboxd.notify import Notifier
 from sandboxd.ratelimit import RateLimiter
 from sandboxd.runtimes import load_runtimes
 from sandboxd.sandbox import drain_cleanups, reconcile
@@ -51,6 +65,7 @@ async def connect(client: ContainerdClient) -> None:
 
 
 async def _containerd_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[NOTIFIER].status(f"connecting to containerd at {app[CONFIG].containerd.address}")
     client = client_for(app[CONFIG])
     app[CLIENT] = client
     try:
@@ -121,6 +136,35 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     await drain_cleanups()
 
 
+async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
+    notifier = app[NOTIFIER]
+    feeding = asyncio.create_task(notifier.keep_watchdog_fed(), name="watchdog")
+    yield
+    # Runs first at shutdown: systemd learns the daemon is stopping before anything closes.
+    notifier.stopping()
+    feeding.cancel()
+
+
+def serving_status(app: web.Application) -> str:
+    """The one-line status the daemon reports once it listens."""
+    languages = app[ENGINE].languages()
+    available = sum(1 for language in languages if language.available)
+    server = app[CONFIG].server
+    return f"serving on {server.host}:{server.port}; {available} of {len(languages)} runtimes available"
+
+
+async def _health_ctx(app: web.Application) -> AsyncIterator[None]:
+    reporter = HealthReporter(app[ENGINE])
+    server, port = await start_server(reporter, app[CONFIG].health.address)
+    app[HEALTH_PORT] = port
+    log.info("gRPC health service on %s", app[CONFIG].health.address.rsplit(":", 1)[0] + f":{port}")
+    publishing = asyncio.create_task(reporter.publish_forever(), name="health")
+    yield
+    publishing.cancel()
+    await reporter.servicer.enter_graceful_shutdown()
+    await server.stop(grace=1)
+
+
 def create_app(config: Config) -> web.Application:
     """Wire the application; resources are opened by the cleanup contexts when it starts."""
     keys = KeyRing.from_config(config)
@@ -135,7 +179,8 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[KEYS] = keys
     app[LIMITER] = RateLimiter()
-    app.cleanup_ctx.extend([_containerd_ctx, _engine_ctx, _store_ctx, _service_ctx])
+    app[NOTIFIER] = Notifier(os.environ)
+    app.cleanup_ctx.extend([_containerd_ctx, _engine_ctx, _store_ctx, _service_ctx, _health_ctx, _notify_ctx])
     app.router.add_get("/healthz", handlers.healthz, allow_head=False)
     app.router.add_get("/api/v1/languages", handlers.languages, allow_head=False)
     app.router.add_post("/api/v1/execute", handlers.execute)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sandboxd.app import StartupError, connect, create_app
+from sandboxd.app import StartupError, connect, create_app, serving_status
 from sandboxd.config import Config, ConfigError, generate_key, hash_key, load_config
 from sandboxd.containerd import ContainerdError
 from sandboxd.host import client_for, engine_work_dir
 from sandboxd.images import ImageBuilder, ImageBuildError, inspect_image
+from sandboxd.keys import NOTIFIER
 from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
 
 log = logging.getLogger("sandboxd")
@@ -29,13 +30,13 @@ def _config(args: argparse.Namespace) -> Config:
 def _serve(args: argparse.Namespace) -> int:
     config = _config(args)
     app = create_app(config)
-    web.run_app(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        print=lambda _: log.info("listening on http://%s:%d", config.server.host, config.server.port),
-        access_log=None,
-    )
+
+    def listening(_: str) -> None:
+        # run_app calls this once its sockets listen: only now is the daemon ready.
+        log.info("listening on http://%s:%d", config.server.host, config.server.port)
+        app[NOTIFIER].ready(serving_status(app))
+
+    web.run_app(app, host=config.server.host, port=config.server.port, print=listening, access_log=None)
     return 0
 
 

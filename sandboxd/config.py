@@ -58,6 +58,17 @@ class ServerConfig:
 
 
 @attrs.frozen
+class HealthConfig:
+    """Where the gRPC health service (grpc.health.v1.Health) listens."""
+
+    address: str = "127.0.0.1:8003"
+
+    def __attrs_post_init__(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        check(bool(host) and port.isdigit() and int(port) < 65536, "address", "must be host:port")
+
+
+@attrs.frozen
 class ContainerdConfig:
     """Which containerd to drive, and where in it sandboxd keeps its objects."""
 
@@ -109,6 +120,7 @@ class Config:
     """Everything the daemon is told; every section is optional."""
 
     server: ServerConfig = ServerConfig()
+    health: HealthConfig = HealthConfig()
     containerd: ContainerdConfig = ContainerdConfig()
     runsc: RunscConfig = RunscConfig()
     paths: PathsConfig = PathsConfig()

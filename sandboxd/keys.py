@@ -9,6 +9,7 @@ from sandboxd.config import Config, Identity, KeyRing
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine import Engine
 from sandboxd.executions import ExecutionService
+from sandboxd.notify import Notifier
 from sandboxd.ratelimit import Decision, RateLimiter
 from sandboxd.store import ExecutionStore
 
@@ -20,6 +21,8 @@ ENGINE = web.AppKey("engine", Engine)
 ADMISSION = web.AppKey("admission", Admission)
 STORE = web.AppKey("store", ExecutionStore)
 SERVICE = web.AppKey("service", ExecutionService)
+HEALTH_PORT = web.AppKey("health_port", int)
+NOTIFIER = web.AppKey("notifier", Notifier)
 
 IDENTITY = web.RequestKey("identity", Identity)
 RATE = web.RequestKey("rate", Decision)

@@ -283,8 +283,13 @@ class Sandbox:
             await asyncio.wait(watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             timed_out = not exited.done() and not overflowed.done()
             if not exited.done():
-                await self.kill()
-                await asyncio.wait_for(asyncio.shield(exited), _KILL_WAIT)
+                try:
+                    await self.kill()
+                    await asyncio.wait_for(asyncio.shield(exited), _KILL_WAIT)
+                except (ContainerdError, TimeoutError) as error:
+                    # The outcome is already known (timeout or output limit); teardown kills again.
+                    log.warning("sandbox %s: killing %s after its %s was slow: %s", self.id, step,
+                                "timeout" if timed_out else "output limit", error)  # fmt: skip
             ended = min(loop.time(), deadline) if timed_out else loop.time()
             stdout, stderr = await stdio.collect(_OUTPUT_GRACE)
             killed = timed_out or overflow.is_set()

@@ -23,6 +23,8 @@ from sandboxd.host import client_for, prepare_host
 from sandboxd.keys import ENGINE
 from sandboxd.sandbox import MANAGED_LABEL, Sandbox, drain_cleanups
 
+pytest_plugins = ["tests.daemons"]
+
 CONFIG_VARIABLE = "SANDBOXD_TEST_CONFIG"
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ def config() -> Iterator[Config]:
     data = Path(tempfile.mkdtemp(prefix="sandboxd-test-data-"))
     yield attrs.evolve(
         loaded,
+        health=attrs.evolve(loaded.health, address="127.0.0.1:0"),
         paths=attrs.evolve(loaded.paths, state=state, data=data),
         limits=attrs.evolve(loaded.limits, concurrency=4),
     )

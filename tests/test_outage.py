@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from aiohttp.test_utils import TestClient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
+from sandboxd.keys import HEALTH_PORT
 from sandboxd.sandbox import drain_cleanups
 from tests.conftest import find_leftovers
 
@@ -22,6 +25,8 @@ pytestmark = pytest.mark.integration
 
 Client = TestClient[Any, Any]
 PIDFILE_VARIABLE = "SANDBOXD_DEV_CONTAINERD_PIDFILE"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class PrivateContainerd:
@@ -73,11 +78,31 @@ async def execute(http: Client, headers: dict[str, str], code: str, **extra: Any
     return response.status, await response.json()
 
 
+async def health_status(stub: health_pb2_grpc.HealthStub) -> int:
+    """The executor's health status."""
+    response = await stub.Check(health_pb2.HealthCheckRequest(service="sandboxd.v1.Executor"), timeout=2)
+    return int(response.status)
+
+
+async def within(seconds: float, stub: health_pb2_grpc.HealthStub, status: int) -> float:
+    """Poll health until it reports ``status``; return how long that took."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if await health_status(stub) == status:
+            return time.monotonic() - started
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"health did not become {status} within {seconds} s")
+
+
 async def test_containerd_outage(
     http: Client, headers: dict[str, str], containerd: ContainerdClient, config: Config
 ) -> None:
-    """In-flight work ends as internal_error, new work gets 503 at once, and the daemon recovers alone."""
+    """In-flight work ends as internal_error, new work gets 503 at once, health follows, and all recovers."""
     private = PrivateContainerd(config)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{http.app[HEALTH_PORT]}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    watch = stub.Watch(health_pb2.HealthCheckRequest(service="sandboxd.v1.Executor"))
+    assert (await watch.read()).status == SERVING
     running = asyncio.ensure_future(
         execute(http, headers, "import time\nprint('up', flush=True)\ntime.sleep(30)", timeout=40)
     )
@@ -87,6 +112,7 @@ async def test_containerd_outage(
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
     await asyncio.to_thread(private.stop)
+    stopped = time.monotonic()
     try:
         status, result = await asyncio.wait_for(running, 15)
         assert status == 200
@@ -99,8 +125,14 @@ async def test_containerd_outage(
         assert status == 503
         assert body["detail"].startswith("containerd is unavailable")
         assert (await http.get("/healthz")).status == 200
+        await within(5 - (time.monotonic() - stopped), stub, NOT_SERVING)
+        assert (await watch.read()).status == NOT_SERVING
     finally:
         await asyncio.to_thread(private.start)
+    await within(5, stub, SERVING)
+    assert (await watch.read()).status == SERVING
+    watch.cancel()
+    await channel.close(grace=None)
 
     deadline = time.monotonic() + 30
     while True:
