@@ -75,9 +75,13 @@ async def _containerd_ctx(app: web.Application) -> AsyncIterator[None]:
         await client.close()
 
 
-async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    host = await asyncio.to_thread(prepare_host, config, app[CLIENT])
+async def build_engine(config: Config, client: ContainerdClient, *, reconcile_leftovers: bool) -> Engine:
+    """An engine for this host: state directories, runtimes, images inspected.
+
+    Only the daemon reconciles (removes sandboxes its state directory's earlier run left):
+    a command run beside a serving daemon must never touch that daemon's sandboxes.
+    """
+    host = await asyncio.to_thread(prepare_host, config, client)
     limits = config.limits
     settings = EngineSettings(
         output_limit_bytes=limits.output_bytes,
@@ -94,15 +98,22 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         await reconcile(host, keep=engine.active)
         await engine.refresh_images()
 
-    engine = Engine(host, runtimes, settings, ContainerdWatch(app[CLIENT], after_outage))
-    await reconcile(host)
+    engine = Engine(host, runtimes, settings, ContainerdWatch(client, after_outage))
+    if reconcile_leftovers:
+        await reconcile(host)
     await engine.refresh_images()
+    return engine
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    engine = await build_engine(app[CONFIG], app[CLIENT], reconcile_leftovers=True)
     for language in engine.languages():
         if language.available:
             log.info("runtime %s: %s", language.language, language.version)
         else:
             log.warning("runtime %s unavailable: %s", language.language, language.reason)
     app[ENGINE] = engine
+    limits = app[CONFIG].limits
     app[ADMISSION] = Admission(limits.concurrency, limits.queue)
     watching = asyncio.create_task(engine.watch.run_forever(), name="containerd watch")
     yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -12,13 +13,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sandboxd.app import StartupError, connect, create_app, serving_status
-from sandboxd.config import Config, ConfigError, generate_key, hash_key, load_config
+from sandboxd.app import StartupError, build_engine, connect, create_app, serving_status
+from sandboxd.config import Config, ConfigError, add_key, generate_key, hash_key, load_config
 from sandboxd.containerd import ContainerdError
+from sandboxd.doctor import checks
+from sandboxd.engine import RuntimeUnavailableError, UnsupportedLanguageError
 from sandboxd.host import client_for, engine_work_dir
 from sandboxd.images import ImageBuilder, ImageBuildError, inspect_image
 from sandboxd.keys import NOTIFIER
+from sandboxd.models import ExecutionRequest
 from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
+from sandboxd.sandbox import drain_cleanups
+from sandboxd.validation import InvalidFieldError, ValidationError, converter
 
 log = logging.getLogger("sandboxd")
 
@@ -77,6 +83,56 @@ async def _images_list(config: Config) -> int:
     return 0
 
 
+async def _runtimes(config: Config) -> int:
+    client = client_for(config)
+    try:
+        await connect(client)
+        engine = await build_engine(config, client, reconcile_leftovers=False)
+        print(f"{'RUNTIME':<12} {'AVAILABLE':<10} {'ALIASES':<20} VERSION / REASON")
+        for info in engine.languages():
+            detail = info.version if info.available else info.reason
+            aliases = ",".join(info.aliases)
+            print(f"{info.language:<12} {'yes' if info.available else 'no':<10} {aliases:<20} {detail}")
+    finally:
+        await client.close()
+    return 0
+
+
+async def _doctor(config: Config) -> int:
+    failed = 0
+    async for check in checks(config):
+        print(check.line(), flush=True)
+        failed += not check.ok
+    print(f"{failed} check(s) failed" if failed else "all checks passed")
+    return 1 if failed else 0
+
+
+async def _run_file(config: Config, args: argparse.Namespace) -> int:
+    code = args.file.read_text()
+    stdin = args.stdin.read_text() if args.stdin else None
+    request = ExecutionRequest(code=code, language=args.language, stdin=stdin, timeout=args.timeout)
+    client = client_for(config)
+    try:
+        await connect(client)
+        engine = await build_engine(config, client, reconcile_leftovers=False)
+        result = await engine.execute(engine.plan(request))
+    finally:
+        await drain_cleanups()
+        await client.close()
+    print(json.dumps(converter.unstructure(result), indent=2))
+    return 0 if result.status == "completed" and result.exit_code == 0 else 1
+
+
+def _keys_add(args: argparse.Namespace) -> int:
+    if args.config is None:
+        raise SystemExit("sandboxd: keys add needs --config FILE (the key's hash is stored there)")
+    key = add_key(args.config, args.name, args.rate_limit)
+    print(f"API key {args.name!r} added to {args.config} (only its hash is stored).")
+    print(f"The key, shown this once:\n\n  {key}\n")
+    print("Restart sandboxd for it to take effect.")
+    return 0
+
+
 def _keys_generate(args: argparse.Namespace) -> int:
     key = generate_key()
     print(f"API key for {args.name} (shown once; store it now):\n\n  {key}\n")
@@ -101,10 +157,22 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     generate = keys.add_parser("generate", help="print a new API key and the configuration entry for it")
     generate.add_argument("name")
+    add = keys.add_parser(
+        "add", help="add a new API key's hash to the configuration file; print the key once"
+    )
+    add.add_argument("name")
+    add.add_argument("--rate-limit", type=int, help="executions per minute for this key")
+    commands.add_parser("runtimes", help="runtimes with their version and availability")
+    commands.add_parser("doctor", help="check containerd, runsc, cgroups, images, disk and keys")
+    run = commands.add_parser("run", help="run one file through the engine and print the result")
+    run.add_argument("file", type=Path)
+    run.add_argument("--language", "-l", required=True)
+    run.add_argument("--stdin", type=Path, help="file whose content is the program's standard input")
+    run.add_argument("--timeout", type=int)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 -- one return per command
     """Entry point of the ``sandboxd`` command."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -112,11 +180,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "keys":
-            return _keys_generate(args)
+            return _keys_add(args) if args.keys_command == "add" else _keys_generate(args)
         config = _config(args)
+        if args.command == "runtimes":
+            return asyncio.run(_runtimes(config))
+        if args.command == "doctor":
+            return asyncio.run(_doctor(config))
+        if args.command == "run":
+            return asyncio.run(_run_file(config, args))
         if args.images_command == "build":
             return asyncio.run(_images_build(config, args.languages, args.force))
         return asyncio.run(_images_list(config))
+    except (ValidationError, InvalidFieldError, UnsupportedLanguageError, RuntimeUnavailableError) as error:
+        print(f"sandboxd: {error}", file=sys.stderr)
+        return 2
     except (ConfigError, RuntimeConfigError, StartupError, ImageBuildError) as error:
         print(f"sandboxd: {error}", file=sys.stderr)
         return 1

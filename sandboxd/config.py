@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import re
 import secrets
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -163,14 +165,63 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> Config:
             raise ConfigError(source, [f"not valid TOML: {error}"]) from error
     if "dev_keys" in data:
         raise ConfigError(source, ["dev_keys: unknown field (plain keys belong in SANDBOXD_API_KEYS only)"])
-    if address := environ.get("SANDBOXD_CONTAINERD_ADDRESS"):
-        data.setdefault("containerd", {})["address"] = address
+    overridden = _apply_environment(data, environ)
+    if overridden:
+        source += " with " + ", ".join(overridden)
     dev_keys = [key.strip() for key in environ.get(DEV_KEYS_VARIABLE, "").split(",") if key.strip()]
     try:
         config = structure(_path_hook(data), Config)
     except ValidationError as error:
         raise ConfigError(source, error.problems) from error
     return attrs.evolve(config, dev_keys=tuple(dev_keys))
+
+
+def _environment_variable(section: str, key: str) -> str:
+    return f"SANDBOXD_{section}_{key}".upper()
+
+
+def environment_variables() -> dict[str, tuple[str, str, type[Any]]]:
+    """Every setting's override variable, e.g. SANDBOXD_SERVER_PORT -> ("server", "port", int)."""
+    variables = {}
+    for section_name, section in typing.get_type_hints(Config).items():
+        if attrs.has(section):
+            for key, kind in typing.get_type_hints(section).items():
+                variables[_environment_variable(section_name, key)] = (section_name, key, kind)
+    return variables
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Let SANDBOXD_<SECTION>_<KEY> override single settings (for container deployments)."""
+    applied = []
+    for variable, (section, key, kind) in environment_variables().items():
+        if variable not in environ:
+            continue
+        raw: Any = environ[variable]
+        # Convert what converts; anything else stays a string, so validation names the setting.
+        if kind is int and raw.strip().lstrip("-").isdigit():
+            raw = int(raw)
+        elif kind is float:
+            with contextlib.suppress(ValueError):
+                raw = float(raw)
+        data.setdefault(section, {})[key] = raw
+        applied.append(variable)
+    return applied
+
+
+def add_key(path: Path, name: str, rate_limit: int | None) -> str:
+    """Append a new key's hash to the configuration file; return the key (shown once, stored nowhere)."""
+    config = load_config(path if path.exists() else None, {})
+    if any(key.name == name for key in config.api_keys):
+        raise ConfigError(str(path), [f"api_keys: a key named {name!r} exists already"])
+    ApiKey(name=name, sha256="0" * 64, rate_limit=rate_limit)  # validates the name before anything is written
+    key = generate_key()
+    entry = f'\n[[api_keys]]\nname = "{name}"\nsha256 = "{hash_key(key)}"\n'
+    if rate_limit is not None:
+        entry += f"rate_limit = {rate_limit}\n"
+    with path.open("a") as config_file:
+        config_file.write(entry)
+    load_config(path, {})  # the file still validates
+    return key
 
 
 @attrs.frozen

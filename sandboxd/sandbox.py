@@ -431,7 +431,10 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
 
 
 def _entries(directory: Path) -> list[Path]:
-    return sorted(directory.iterdir()) if directory.is_dir() else []
+    try:
+        return sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _open_fifo_readers(directory: Path) -> list[int]:

@@ -69,3 +69,27 @@ def test_server_refuses_to_start_without_a_key() -> None:
     """With no key configured the app is not built, and the message says how to add one."""
     with pytest.raises(StartupError, match="sandboxd keys generate"):
         create_app(load_config(None, {}))
+
+
+def test_every_setting_has_an_environment_variable() -> None:
+    """SANDBOXD_<SECTION>_<KEY> overrides each setting; values are converted by the setting's type."""
+    config = load_config(
+        None,
+        {
+            "SANDBOXD_SERVER_PORT": "9000",
+            "SANDBOXD_LIMITS_RETENTION_HOURS": "1.5",
+            "SANDBOXD_PATHS_STATE": "/run/elsewhere",
+            "SANDBOXD_HEALTH_ADDRESS": "0.0.0.0:9003",
+        },
+    )
+    assert (config.server.port, config.limits.retention_hours) == (9000, 1.5)
+    assert str(config.paths.state) == "/run/elsewhere"
+    assert config.health.address == "0.0.0.0:9003"
+
+
+def test_bad_environment_value_names_setting_and_variable() -> None:
+    """A wrong value from the environment is reported with the setting and the variable it came from."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"SANDBOXD_SERVER_PORT": "eighty", "SANDBOXD_HEALTH_ADDRESS": "nowhere"})
+    assert "SANDBOXD_SERVER_PORT" in str(caught.value)
+    assert caught.value.problems == ["server.port: expected an integer", "health.address: must be host:port"]

@@ -1,0 +1,107 @@
+"""The `sandboxd` command line: doctor, run, runtimes and keys, as an operator runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sandboxd.config import Config
+from tests.daemons import free_port, write_config
+
+pytestmark = pytest.mark.integration
+
+
+async def sandboxd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run the command; return its exit status and what it printed (stdout and stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sandboxd", "--log-level", "WARNING", *args,
+        env={**os.environ, **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+@pytest.fixture
+def config_file(separate_daemon: Callable[[], Config], tmp_path: Path) -> Path:
+    """A configuration file for this host's containerd, with state and data directories of its own."""
+    path = tmp_path / "config.toml"
+    write_config(separate_daemon(), free_port(), path, concurrency=1)
+    return path
+
+
+async def test_doctor_passes_with_a_key(config_file: Path) -> None:
+    """With a key configured, every check passes and the exit status is 0."""
+    status, output = await sandboxd("--config", str(config_file), "doctor", env={"SANDBOXD_API_KEYS": "k"})
+    assert status == 0, output
+    lines = output.splitlines()
+    assert lines[-1] == "all checks passed"
+    names = [line.split(":")[0].split(maxsplit=1)[1] for line in lines[:-1]]
+    assert names[:6] == ["api keys", "runsc", "cgroups", "disk (data)", "disk (state)", "runtimes"]
+    assert "containerd" in names
+    assert {"image python", "image go", "image javascript", "image ruby"} <= set(names)
+
+
+async def test_doctor_fails_with_hints(config_file: Path) -> None:
+    """No key and an unreachable containerd: each failure has a fix hint, and the exit status is 1."""
+    env = {"SANDBOXD_CONTAINERD_ADDRESS": str(config_file.parent / "no-such.sock"), "SANDBOXD_API_KEYS": ""}
+    status, output = await sandboxd("--config", str(config_file), "doctor", env=env)
+    assert status == 1
+    assert "FAIL  api keys: none configured\n        fix: sandboxd --config FILE keys add NAME" in output
+    assert "FAIL  containerd:" in output
+    assert "fix: start containerd" in output
+    assert output.splitlines()[-1] == "2 check(s) failed"
+
+
+async def test_run_a_file(config_file: Path, tmp_path: Path) -> None:
+    """`sandboxd run FILE --language L` runs it through the engine and prints the result."""
+    source = tmp_path / "hello.rb"
+    source.write_text("puts gets.upcase")
+    stdin = tmp_path / "input"
+    stdin.write_text("from a file\n")
+    status, output = await sandboxd(
+        "--config", str(config_file), "run", str(source), "--language", "ruby", "--stdin", str(stdin)
+    )
+    assert status == 0, output
+    result = json.loads(output)
+    assert (result["stdout"], result["status"], result["language"]) == ("FROM A FILE\n", "completed", "ruby")
+
+
+async def test_run_reports_bad_input(config_file: Path, tmp_path: Path) -> None:
+    """An unknown language is reported plainly, with exit status 2."""
+    source = tmp_path / "x.cob"
+    source.write_text("DISPLAY 'HI'.")
+    status, output = await sandboxd("--config", str(config_file), "run", str(source), "--language", "cobol")
+    assert (status, output.strip()) == (2, "sandboxd: Unsupported language: cobol")
+
+
+async def test_runtimes_table(config_file: Path) -> None:
+    """`sandboxd runtimes` lists every runtime with its version and availability."""
+    status, output = await sandboxd("--config", str(config_file), "runtimes")
+    assert status == 0, output
+    rows = {line.split()[0]: line.split()[1] for line in output.splitlines()[1:]}
+    assert rows == {"go": "yes", "javascript": "yes", "python": "yes", "ruby": "yes"}
+
+
+async def test_keys_add_stores_only_the_hash(config_file: Path) -> None:
+    """`keys add` prints the key once, stores its SHA-256 only, and refuses a name used twice."""
+    status, output = await sandboxd("--config", str(config_file), "keys", "add", "ci", "--rate-limit", "120")
+    assert status == 0, output
+    key = next(line.strip() for line in output.splitlines() if line.strip().startswith("sbx_"))
+    stored = config_file.read_text()
+    assert key not in stored
+    assert hashlib.sha256(key.encode()).hexdigest() in stored
+    assert "rate_limit = 120" in stored
+    status, output = await sandboxd("--config", str(config_file), "keys", "add", "ci")
+    assert status == 1
+    assert "a key named 'ci' exists already" in output
