@@ -29,6 +29,7 @@ from sandboxd.keys import (
     NOTIFIER,
     SERVICE,
     STORE,
+    TELEMETRY,
 )
 from sandboxd.middleware import auth_middleware, error_middleware
 from sandboxd.notify import Notifier
@@ -36,6 +37,7 @@ from sandboxd.ratelimit import RateLimiter
 from sandboxd.runtimes import load_runtimes
 from sandboxd.sandbox import drain_cleanups, reconcile
 from sandboxd.store import ExecutionStore
+from sandboxd.telemetry import Telemetry
 from sandboxd.watch import ContainerdWatch
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ async def connect(client: ContainerdClient) -> None:
 
 async def _containerd_ctx(app: web.Application) -> AsyncIterator[None]:
     app[NOTIFIER].status(f"connecting to containerd at {app[CONFIG].containerd.address}")
-    client = client_for(app[CONFIG])
+    client = client_for(app[CONFIG], app[TELEMETRY].containerd_error)
     app[CLIENT] = client
     try:
         await connect(client)
@@ -114,7 +116,11 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             log.warning("runtime %s unavailable: %s", language.language, language.reason)
     app[ENGINE] = engine
     limits = app[CONFIG].limits
-    app[ADMISSION] = Admission(limits.concurrency, limits.queue)
+    admission = Admission(limits.concurrency, limits.queue)
+    app[ADMISSION] = admission
+    app[TELEMETRY].track_admission(
+        lambda: admission.running, lambda: admission.waiting + admission.background_waiting
+    )
     watching = asyncio.create_task(engine.watch.run_forever(), name="containerd watch")
     yield
     watching.cancel()
@@ -137,6 +143,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         app[ADMISSION],
         async_queue=limits.async_queue,
         retention=dt.timedelta(hours=limits.retention_hours),
+        telemetry=app[TELEMETRY],
     )
     app[SERVICE] = service
     await service.recover()
@@ -191,8 +198,10 @@ def create_app(config: Config) -> web.Application:
     app[KEYS] = keys
     app[LIMITER] = RateLimiter()
     app[NOTIFIER] = Notifier(os.environ)
+    app[TELEMETRY] = Telemetry()
     app.cleanup_ctx.extend([_containerd_ctx, _engine_ctx, _store_ctx, _service_ctx, _health_ctx, _notify_ctx])
     app.router.add_get("/healthz", handlers.healthz, allow_head=False)
+    app.router.add_get("/metrics", handlers.metrics, allow_head=False)
     app.router.add_get("/api/v1/languages", handlers.languages, allow_head=False)
     app.router.add_post("/api/v1/execute", handlers.execute)
     app.router.add_post("/api/v1/execute/batch", handlers.execute_batch)

@@ -24,13 +24,24 @@ from sandboxd.keys import NOTIFIER
 from sandboxd.models import ExecutionRequest
 from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
 from sandboxd.sandbox import drain_cleanups
+from sandboxd.telemetry import JsonFormatter, TextFormatter
 from sandboxd.validation import InvalidFieldError, ValidationError, converter
 
 log = logging.getLogger("sandboxd")
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, os.environ)
+    config = load_config(args.config, os.environ)
+    configure_logging(args.log_level or config.logging.level, config.logging.format)
+    return config
+
+
+def configure_logging(level: str, style: str) -> None:
+    """Send logs to stderr, as plain lines or JSON objects."""
+    handler = logging.StreamHandler()
+    text = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonFormatter() if style == "json" else text)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -144,7 +155,9 @@ def _keys_generate(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandboxd", description="Run untrusted code in gVisor sandboxes.")
     parser.add_argument("--config", type=Path, help="configuration file (TOML)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides [logging] level"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP API")
     images = commands.add_parser("images", help="runtime images").add_subparsers(
@@ -175,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 -- one return per command
     """Entry point of the ``sandboxd`` command."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level or "INFO", "text")
     try:
         if args.command == "serve":
             return _serve(args)

@@ -71,6 +71,22 @@ class HealthConfig:
 
 
 @attrs.frozen
+class LoggingConfig:
+    """Log format and level; code, stdin and output are logged only at DEBUG."""
+
+    format: str = "text"
+    level: str = "INFO"
+
+    def __attrs_post_init__(self) -> None:
+        check(self.format in ("text", "json"), "format", "must be text or json")
+        check(
+            self.level in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            "level",
+            "must be DEBUG, INFO, WARNING or ERROR",
+        )
+
+
+@attrs.frozen
 class ContainerdConfig:
     """Which containerd to drive, and where in it sandboxd keeps its objects."""
 
@@ -123,6 +139,7 @@ class Config:
 
     server: ServerConfig = ServerConfig()
     health: HealthConfig = HealthConfig()
+    logging: LoggingConfig = LoggingConfig()
     containerd: ContainerdConfig = ContainerdConfig()
     runsc: RunscConfig = RunscConfig()
     paths: PathsConfig = PathsConfig()

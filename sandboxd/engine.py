@@ -17,6 +17,7 @@ from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, 
 from sandboxd.oci import SandboxLimits
 from sandboxd.runtimes import Runtime, RuntimeRegistry
 from sandboxd.sandbox import ProcessOutcome, Sandbox, SandboxHost, complete_even_if_cancelled
+from sandboxd.telemetry import Timings
 from sandboxd.validation import InvalidFieldError
 from sandboxd.watch import ContainerdUnavailableError, ContainerdWatch
 
@@ -137,24 +138,28 @@ class Engine:
 
     async def execute(self, plan: Plan, execution_id: str | None = None) -> ExecutionResult:
         """Run a planned execution in a fresh sandbox; sandbox failures become ``internal_error`` results."""
+        result, _ = await self.execute_timed(plan, execution_id or str(uuid.uuid4()))
+        return result
+
+    async def execute_timed(self, plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
+        """Like ``execute``, and say how long sandbox set-up, the run and teardown took."""
         chain_id = self.check_available(plan)
         self.watch.require()
-        execution_id = execution_id or str(uuid.uuid4())
         self.active.add(execution_id)
         try:
             return await self._execute(execution_id, plan, chain_id)
         except UnavailableError as error:
             self.watch.report(error)
             note = "internal error: containerd became unavailable during the execution"
-            return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
+            return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note), Timings()
         except (ContainerdError, OSError) as error:
             log.exception("execution %s failed in the sandbox layer", execution_id)
             note = f"internal error: the sandbox failed ({type(error).__name__}); execution {execution_id}"
-            return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
+            return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note), Timings()
         finally:
             self.active.discard(execution_id)
 
-    async def _execute(self, execution_id: str, plan: Plan, chain_id: str) -> ExecutionResult:
+    async def _execute(self, execution_id: str, plan: Plan, chain_id: str) -> tuple[ExecutionResult, Timings]:
         runtime, request = plan.runtime, plan.request
         limits = SandboxLimits(
             memory_bytes=runtime.limits.memory_mib << 20,
@@ -183,14 +188,17 @@ class Engine:
             raise ContainerdUnavailableError(
                 f"containerd is unavailable ({error.detail}); retry later"
             ) from error
-        log.debug("execution %s: sandbox up in %.3f s", execution_id, time.monotonic() - started)
+        setup = time.monotonic() - started
         try:
             ending = await self._run_steps(sandbox, plan, limits)
             usage = await sandbox.usage()
             ending = attrs.evolve(ending, stderr=_without_runsc_noise(ending.stderr, sandbox.id))
-            return self._result(execution_id, plan, ending, usage)
+            result = self._result(execution_id, plan, ending, usage)
         finally:
+            tearing_down = time.monotonic()
             await complete_even_if_cancelled(sandbox.destroy())
+        timings = Timings(setup=setup, run=ending.elapsed, teardown=time.monotonic() - tearing_down)
+        return result, timings
 
     async def _run_steps(self, sandbox: Sandbox, plan: Plan, limits: SandboxLimits) -> _Ending:
         """Compile (if the runtime does) and run; say how it ended."""

@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
+import attrs
+
 from sandboxd.admission import Admission, QueueFullError
 from sandboxd.engine import Engine, Plan, RuntimeUnavailableError, UnsupportedLanguageError
 from sandboxd.models import (
@@ -27,6 +29,7 @@ from sandboxd.models import (
     SessionPage,
 )
 from sandboxd.store import ExecutionStore, StoredExecution
+from sandboxd.telemetry import Telemetry, Timings
 from sandboxd.validation import InvalidFieldError
 from sandboxd.watch import ContainerdUnavailableError
 
@@ -57,8 +60,10 @@ class ExecutionService:
         *,
         async_queue: int,
         retention: dt.timedelta,
+        telemetry: Telemetry,
     ) -> None:
         self.engine = engine
+        self.telemetry = telemetry
         self.store = store
         self.admission = admission
         self.async_queue = async_queue
@@ -75,21 +80,25 @@ class ExecutionService:
 
     async def run(self, owner: str, plan: Plan) -> ExecutionResult:
         """Run one execution now, in a slot of its own."""
+        asked = time.monotonic()
         async with self.admission.slot():
-            return await self._run_recorded(owner, Kind.SYNC, plan)
+            return await self._run_recorded(owner, Kind.SYNC, plan, time.monotonic() - asked)
 
     async def run_batch(self, owner: str, plans: Sequence[Plan]) -> list[ExecutionResult]:
         """Run a batch in order, holding one slot for all of it; each item fails on its own."""
+        asked = time.monotonic()
         async with self.admission.slot():
-            return [await self._run_recorded(owner, Kind.BATCH, plan) for plan in plans]
+            waited = time.monotonic() - asked
+            return [await self._run_recorded(owner, Kind.BATCH, plan, waited if i == 0 else 0.0)
+                    for i, plan in enumerate(plans)]  # fmt: skip
 
-    async def _run_recorded(self, owner: str, kind: Kind, plan: Plan) -> ExecutionResult:
+    async def _run_recorded(self, owner: str, kind: Kind, plan: Plan, queue_wait: float) -> ExecutionResult:
         execution_id = str(uuid.uuid4())
         await self.store.insert(
             execution_id, owner, kind, plan.request, plan.runtime.name, ExecutionStatus.RUNNING
         )
         try:
-            result = await self._execute(execution_id, plan)
+            result = await self._execute(execution_id, plan, kind, queue_wait)
         except ContainerdUnavailableError as error:
             failed = self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
             await self.store.finish(failed)
@@ -105,11 +114,27 @@ class ExecutionService:
         await self.store.finish(result)
         return result
 
-    async def _execute(self, execution_id: str, plan: Plan) -> ExecutionResult:
+    async def _execute(self, execution_id: str, plan: Plan, kind: Kind, queue_wait: float) -> ExecutionResult:
         try:
-            return await self.engine.execute(plan, execution_id)
+            result, timings = await self.engine.execute_timed(plan, execution_id)
         except RuntimeUnavailableError as error:
-            return self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
+            result, timings = (
+                self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error)),
+                Timings(),
+            )
+        request = plan.request
+        self.telemetry.finished(
+            result,
+            kind,
+            attrs.evolve(timings, queue_wait=queue_wait),
+            debug_fields={
+                "code": request.code,
+                "stdin": request.stdin,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+            },
+        )
+        return result
 
     async def _finish_shielded(self, result: ExecutionResult) -> None:
         await asyncio.shield(asyncio.ensure_future(self.store.finish(result)))
@@ -132,11 +157,13 @@ class ExecutionService:
 
     async def _run_async(self, execution_id: str, plan: Plan) -> None:
         try:
+            asked = time.monotonic()
             async with self.admission.slot(wait=True):
+                waited = time.monotonic() - asked
                 while True:
                     await self.store.set_status(execution_id, ExecutionStatus.RUNNING)
                     try:
-                        result = await self._execute(execution_id, plan)
+                        result = await self._execute(execution_id, plan, Kind.ASYNC, waited)
                         break
                     except ContainerdUnavailableError:
                         # Accepted work is durable: wait for containerd instead of failing.

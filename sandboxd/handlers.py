@@ -9,7 +9,7 @@ from aiohttp import web
 
 from sandboxd.engine import Plan, UnsupportedLanguageError
 from sandboxd.executions import ExecutionService
-from sandboxd.keys import ENGINE, IDENTITY, SERVICE
+from sandboxd.keys import ENGINE, IDENTITY, SERVICE, TELEMETRY
 from sandboxd.middleware import charge
 from sandboxd.models import (
     AsyncAccepted,
@@ -200,6 +200,13 @@ async def session_executions(request: web.Request) -> web.Response:
 async def languages(request: web.Request) -> web.Response:
     """GET /api/v1/languages: every runtime, its version and whether it is available."""
     return json_response(request.app[ENGINE].languages())
+
+
+@documented("Prometheus metrics (text exposition format)", ok=(200, None), errors=())
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: executions, queue, sandbox timings, rate limiting and containerd errors."""
+    body = request.app[TELEMETRY].exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 @documented("Liveness of the HTTP server", ok=(200, Health), errors=())

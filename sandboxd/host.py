@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 from sandboxd.config import Config
@@ -46,10 +47,13 @@ def prepare_host(config: Config, client: ContainerdClient) -> SandboxHost:
     )
 
 
-def client_for(config: Config) -> ContainerdClient:
+def client_for(config: Config, on_error: Callable[[str], None] | None = None) -> ContainerdClient:
     """A containerd client for the configured socket, namespace and snapshotter."""
     return ContainerdClient(
-        config.containerd.address, config.containerd.namespace, snapshotter=config.containerd.snapshotter
+        config.containerd.address,
+        config.containerd.namespace,
+        snapshotter=config.containerd.snapshotter,
+        on_error=on_error,
     )
 
 

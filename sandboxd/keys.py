@@ -12,6 +12,7 @@ from sandboxd.executions import ExecutionService
 from sandboxd.notify import Notifier
 from sandboxd.ratelimit import Decision, RateLimiter
 from sandboxd.store import ExecutionStore
+from sandboxd.telemetry import Telemetry
 
 CONFIG = web.AppKey("config", Config)
 KEYS = web.AppKey("keys", KeyRing)
@@ -23,6 +24,7 @@ STORE = web.AppKey("store", ExecutionStore)
 SERVICE = web.AppKey("service", ExecutionService)
 HEALTH_PORT = web.AppKey("health_port", int)
 NOTIFIER = web.AppKey("notifier", Notifier)
+TELEMETRY = web.AppKey("telemetry", Telemetry)
 
 IDENTITY = web.RequestKey("identity", Identity)
 RATE = web.RequestKey("rate", Decision)

@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 from sandboxd.admission import QueueFullError
 from sandboxd.engine import RuntimeUnavailableError, UnsupportedLanguageError
 from sandboxd.executions import AlreadyFinishedError, ExecutionNotFoundError
-from sandboxd.keys import CONFIG, IDENTITY, KEYS, LIMITER, RATE
+from sandboxd.keys import CONFIG, IDENTITY, KEYS, LIMITER, RATE, TELEMETRY
 from sandboxd.ratelimit import Decision
 from sandboxd.validation import InvalidFieldError, ValidationError
 from sandboxd.watch import ContainerdUnavailableError
@@ -110,4 +110,5 @@ def charge(request: web.Request, cost: int) -> None:
     decision = request.app[LIMITER].take(identity.name, identity.rate_limit, cost)
     request[RATE] = decision
     if not decision.allowed:
+        request.app[TELEMETRY].rate_limited.inc()
         raise RateLimitedError(decision)

@@ -111,7 +111,11 @@ def documented(
             )(decorated)
         if body is not None:
             decorated = request_schema(schema_for(body)(many=body_is_list), required=True)(decorated)
+        plain = {
+            status: {"description": "Success", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        }
         decorated = docs(
+            responses=plain if model is None else None,
             summary=summary,
             description=(handler.__doc__ or "").strip(),
             parameters=parameters or [],

@@ -21,7 +21,7 @@ from sandboxd.containerd import ContainerdClient
 from sandboxd.engine import Engine
 from sandboxd.host import client_for, prepare_host
 from sandboxd.keys import ENGINE
-from sandboxd.sandbox import MANAGED_LABEL, Sandbox, drain_cleanups
+from sandboxd.sandbox import HOST_LABEL, MANAGED_LABEL, Sandbox, drain_cleanups, host_id_for
 
 pytest_plugins = ["tests.daemons"]
 
@@ -45,10 +45,29 @@ class Leftovers:
         return not any(attrs.astuple(self))
 
 
+# The most further daemons one test session makes (each gets <state>-<n>, see separate_daemon).
+MAX_FURTHER_DAEMONS = 64
+
+
+def test_state_dirs(config: Config) -> list[Path]:
+    """Every state directory a test session uses: fixed names, so a later session finds an earlier one's."""
+    state = config.paths.state
+    return [state, *(state.parent / f"{state.name}-{n}" for n in range(MAX_FURTHER_DAEMONS))]
+
+
 async def find_leftovers(client: ContainerdClient, config: Config) -> Leftovers:
-    """List sandboxd's containers, tasks, snapshots, leases, mounts, workspaces and FIFOs."""
+    """List the containers, tasks, snapshots, leases, mounts, workspaces and FIFOs of the tests' daemons.
+
+    Only sandboxes labelled by a test daemon count: a dev daemon serving from the same
+    containerd at the same time is none of the tests' business.
+    """
+    hosts = {host_id_for(path) for path in test_state_dirs(config)}
     managed = f'labels."{MANAGED_LABEL}"'
     state = config.paths.state
+    containers = [c for c in await client.containers.list([managed]) if c.labels.get(HOST_LABEL) in hosts]
+    snapshots = [s for s in await client.snapshots.list([managed]) if s.labels.get(HOST_LABEL) in hosts]
+    leases = [lease for lease in await client.leases.list([managed]) if lease.labels.get(HOST_LABEL) in hosts]
+    ours = {c.id for c in containers} | {s.name for s in snapshots} | {lease.id for lease in leases}
     mounts_table = await asyncio.to_thread(Path("/proc/self/mounts").read_text)
     mounts = [line.split()[1] for line in mounts_table.splitlines()]
     entries = [
@@ -58,10 +77,10 @@ async def find_leftovers(client: ContainerdClient, config: Config) -> Leftovers:
         for p in directory.iterdir()
     ]
     return Leftovers(
-        containers=[c.id for c in await client.containers.list([managed])],
-        tasks=[t.container_id for t in await client.tasks.list()],
-        snapshots=[s.name for s in await client.snapshots.list([managed])],
-        leases=[lease.id for lease in await client.leases.list([managed])],
+        containers=[c.id for c in containers],
+        tasks=[t.container_id for t in await client.tasks.list() if t.container_id in ours],
+        snapshots=[s.name for s in snapshots],
+        leases=[lease.id for lease in leases],
         mounts=[m for m in mounts if m.startswith(str(state))],
         state_entries=entries,
     )
@@ -74,7 +93,7 @@ def config() -> Iterator[Config]:
     if not path:
         pytest.fail(f"{CONFIG_VARIABLE} is not set: run the suite through `scripts/dev test`")
     loaded = load_config(Path(path), os.environ)
-    state = loaded.paths.state.parent / f"{loaded.paths.state.name}-test-{os.getpid()}"
+    state = loaded.paths.state.parent / f"{loaded.paths.state.name}-test"
     data = Path(tempfile.mkdtemp(prefix="sandboxd-test-data-"))
     yield attrs.evolve(
         loaded,
@@ -99,7 +118,7 @@ def separate_daemon(config: Config) -> Iterator[Callable[[], Config]]:
     made: list[Path] = []
 
     def make() -> Config:
-        state = config.paths.state.parent / f"{config.paths.state.name}-{len(made)}"
+        state = config.paths.state.parent / f"{config.paths.state.name}-{len(made) // 2}"
         data = Path(tempfile.mkdtemp(prefix="sandboxd-test-data-"))
         made.extend([state, data])
         return attrs.evolve(config, paths=attrs.evolve(config.paths, state=state, data=data))

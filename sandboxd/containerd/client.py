@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import attrs
@@ -84,8 +84,9 @@ def _serialize(request: message.Message) -> bytes:
 class _Channel:
     """One gRPC channel to containerd plus the metadata every call needs."""
 
-    def __init__(self, address: str, namespace: str) -> None:
+    def __init__(self, address: str, namespace: str, on_error: Callable[[str], None] | None) -> None:
         self.namespace = namespace
+        self.on_error = on_error
         self.channel = grpc.aio.insecure_channel(
             f"unix://{address}",
             options=[("grpc.default_authority", "localhost"), ("grpc.max_receive_message_length", 16 << 20)],
@@ -114,6 +115,8 @@ class _Channel:
         try:
             response: _Response = await call(request, metadata=self.metadata(lease), timeout=timeout)
         except grpc.aio.AioRpcError as error:
+            if self.on_error is not None:
+                self.on_error(method)
             raise translate(method, error) from error
         return response
 
@@ -130,6 +133,8 @@ class _Channel:
             async for item in call(request, metadata=self.metadata(None), timeout=DEFAULT_RPC_TIMEOUT):
                 yield item
         except grpc.aio.AioRpcError as error:
+            if self.on_error is not None:
+                self.on_error(method)
             raise translate(method, error) from error
 
 
@@ -452,8 +457,16 @@ class Version:
 class ContainerdClient:
     """containerd's services for one namespace, over one channel."""
 
-    def __init__(self, address: str, namespace: str, *, snapshotter: str = "overlayfs") -> None:
-        self._channel = _Channel(address, namespace)
+    def __init__(
+        self,
+        address: str,
+        namespace: str,
+        *,
+        snapshotter: str = "overlayfs",
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_error`` hears the method of every failed call (for metrics)."""
+        self._channel = _Channel(address, namespace, on_error)
         self.address = address
         self.namespace = namespace
         self.images = Images(self._channel)

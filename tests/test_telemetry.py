@@ -1,0 +1,100 @@
+"""Metrics at /metrics and the one structured log line per execution."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from sandboxd.models import ExecutionResult, ExecutionStatus
+from sandboxd.telemetry import EXECUTION_FIELDS, JsonFormatter, Telemetry, TextFormatter, Timings
+
+Client = TestClient[Any, Any]
+
+
+def sample(exposition: str, name: str) -> float:
+    """The value of the sample line that starts with ``name``; 0 while a labelled one has not appeared."""
+    values = [float(line.split()[-1]) for line in exposition.splitlines() if line.startswith(name)]
+    assert len(values) <= 1, (name, values)
+    return values[0] if values else 0.0
+
+
+@pytest.mark.integration
+async def test_metrics_count_executions(http: Client, headers: dict[str, str]) -> None:
+    """An execution moves the counter for its language and status and the timing histograms."""
+    before = await (await http.get("/metrics")).text()
+    body = json.dumps({"code": "print('measured')", "language": "python"})
+    response = await http.post("/api/v1/execute", data=body, headers=headers)
+    assert response.status == 200
+    after_response = await http.get("/metrics")
+    assert after_response.headers["Content-Type"].startswith("text/plain")
+    after = await after_response.text()
+    counter = 'sandboxd_executions_total{language="python",status="completed"}'
+    assert sample(after, counter) == sample(before, counter) + 1
+    assert "sandboxd_queue_depth " in after
+    for histogram in ("queue_wait", "sandbox_setup", "run", "sandbox_teardown"):
+        name = f"sandboxd_{histogram}_seconds_count"
+        assert sample(after, name) >= sample(before, name) + 1
+    for gauge in (
+        "sandboxd_executions_in_flight",
+        "sandboxd_queue_depth",
+        "sandboxd_rate_limited_requests_total",
+    ):
+        assert sample(after, gauge) >= 0
+
+
+def result(status: ExecutionStatus = ExecutionStatus.COMPLETED) -> ExecutionResult:
+    """A finished result carrying output that must stay out of the logs."""
+    return ExecutionResult(
+        execution_id="e-1", stdout="SECRET-OUTPUT", stderr="", exit_code=0, execution_time=0.2,
+        language="python", session_id=None, status=status,
+    )  # fmt: skip
+
+
+def test_one_log_line_per_execution_without_code(caplog: pytest.LogCaptureFixture) -> None:
+    """INFO: id, language, status and durations; never code, stdin or output."""
+    caplog.set_level(logging.INFO, logger="sandboxd.executions")
+    Telemetry().finished(
+        result(),
+        "sync",
+        Timings(0.01, 0.3, 0.2, 0.1),
+        debug_fields={"code": "SECRET-CODE", "stdin": "SECRET-IN"},
+    )
+    (record,) = caplog.records
+    fields = getattr(record, EXECUTION_FIELDS)
+    assert fields == {
+        "execution_id": "e-1", "kind": "sync", "language": "python", "status": "completed", "exit_code": 0,
+        "queue_wait_seconds": 0.01, "setup_seconds": 0.3, "run_seconds": 0.2, "teardown_seconds": 0.1,
+    }  # fmt: skip
+    text = TextFormatter("%(message)s").format(record)
+    assert text.startswith("execution finished execution_id=e-1 kind=sync language=python status=completed")
+    assert "SECRET" not in text
+    document = json.loads(JsonFormatter().format(record))
+    assert (document["execution_id"], document["status"], document["level"]) == ("e-1", "completed", "info")
+    assert "SECRET" not in json.dumps(document)
+
+
+def test_debug_logging_includes_code_and_output(caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG, and only then, the line carries code, stdin and output."""
+    caplog.set_level(logging.DEBUG, logger="sandboxd.executions")
+    Telemetry().finished(
+        result(), "async", Timings(), debug_fields={"code": "SECRET-CODE", "stdout": "SECRET-OUTPUT"}
+    )
+    fields = getattr(caplog.records[0], EXECUTION_FIELDS)
+    assert (fields["code"], fields["stdout"]) == ("SECRET-CODE", "SECRET-OUTPUT")
+
+
+def test_containerd_errors_are_counted_by_method() -> None:
+    """A failed containerd call counts under its service and method."""
+    telemetry = Telemetry()
+    telemetry.containerd_error("/containerd.services.tasks.v1.Tasks/Kill")
+    exposition = telemetry.exposition().decode()
+    assert (
+        sample(
+            exposition, 'sandboxd_containerd_errors_total{method="containerd.services.tasks.v1.Tasks/Kill"}'
+        )
+        == 1
+    )
