@@ -28,6 +28,7 @@ from sandboxd.keys import (
     LIMITER,
     NOTIFIER,
     SERVICE,
+    SHUTDOWN_DEADLINE,
     STORE,
     TELEMETRY,
 )
@@ -150,17 +151,27 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     purging = asyncio.create_task(service.purge_forever())
     yield
     purging.cancel()
-    await service.stop()
+    # aiohttp has already given synchronous requests the grace period (shutdown_timeout).
+    now = asyncio.get_running_loop().time()
+    await service.stop(app.get(SHUTDOWN_DEADLINE, now) - now)
     await drain_cleanups()
 
 
 async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
-    notifier = app[NOTIFIER]
-    feeding = asyncio.create_task(notifier.keep_watchdog_fed(), name="watchdog")
+    feeding = asyncio.create_task(app[NOTIFIER].keep_watchdog_fed(), name="watchdog")
     yield
-    # Runs first at shutdown: systemd learns the daemon is stopping before anything closes.
-    notifier.stopping()
     feeding.cancel()
+
+
+async def _begin_shutdown(app: web.Application) -> None:
+    """SIGTERM: the sockets are closed; tell systemd, and start no more queued work.
+
+    Running executions share one grace period, which aiohttp also gives the
+    synchronous requests still in flight.
+    """
+    app[NOTIFIER].stopping()
+    app[SHUTDOWN_DEADLINE] = asyncio.get_running_loop().time() + app[CONFIG].server.shutdown_grace
+    app[SERVICE].begin_shutdown()
 
 
 def serving_status(app: web.Application) -> str:
@@ -200,6 +211,7 @@ def create_app(config: Config) -> web.Application:
     app[NOTIFIER] = Notifier(os.environ)
     app[TELEMETRY] = Telemetry()
     app.cleanup_ctx.extend([_containerd_ctx, _engine_ctx, _store_ctx, _service_ctx, _health_ctx, _notify_ctx])
+    app.on_shutdown.append(_begin_shutdown)
     app.router.add_get("/healthz", handlers.healthz, allow_head=False)
     app.router.add_get("/metrics", handlers.metrics, allow_head=False)
     app.router.add_get("/api/v1/languages", handlers.languages, allow_head=False)

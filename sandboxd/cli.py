@@ -53,7 +53,14 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("listening on http://%s:%d", config.server.host, config.server.port)
         app[NOTIFIER].ready(serving_status(app))
 
-    web.run_app(app, host=config.server.host, port=config.server.port, print=listening, access_log=None)
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        print=listening,
+        access_log=None,
+        shutdown_timeout=config.server.shutdown_grace,
+    )
     return 0
 
 

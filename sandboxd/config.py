@@ -57,6 +57,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8002, validator=positive)
     max_body_bytes: int = attrs.field(default=2 << 20, validator=positive)
+    # At SIGTERM: how long running executions may go on before they are cancelled.
+    shutdown_grace: float = attrs.field(default=30.0, validator=positive)
 
 
 @attrs.frozen

@@ -69,7 +69,9 @@ class ExecutionService:
         self.async_queue = async_queue
         self.retention = retention
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._running: set[str] = set()
         self._cancelled_by_owner: set[str] = set()
+        self._shutting_down = False
 
     def plan(self, request: ExecutionRequest) -> Plan:
         """Validate a request against its runtime (400s happen here, before anything runs)."""
@@ -153,13 +155,20 @@ class ExecutionService:
     def _start(self, execution_id: str, plan: Plan) -> None:
         job = asyncio.create_task(self._run_async(execution_id, plan), name=f"execution {execution_id}")
         self._jobs[execution_id] = job
-        job.add_done_callback(lambda _: self._jobs.pop(execution_id, None))
+        job.add_done_callback(lambda _: self._forget(execution_id))
+
+    def _forget(self, execution_id: str) -> None:
+        self._jobs.pop(execution_id, None)
+        self._running.discard(execution_id)
 
     async def _run_async(self, execution_id: str, plan: Plan) -> None:
         try:
             asked = time.monotonic()
             async with self.admission.slot(wait=True):
+                if self._shutting_down:
+                    return  # stays queued in the store for the next start
                 waited = time.monotonic() - asked
+                self._running.add(execution_id)
                 while True:
                     await self.store.set_status(execution_id, ExecutionStatus.RUNNING)
                     try:
@@ -265,9 +274,22 @@ class ExecutionService:
                 log.info("purged %d execution records older than %s", removed, self.retention)
             await asyncio.sleep(_PURGE_INTERVAL)
 
-    async def stop(self) -> None:
-        """Stop background executions; unfinished records stay for the next start."""
+    def begin_shutdown(self) -> None:
+        """Start no more background executions: those still queued stay queued in the store."""
+        self._shutting_down = True
+        for execution_id, job in self._jobs.items():
+            if execution_id not in self._running:
+                job.cancel()
+
+    async def stop(self, grace: float) -> None:
+        """Let running background executions finish within ``grace`` seconds, then cancel the rest.
+
+        A cancelled one keeps its unfinished record and runs again at the next start.
+        """
+        self.begin_shutdown()
         jobs = list(self._jobs.values())
-        for job in jobs:
-            job.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)
+        if jobs:
+            _, late = await asyncio.wait(jobs, timeout=max(grace, 0))
+            for job in late:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
