@@ -28,7 +28,6 @@ from sandboxd.keys import (
     LIMITER,
     NOTIFIER,
     SERVICE,
-    SHUTDOWN_DEADLINE,
     STORE,
     TELEMETRY,
 )
@@ -151,9 +150,8 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     purging = asyncio.create_task(service.purge_forever())
     yield
     purging.cancel()
-    # aiohttp has already given synchronous requests the grace period (shutdown_timeout).
-    now = asyncio.get_running_loop().time()
-    await service.stop(app.get(SHUTDOWN_DEADLINE, now) - now)
+    # The grace period began at SIGTERM (_begin_shutdown); aiohttp gave it to sync requests too.
+    await service.stop()
     await drain_cleanups()
 
 
@@ -170,8 +168,7 @@ async def _begin_shutdown(app: web.Application) -> None:
     synchronous requests still in flight.
     """
     app[NOTIFIER].stopping()
-    app[SHUTDOWN_DEADLINE] = asyncio.get_running_loop().time() + app[CONFIG].server.shutdown_grace
-    app[SERVICE].begin_shutdown()
+    app[SERVICE].begin_shutdown(app[CONFIG].server.shutdown_grace)
 
 
 def serving_status(app: web.Application) -> str:

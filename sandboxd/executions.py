@@ -72,6 +72,7 @@ class ExecutionService:
         self._running: set[str] = set()
         self._cancelled_by_owner: set[str] = set()
         self._shutting_down = False
+        self._shutdown_deadline: float | None = None
 
     def plan(self, request: ExecutionRequest) -> Plan:
         """Validate a request against its runtime (400s happen here, before anything runs)."""
@@ -274,22 +275,25 @@ class ExecutionService:
                 log.info("purged %d execution records older than %s", removed, self.retention)
             await asyncio.sleep(_PURGE_INTERVAL)
 
-    def begin_shutdown(self) -> None:
-        """Start no more background executions: those still queued stay queued in the store."""
+    def begin_shutdown(self, grace: float) -> None:
+        """Start no more background executions (queued ones stay queued); running ones get ``grace`` s."""
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = time.monotonic() + grace
         self._shutting_down = True
         for execution_id, job in self._jobs.items():
             if execution_id not in self._running:
                 job.cancel()
 
-    async def stop(self, grace: float) -> None:
-        """Let running background executions finish within ``grace`` seconds, then cancel the rest.
+    async def stop(self) -> None:
+        """Let running background executions finish within the grace period, then cancel the rest.
 
         A cancelled one keeps its unfinished record and runs again at the next start.
         """
-        self.begin_shutdown()
+        self.begin_shutdown(0)
+        deadline = self._shutdown_deadline or time.monotonic()
         jobs = list(self._jobs.values())
         if jobs:
-            _, late = await asyncio.wait(jobs, timeout=max(grace, 0))
+            _, late = await asyncio.wait(jobs, timeout=max(deadline - time.monotonic(), 0))
             for job in late:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)

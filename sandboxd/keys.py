@@ -25,7 +25,6 @@ SERVICE = web.AppKey("service", ExecutionService)
 HEALTH_PORT = web.AppKey("health_port", int)
 NOTIFIER = web.AppKey("notifier", Notifier)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
-SHUTDOWN_DEADLINE = web.AppKey("shutdown_deadline", float)
 
 IDENTITY = web.RequestKey("identity", Identity)
 RATE = web.RequestKey("rate", Decision)

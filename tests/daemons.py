@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -93,3 +96,28 @@ async def make_daemon(
     yield make
     for daemon in made:
         await daemon.stop(signal.SIGTERM)
+
+
+async def call(
+    session: aiohttp.ClientSession, daemon: Daemon, method: str, path: str, body: Any = None
+) -> Any:
+    """One API call to ``daemon`` with its key; return the JSON body."""
+    headers = {"X-API-Key": daemon.key, "Content-Type": "application/json"}
+    data = None if body is None else json.dumps(body)
+    async with session.request(method, f"{daemon.url}{path}", data=data, headers=headers) as response:
+        return await response.json()
+
+
+async def final_results(
+    session: aiohttp.ClientSession, daemon: Daemon, ids: list[str], seconds: float = 60
+) -> dict[str, Any]:
+    """Poll the executions until each has a final state (or time runs out); return those that do."""
+    results: dict[str, Any] = {}
+    deadline = time.monotonic() + seconds
+    while len(results) < len(ids) and time.monotonic() < deadline:
+        for execution_id in ids:
+            body = await call(session, daemon, "GET", f"/api/v1/executions/{execution_id}")
+            if body["status"] not in ("queued", "running"):
+                results[execution_id] = body
+        await asyncio.sleep(0.2)
+    return results

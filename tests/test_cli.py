@@ -105,3 +105,19 @@ async def test_keys_add_stores_only_the_hash(config_file: Path) -> None:
     status, output = await sandboxd("--config", str(config_file), "keys", "add", "ci")
     assert status == 1
     assert "a key named 'ci' exists already" in output
+
+
+async def test_images_list(config_file: Path) -> None:
+    """`sandboxd images list` shows each runtime's image reference, availability and version."""
+    status, output = await sandboxd("--config", str(config_file), "images", "list")
+    assert status == 0, output
+    rows = {line.split()[0]: line.split()[1:3] for line in output.splitlines()[1:]}
+    assert rows["python"] == ["yes", "sandboxd.local/runtimes/python:bookworm"]
+    assert set(rows) == {"go", "javascript", "python", "ruby"}
+
+
+async def test_images_build_skips_current_images(config_file: Path) -> None:
+    """`sandboxd images build python` finds the image current and says so."""
+    status, output = await sandboxd("--config", str(config_file), "images", "build", "python")
+    assert status == 0, output
+    assert "[python] sandboxd.local/runtimes/python:bookworm is current (Python 3." in output

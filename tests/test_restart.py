@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 import pytest
 
 from sandboxd.containerd import ContainerdClient
 from sandboxd.sandbox import HOST_LABEL, host_id_for
-from tests.daemons import Daemon
+from tests.daemons import Daemon, call, final_results
 
 pytestmark = pytest.mark.integration
-
-
-async def call(
-    session: aiohttp.ClientSession, daemon: Daemon, method: str, path: str, body: Any = None
-) -> Any:
-    """One API call; return the JSON body."""
-    headers = {"X-API-Key": daemon.key, "Content-Type": "application/json"}
-    data = None if body is None else json.dumps(body)
-    async with session.request(method, f"{daemon.url}{path}", data=data, headers=headers) as response:
-        return await response.json()
 
 
 async def test_kill_9_loses_no_execution(
@@ -61,15 +49,8 @@ async def test_kill_9_loses_no_execution(
         orphans = await containerd.containers.list(mine)
         assert len(orphans) == 2, "the killed daemon should have left its two running sandboxes"
 
-        restarted = time.monotonic()
         await daemon.start()
-        results: dict[str, Any] = {}
-        while len(results) < len(ids) and time.monotonic() - restarted < 60:
-            for execution_id in ids:
-                body = await call(session, daemon, "GET", f"/api/v1/executions/{execution_id}")
-                if body["status"] not in ("queued", "running"):
-                    results[execution_id] = body
-            await asyncio.sleep(0.2)
+        results = await final_results(session, daemon, ids)
     assert [results[i]["status"] for i in ids] == ["completed"] * 5
     assert [results[i]["stdout"] for i in ids] == [f"done {n}\n" for n in range(5)]
     assert "removed 2 sandboxes left by a previous run" in daemon.log.read_text()
@@ -115,13 +96,7 @@ async def test_kill_9_with_eight_in_flight(
         assert "removed 8 sandboxes left by a previous run" in daemon.log.read_text()
         assert ready_after < 10, f"restart with reconciliation took {ready_after:.1f} s"
 
-        results: dict[str, Any] = {}
-        while len(results) < len(ids) and time.monotonic() - restarted < 60:
-            for execution_id in ids:
-                body = await call(session, daemon, "GET", f"/api/v1/executions/{execution_id}")
-                if body["status"] not in ("queued", "running"):
-                    results[execution_id] = body
-            await asyncio.sleep(0.2)
+        results = await final_results(session, daemon, ids)
         assert [results[i]["status"] for i in ids] == ["completed"] * 6
         listing = await call(session, daemon, "GET", "/api/v1/sessions/sync-at-crash/executions")
     assert [e["status"] for e in listing["executions"]] == ["internal_error"] * 2

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.daemons import Daemon
+from tests.daemons import Daemon, call
 
 pytestmark = pytest.mark.integration
-
-
-async def call(
-    session: aiohttp.ClientSession, daemon: Daemon, method: str, path: str, body: Any = None
-) -> Any:
-    """One API call; return the JSON body."""
-    headers = {"X-API-Key": daemon.key, "Content-Type": "application/json"}
-    data = None if body is None else json.dumps(body)
-    async with session.request(method, f"{daemon.url}{path}", data=data, headers=headers) as response:
-        return await response.json()
 
 
 async def test_graceful_shutdown(make_daemon: Callable[[int], Daemon]) -> None:
