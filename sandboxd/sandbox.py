@@ -304,10 +304,10 @@ class Sandbox:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-            stdio.close()
+            stdio.close_pipes()
             with contextlib.suppress(ContainerdError):
                 await client.tasks.delete_process(self.id, step)
-            await asyncio.to_thread(stdio.close)
+            await asyncio.to_thread(stdio.remove)
 
     async def _feed_stdin(self, stdio: ProcessStdio, step: str, data: bytes) -> None:
         await stdio.feed_stdin(data)
@@ -450,6 +450,6 @@ def _open_fifo_readers(directory: Path) -> list[int]:
 
 def _remove_fifo_dir(directory: Path) -> None:
     for step in _entries(directory):
-        ProcessStdio(step).close()
+        ProcessStdio(step).remove()
     with contextlib.suppress(OSError):
         directory.rmdir()

@@ -137,12 +137,15 @@ class ProcessStdio:
         stdout, stderr = self._readers
         return stdout.output(), stderr.output()
 
-    def close(self) -> None:
-        """Close every pipe end and remove the FIFOs and their directory."""
+    def close_pipes(self) -> None:
+        """Close every pipe end the daemon holds (on the event loop, which owns the transports)."""
         self.release_placeholders()
         for transport in self._transports:
             transport.close()
         self._transports.clear()
+
+    def remove(self) -> None:
+        """Remove the FIFOs and their directory (file system work: call it off the event loop)."""
         for path in (self.stdin, self.stdout, self.stderr):
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISFIFO(path.lstat().st_mode):
