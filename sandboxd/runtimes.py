@@ -72,6 +72,20 @@ class ImageRecipe:
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@attrs.frozen
+class Conformance:
+    """Snippets the conformance suite runs in this language; tests/test_conformance.py says what each does."""
+
+    hello: str
+    echo_stdin: str
+    read_env: str
+    exit_3: str
+    utf8: str
+    runtime_error: str
+    infinite_loop: str
+    compile_error: str | None = None
+
+
 def _argv(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     check(all(arg for arg in value), attribute.name, "arguments must not be empty strings")
 
@@ -87,6 +101,7 @@ class Runtime:
     version_command: tuple[str, ...] = attrs.field(validator=_argv)
     limits: Limits
     build: ImageRecipe
+    conformance: Conformance
     aliases: tuple[str, ...] = ()
     compile: tuple[str, ...] = attrs.field(default=(), validator=_argv)
     environment: Mapping[str, str] = attrs.field(factory=dict)
@@ -101,6 +116,9 @@ class Runtime:
         check(bool(self.image) and " " not in self.image, "image", "must be an image reference")
         bad_env = [k for k in self.environment if not _ENV_NAME.match(k)]
         check(not bad_env, "environment", f"invalid variable names: {', '.join(bad_env)}")
+        if self.compiled:
+            message = "required for a runtime with a compile step"
+            check(self.conformance.compile_error is not None, "conformance.compile_error", message)
 
     @property
     def compiled(self) -> bool:

@@ -23,6 +23,14 @@ memory_mib = 128
 pids = 32
 [build]
 packages = ["python3-minimal"]
+[conformance]
+hello = "print('hello')"
+echo_stdin = "import sys; sys.stdout.write(sys.stdin.read())"
+read_env = "import os; print(os.environ['SANDBOXD_CONFORMANCE'])"
+exit_3 = "raise SystemExit(3)"
+utf8 = "print('é')"
+runtime_error = "1/0"
+infinite_loop = "while True: pass"
 """
 
 
@@ -65,6 +73,18 @@ def test_semantic_problems_name_the_field(tmp_path: Path) -> None:
         load_runtimes(tmp_path)
     problems = caught.value.problems
     assert f"{tmp_path / 'a.toml'}: limits.timeout: must not exceed max_timeout (10.0)" in problems
+
+
+def test_compiled_runtime_needs_a_compile_error_snippet(tmp_path: Path) -> None:
+    """A runtime with a compile step must say how its compiler fails, for the conformance suite."""
+    (tmp_path / "a.toml").write_text(
+        VALID.replace('run = ["python3", "main.py"]', 'run = ["./a"]\ncompile = ["cc", "x.c"]')
+    )
+    with pytest.raises(RuntimeConfigError) as caught:
+        load_runtimes(tmp_path)
+    assert caught.value.problems == [
+        f"{tmp_path / 'a.toml'}: conformance.compile_error: required for a runtime with a compile step"
+    ]
 
 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
