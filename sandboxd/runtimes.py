@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from sandboxd.validation import ValidationError, check, converter, positive, structure
+from sandboxd.validation import ValidationError, check, positive, structure
 
 _NAME = re.compile(r"^[a-z][a-z0-9+#.-]{0,31}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -186,8 +186,3 @@ def load_runtimes(directory: Path) -> RuntimeRegistry:
     if problems:
         raise RuntimeConfigError(problems)
     return RuntimeRegistry(tuple(runtimes))
-
-
-converter.register_unstructure_hook(
-    RuntimeRegistry, lambda registry: [converter.unstructure(r) for r in registry]
-)
