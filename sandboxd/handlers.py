@@ -27,6 +27,8 @@ from sandboxd.validation import InvalidFieldError, ValidationError, converter, s
 
 MAX_BATCH: Final = 10
 MAX_PAGE: Final = 200
+# What can go wrong for a route that takes an execution request in its body.
+BODY_ERRORS: Final = (400, 401, 413, 415, 429, 503)
 EXECUTION_ID_PARAMETER: Final = {
     "in": "path",
     "name": "execution_id",
@@ -55,18 +57,23 @@ def _owner(request: web.Request) -> str:
     return request[IDENTITY].name
 
 
+async def _accept_one(request: web.Request) -> Plan:
+    """Read, validate and plan one execution, then charge it: an invalid request costs nothing."""
+    plan = request.app[SERVICE].plan(structure(await read_json(request), ExecutionRequest))
+    charge(request, 1)
+    return plan
+
+
 @documented(
     "Run one snippet synchronously",
     ok=(200, ExecutionResult),
     body=ExecutionRequest,
-    errors=(400, 401, 413, 415, 429, 503),
+    errors=BODY_ERRORS,
 )
 async def execute(request: web.Request) -> web.Response:
     """POST /api/v1/execute: run one snippet and return its result."""
-    service = request.app[SERVICE]
-    plan = service.plan(structure(await read_json(request), ExecutionRequest))
-    charge(request, 1)
-    return json_response(await service.run(_owner(request), plan))
+    plan = await _accept_one(request)
+    return json_response(await request.app[SERVICE].run(_owner(request), plan))
 
 
 def plan_batch(service: ExecutionService, body: object) -> list[Plan]:
@@ -101,7 +108,7 @@ def plan_batch(service: ExecutionService, body: object) -> list[Plan]:
     response_is_list=True,
     body=ExecutionRequest,
     body_is_list=True,
-    errors=(400, 401, 413, 415, 429, 503),
+    errors=BODY_ERRORS,
 )
 async def execute_batch(request: web.Request) -> web.Response:
     """POST /api/v1/execute/batch: run up to 10 snippets in order; one result per item."""
@@ -115,14 +122,12 @@ async def execute_batch(request: web.Request) -> web.Response:
     "Accept one snippet to run in the background",
     ok=(202, AsyncAccepted),
     body=ExecutionRequest,
-    errors=(400, 401, 413, 415, 429, 503),
+    errors=BODY_ERRORS,
 )
 async def execute_async(request: web.Request) -> web.Response:
     """POST /api/v1/execute/async: accept one snippet and answer at once; poll for its result."""
-    service = request.app[SERVICE]
-    plan = service.plan(structure(await read_json(request), ExecutionRequest))
-    charge(request, 1)
-    execution_id = await service.submit(_owner(request), plan)
+    plan = await _accept_one(request)
+    execution_id = await request.app[SERVICE].submit(_owner(request), plan)
     return json_response(AsyncAccepted(execution_id=execution_id, status=ExecutionStatus.QUEUED), status=202)
 
 
