@@ -33,6 +33,7 @@ from sandboxd.keys import (
 )
 from sandboxd.middleware import auth_middleware, error_middleware
 from sandboxd.notify import Notifier
+from sandboxd.pool import SandboxPool
 from sandboxd.ratelimit import RateLimiter
 from sandboxd.runtimes import load_runtimes
 from sandboxd.sandbox import drain_cleanups, reconcile
@@ -97,7 +98,11 @@ async def build_engine(config: Config, client: ContainerdClient, *, reconcile_le
     runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
 
     async def after_outage() -> None:
-        await reconcile(host, keep=engine.active)
+        # Idle sandboxes booted before the outage may be gone or broken: start afresh.
+        if engine.pool is not None:
+            await engine.pool.flush()
+        keep = engine.active | (engine.pool.sandbox_ids() if engine.pool is not None else set())
+        await reconcile(host, keep=keep)
         await engine.refresh_images()
 
     engine = Engine(host, runtimes, settings, ContainerdWatch(client, after_outage))
@@ -115,6 +120,17 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         else:
             log.warning("runtime %s unavailable: %s", language.language, language.reason)
     app[ENGINE] = engine
+    pooling = None
+    pool_config = app[CONFIG].pool
+    names = [runtime.name for runtime in engine.runtimes]
+    unknown = sorted(set(pool_config.runtimes) - set(names))
+    if unknown:
+        raise StartupError(f"pool.runtimes: no such runtime: {', '.join(unknown)}")
+    if pool_config.enabled:
+        engine.pool = SandboxPool(pool_config, names, engine.boot_for_pool, engine.sandbox_memory)
+        pooling = asyncio.create_task(engine.pool.run_forever(), name="sandbox pool")
+        app[TELEMETRY].track_pool(engine.pool)
+    engine.on_teardown = app[TELEMETRY].teardown.observe
     limits = app[CONFIG].limits
     admission = Admission(limits.concurrency, limits.queue)
     app[ADMISSION] = admission
@@ -124,6 +140,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     watching = asyncio.create_task(engine.watch.run_forever(), name="containerd watch")
     yield
     watching.cancel()
+    if pooling is not None:
+        pooling.cancel()
+        await asyncio.gather(pooling, return_exceptions=True)
     await drain_cleanups()
 
 

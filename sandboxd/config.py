@@ -135,6 +135,37 @@ class LimitsConfig:
     retention_hours: float = attrs.field(default=24.0, validator=positive)
 
 
+def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    check(value >= 0, attribute.name, f"must be zero or more, got {value}")
+
+
+@attrs.frozen
+class PoolSizeConfig:
+    """How many idle sandboxes one runtime keeps ready."""
+
+    min: int = attrs.field(default=0, validator=_non_negative)
+    max: int = attrs.field(default=4, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        check(self.max >= self.min, "max", f"must be at least min ({self.min}), got {self.max}")
+
+
+@attrs.frozen
+class PoolConfig:
+    """Pre-booted sandboxes: sizes follow demand between min and max, within a memory budget."""
+
+    enabled: bool = True
+    memory_budget_mib: int = attrs.field(default=1024, validator=positive)
+    # A runtime's pool shrinks back to its minimum once unused this long.
+    idle_seconds: float = attrs.field(default=300.0, validator=positive)
+    min: int = attrs.field(default=0, validator=_non_negative)
+    max: int = attrs.field(default=4, validator=_non_negative)
+    runtimes: dict[str, PoolSizeConfig] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        check(self.max >= self.min, "max", f"must be at least min ({self.min}), got {self.max}")
+
+
 @attrs.frozen
 class Config:
     """Everything the daemon is told; every section is optional."""
@@ -146,6 +177,7 @@ class Config:
     runsc: RunscConfig = RunscConfig()
     paths: PathsConfig = PathsConfig()
     limits: LimitsConfig = LimitsConfig()
+    pool: PoolConfig = PoolConfig()
     api_keys: tuple[ApiKey, ...] = ()
     # Plain keys from SANDBOXD_API_KEYS, for development; never read from the file.
     dev_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
@@ -217,7 +249,9 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list
             continue
         raw: Any = environ[variable]
         # Convert what converts; anything else stays a string, so validation names the setting.
-        if kind is int and raw.strip().lstrip("-").isdigit():
+        if kind is bool and raw.strip().lower() in {"true", "false", "1", "0"}:
+            raw = raw.strip().lower() in {"true", "1"}
+        elif kind is int and raw.strip().lstrip("-").isdigit():
             raw = int(raw)
         elif kind is float:
             with contextlib.suppress(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import attrs
@@ -15,20 +15,19 @@ from sandboxd.containerd import ContainerdError, UnavailableError
 from sandboxd.images import ImageState, inspect_image
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, LanguageInfo
 from sandboxd.oci import SandboxLimits
+from sandboxd.pool import SandboxPool
 from sandboxd.runtimes import Runtime, RuntimeRegistry
-from sandboxd.sandbox import ProcessOutcome, Sandbox, SandboxHost, complete_even_if_cancelled
+from sandboxd.sandbox import ProcessOutcome, Sandbox, SandboxHost, destroy_in_background
 from sandboxd.telemetry import Timings
 from sandboxd.validation import InvalidFieldError
 from sandboxd.watch import ContainerdUnavailableError, ContainerdWatch
 
 log = logging.getLogger(__name__)
 
-# Exit statuses runsc reports when the kernel's OOM killer ended the sandbox.
+# Exit statuses of a process killed with the sandbox when the kernel's OOM killer ended it.
 _OOM_EXIT_CODES: Final = frozenset({128, 137, 143})
-# What runsc itself writes to an exec'd process's stderr when its sandbox died under it.
-_RUNSC_LOST_SANDBOX: Final = b"waiting on pid "
-_RUNSC_LOST_SANDBOX_EXIT: Final = 128
-_SANDBOX_EXIT_GRACE: Final = 1.0
+LANGUAGE_LABEL: Final = "sandboxd.io/language"
+POOL_LABEL: Final = "sandboxd.io/pool"
 
 
 class UnsupportedLanguageError(Exception):
@@ -79,6 +78,48 @@ class Engine:
         self.images: dict[str, ImageState] = {}
         # Sandboxes in use, which reconciliation after an outage must leave alone.
         self.active: set[str] = set()
+        self.pool: SandboxPool | None = None
+        self.on_teardown: Callable[[float], None] | None = None
+
+    def sandbox_limits(self, runtime: Runtime) -> SandboxLimits:
+        """The limits every sandbox of ``runtime`` runs under."""
+        return SandboxLimits(
+            memory_bytes=runtime.limits.memory_mib << 20,
+            pids=runtime.limits.pids,
+            cpus=runtime.limits.cpus,
+            tmp_bytes=self.settings.tmp_bytes,
+            file_size_bytes=self.settings.file_size_bytes,
+            open_files=self.settings.open_files,
+        )
+
+    async def boot(self, runtime: Runtime, sandbox_id: str, chain_id: str, *, pooled: bool) -> Sandbox:
+        """Boot a sandbox for ``runtime`` running image ``chain_id``."""
+        labels = {LANGUAGE_LABEL: runtime.name}
+        if pooled:
+            labels[POOL_LABEL] = "true"
+        return await Sandbox.create(
+            self.host,
+            sandbox_id,
+            image=runtime.image,
+            chain_id=chain_id,
+            limits=self.sandbox_limits(runtime),
+            workspace_bytes=self.settings.workspace_bytes,
+            labels=labels,
+        )
+
+    async def boot_for_pool(self, name: str, sandbox_id: str) -> tuple[Sandbox, str] | None:
+        """A sandbox for the pool, or None while the runtime or containerd cannot serve."""
+        runtime = self.runtimes.get(name)
+        state = self.images.get(name)
+        if runtime is None or state is None or state.chain_id is None or not state.available:
+            return None
+        if not self.watch.available:
+            return None
+        return await self.boot(runtime, sandbox_id, state.chain_id, pooled=True), state.chain_id
+
+    async def sandbox_memory(self, sandbox: Sandbox) -> int | None:
+        """What ``sandbox`` uses now (an idle one: what keeping it costs)."""
+        return (await sandbox.usage()).memory_bytes
 
     async def refresh_images(self) -> None:
         """Look up every runtime's image in containerd."""
@@ -161,44 +202,39 @@ class Engine:
 
     async def _execute(self, execution_id: str, plan: Plan, chain_id: str) -> tuple[ExecutionResult, Timings]:
         runtime, request = plan.runtime, plan.request
-        limits = SandboxLimits(
-            memory_bytes=runtime.limits.memory_mib << 20,
-            pids=runtime.limits.pids,
-            cpus=runtime.limits.cpus,
-            tmp_bytes=self.settings.tmp_bytes,
-            file_size_bytes=self.settings.file_size_bytes,
-            open_files=self.settings.open_files,
-        )
+        limits = self.sandbox_limits(runtime)
         started = time.monotonic()
+        pooled = self.pool.take(runtime.name, chain_id) if self.pool is not None else None
         try:
-            sandbox = await Sandbox.create(
-                self.host,
-                execution_id,
-                image=runtime.image,
-                chain_id=chain_id,
-                limits=limits,
-                workspace_bytes=self.settings.workspace_bytes,
-                environment=plan.environment,
-                files={runtime.source_file: request.code.encode()},
-                labels={"sandboxd.io/language": runtime.name},
-            )
+            if pooled is not None:
+                sandbox = pooled
+            else:
+                sandbox = await self._boot_on_demand(execution_id, runtime, chain_id)
+            self.active.add(sandbox.id)
+            try:
+                await sandbox.write_files({runtime.source_file: request.code.encode()})
+                setup = time.monotonic() - started
+                ending = await self._run_steps(sandbox, plan, limits)
+                usage = await sandbox.usage()
+                result = self._result(execution_id, plan, ending, usage)
+            finally:
+                self.active.discard(sandbox.id)
+                # The caller has its result as soon as it is known; removal goes on in the background.
+                destroy_in_background(sandbox, self.on_teardown)
+        finally:
+            if self.pool is not None:
+                self.pool.release(runtime.name)
+        return result, Timings(setup=setup, run=ending.elapsed)
+
+    async def _boot_on_demand(self, execution_id: str, runtime: Runtime, chain_id: str) -> Sandbox:
+        try:
+            return await self.boot(runtime, execution_id, chain_id, pooled=False)
         except UnavailableError as error:
             # Nothing ran: the caller gets 503 and may retry, rather than a failed result.
             self.watch.report(error)
             raise ContainerdUnavailableError(
                 f"containerd is unavailable ({error.detail}); retry later"
             ) from error
-        setup = time.monotonic() - started
-        try:
-            ending = await self._run_steps(sandbox, plan, limits)
-            usage = await sandbox.usage()
-            ending = attrs.evolve(ending, stderr=_without_runsc_noise(ending.stderr, sandbox.id))
-            result = self._result(execution_id, plan, ending, usage)
-        finally:
-            tearing_down = time.monotonic()
-            await complete_even_if_cancelled(sandbox.destroy())
-        timings = Timings(setup=setup, run=ending.elapsed, teardown=time.monotonic() - tearing_down)
-        return result, timings
 
     async def _run_steps(self, sandbox: Sandbox, plan: Plan, limits: SandboxLimits) -> _Ending:
         """Compile (if the runtime does) and run; say how it ended."""
@@ -206,7 +242,7 @@ class Engine:
         budget = plan.timeout
         elapsed = 0.0
         if runtime.compiled:
-            built = await self._exec(sandbox, "compile", runtime.compile, plan, limits, b"", budget)
+            built = await self._exec(sandbox, runtime.compile, plan, b"", budget)
             elapsed = built.duration
             failure = await self._failure(sandbox, built, plan, limits)
             if failure is not None or built.exit_code != 0:
@@ -218,7 +254,7 @@ class Engine:
                 return _Ending(b"", stderr, -1, elapsed, status, note)
             budget = max(budget - elapsed, 0.001)
         stdin = (plan.request.stdin or "").encode()
-        ran = await self._exec(sandbox, "run", runtime.run, plan, limits, stdin, budget)
+        ran = await self._exec(sandbox, runtime.run, plan, stdin, budget)
         elapsed += ran.duration
         failure = await self._failure(sandbox, ran, plan, limits)
         if failure is not None:
@@ -227,21 +263,12 @@ class Engine:
         exit_code = -1 if ran.exit_code is None else ran.exit_code
         return _Ending(ran.stdout.data, ran.stderr.data, exit_code, elapsed, ExecutionStatus.COMPLETED, None)
 
-    async def _exec(  # noqa: PLR0917 -- a private relay of one call's arguments
-        self,
-        sandbox: Sandbox,
-        step: str,
-        argv: tuple[str, ...],
-        plan: Plan,
-        limits: SandboxLimits,
-        stdin: bytes,
-        timeout: float,
+    async def _exec(
+        self, sandbox: Sandbox, argv: tuple[str, ...], plan: Plan, stdin: bytes, timeout: float
     ) -> ProcessOutcome:
-        return await sandbox.exec(
-            step,
+        return await sandbox.run(
             argv,
             environment=plan.environment,
-            limits=limits,
             stdin=stdin,
             timeout=timeout,
             output_cap=self.settings.output_limit_bytes,
@@ -267,10 +294,6 @@ class Engine:
                     ExecutionStatus.MEMORY_LIMIT,
                     f"memory limit of {limits.memory_bytes >> 20} MiB exceeded",
                 )
-        # runsc reports 128 for a process whose sandbox died under it, before containerd
-        # has seen the sandbox go; a program may also exit 128 itself, so look first.
-        if outcome.exit_code == _RUNSC_LOST_SANDBOX_EXIT:
-            await sandbox.wait_stopped(_SANDBOX_EXIT_GRACE)
         if not sandbox.alive:
             return ExecutionStatus.INTERNAL_ERROR, "internal error: the sandbox stopped unexpectedly"
         return None
@@ -310,16 +333,3 @@ class _Ending:
     elapsed: float
     status: ExecutionStatus
     note: str | None
-
-
-def _without_runsc_noise(stderr: bytes, sandbox_id: str) -> bytes:
-    """Drop the line runsc itself writes when the sandbox died under the process.
-
-    It names the sandbox's id, which the program cannot know, so a line of the
-    program's own is never taken for it.
-    """
-    lines = stderr.splitlines(keepends=True)
-    marker = f'in sandbox "{sandbox_id}"'.encode()
-    while lines and lines[-1].startswith(_RUNSC_LOST_SANDBOX) and marker in lines[-1]:
-        lines.pop()
-    return b"".join(lines)

@@ -1,4 +1,4 @@
-"""Preparing this host for sandboxes: state directories and the runsc wrapper."""
+"""Preparing this host for sandboxes: state directories, the runsc wrapper and the sandbox agent."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+from sandboxd.agent import AGENT_NAME, build_agent
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
 from sandboxd.sandbox import SandboxHost
@@ -26,9 +27,9 @@ def runsc_wrapper_script(config: Config) -> str:
 
 
 def prepare_host(config: Config, client: ContainerdClient) -> SandboxHost:
-    """Create the state directories and the runsc wrapper; return where sandboxes are made."""
+    """Create the state directories, the runsc wrapper and the agent; return where sandboxes are made."""
     state = config.paths.state
-    for directory in (state, state / "workspaces", state / "fifos", state / "runsc"):
+    for directory in (state, state / "workspaces", state / "fifos", state / "runsc", state / "agent"):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
     wrapper = state / "runsc-sandboxd"
@@ -41,6 +42,8 @@ def prepare_host(config: Config, client: ContainerdClient) -> SandboxHost:
         runsc_wrapper=wrapper,
         runsc_root=state / "runsc",
         runsc_binary=config.runsc.binary,
+        agent_dir=build_agent(state / "agent"),
+        agent_name=AGENT_NAME,
         workspaces=state / "workspaces",
         fifos=state / "fifos",
         lease_ttl=LEASE_TTL,

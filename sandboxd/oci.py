@@ -1,12 +1,12 @@
-"""OCI runtime specs for sandboxes and the processes exec'd into them.
+"""OCI runtime specs for sandboxes.
 
-A sandbox's init process only idles; the program (and its compile step) is
-exec'd into it, so one sandbox can run both steps under the same limits.
+A sandbox's init process is the agent (sandboxd.agent), which starts the
+program (and its compile step) inside the sandbox, so one sandbox runs both
+steps under the same limits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -14,8 +14,11 @@ import attrs
 
 NOBODY: Final = 65534
 WORKSPACE: Final = "/workspace"
-# Idles until the sandbox is torn down; present in every Debian image (coreutils).
-IDLE_ARGS: Final = ("/bin/sleep", "infinity")
+# The agent's host directory is mounted read-only here: /dev is a tmpfs gVisor
+# makes for every sandbox, so the mount point needs nothing from the image.
+AGENT_DIR: Final = "/dev/.sandboxd"
+# Only what the agent needs to start a process as NOBODY and drop every capability in it.
+_AGENT_CAPABILITIES: Final = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 _CPU_PERIOD_US: Final = 100_000
 
 
@@ -42,30 +45,40 @@ def host_pids_limit(limits: SandboxLimits) -> int:
     return limits.pids * 16 + 256
 
 
+def user_process_limit(limits: SandboxLimits) -> int:
+    """RLIMIT_NPROC for the sandbox user, so that the sandbox holds at most ``pids`` processes.
+
+    The agent (uid 0) is one process outside the user's count, and gVisor (runsc
+    20221219) lets a user reach one process beyond RLIMIT_NPROC: two fewer.
+    """
+    return max(limits.pids - 2, 1)
+
+
 def _rlimits(limits: SandboxLimits) -> list[dict[str, Any]]:
     return [
         {"type": "RLIMIT_NOFILE", "hard": limits.open_files, "soft": limits.open_files},
         {"type": "RLIMIT_FSIZE", "hard": limits.file_size_bytes, "soft": limits.file_size_bytes},
         {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
-        {"type": "RLIMIT_NPROC", "hard": limits.pids, "soft": limits.pids},
+        {"type": "RLIMIT_NPROC", "hard": user_process_limit(limits), "soft": user_process_limit(limits)},
     ]
 
 
-def _no_capabilities() -> dict[str, list[str]]:
-    return {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []}
-
-
-def process_spec(
-    args: Sequence[str], environment: Mapping[str, str], limits: SandboxLimits, *, cwd: str = WORKSPACE
-) -> dict[str, Any]:
-    """The OCI process: unprivileged, no capabilities, no privilege gain, bounded files."""
+def agent_process_spec(agent: str, limits: SandboxLimits) -> dict[str, Any]:
+    """The init process: the agent as root inside the sandbox, with three capabilities and no gain."""
+    capabilities = list(_AGENT_CAPABILITIES)
     return {
         "terminal": False,
-        "user": {"uid": NOBODY, "gid": NOBODY, "additionalGids": [NOBODY]},
-        "args": list(args),
-        "env": [f"{key}={value}" for key, value in environment.items()],
-        "cwd": cwd,
-        "capabilities": _no_capabilities(),
+        "user": {"uid": 0, "gid": 0},
+        "args": [agent],
+        "env": [],
+        "cwd": "/",
+        "capabilities": {
+            "bounding": capabilities,
+            "effective": capabilities,
+            "permitted": capabilities,
+            "inheritable": [],
+            "ambient": [],
+        },
         "rlimits": _rlimits(limits),
         "noNewPrivileges": True,
     }
@@ -75,15 +88,16 @@ def sandbox_spec(
     *,
     hostname: str,
     workspace: Path,
+    agent_dir: Path,
+    agent_name: str,
     limits: SandboxLimits,
-    environment: Mapping[str, str],
     cgroups_path: str,
 ) -> dict[str, Any]:
     """The OCI runtime spec of a sandbox: read-only root, writable /workspace and /tmp, no network."""
     tmpfs_options = ["nosuid", "nodev", "mode=1777", f"size={limits.tmp_bytes}"]
     return {
         "ociVersion": "1.0.2",
-        "process": process_spec(IDLE_ARGS, environment, limits, cwd="/"),
+        "process": agent_process_spec(f"{AGENT_DIR}/{agent_name}", limits),
         "root": {"path": "rootfs", "readonly": True},
         "hostname": hostname,
         "mounts": [
@@ -95,6 +109,7 @@ def sandbox_spec(
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": tmpfs_options},
             {"destination": "/var/tmp", "type": "tmpfs", "source": "tmpfs", "options": tmpfs_options},
             {"destination": WORKSPACE, "type": "bind", "source": str(workspace), "options": ["rbind", "rw", "nosuid", "nodev"]},
+            {"destination": AGENT_DIR, "type": "bind", "source": str(agent_dir), "options": ["rbind", "ro", "nosuid", "nodev"]},
         ],
         "linux": {
             "resources": {

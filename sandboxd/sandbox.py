@@ -1,9 +1,10 @@
 """One gVisor sandbox: lease, workspace, snapshot, container, task; torn down on every path.
 
-A sandbox boots with an idle init process. The program (and its compile step)
-is exec'd into it, and the whole sandbox is destroyed afterwards: a sandbox
-never serves two executions. Every resource is registered for removal the
-moment it exists, so a failure half-way through creation undoes what was made.
+A sandbox boots with the agent as its init process, which starts the program
+(and its compile step) when asked, and the whole sandbox is destroyed
+afterwards: a sandbox never serves two executions. Every resource is
+registered for removal the moment it exists, so a failure half-way through
+creation undoes what was made.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import Any, Final
 import attrs
 
 from sandboxd._pb.containerd.runc.v1 import options_pb2
+from sandboxd.agent import AgentChannel, AgentLostError, CapturedOutput
 from sandboxd.cgroups import CgroupUsage, read_usage
 from sandboxd.containerd import ContainerdClient, ContainerdError, ExitStatus, NotFoundError
-from sandboxd.oci import SandboxLimits, process_spec, sandbox_spec
-from sandboxd.stdio import CapturedOutput, ProcessStdio
+from sandboxd.oci import NOBODY, WORKSPACE, SandboxLimits, sandbox_spec
 from sandboxd.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,9 @@ MANAGED_LABEL: Final = "sandboxd.io/managed"
 HOST_LABEL: Final = "sandboxd.io/host"
 EXECUTION_LABEL: Final = "sandboxd.io/execution"
 RUNC_V2: Final = "io.containerd.runc.v2"
-# Once the program has exited, its output pipes close as soon as the shim has
-# copied what is left; a sandboxed process that keeps them open gets this long.
-_OUTPUT_GRACE: Final = 1.0
 _KILL_WAIT: Final = 5.0
+# From task start to the agent's first frame: a sandbox that takes longer is broken.
+_AGENT_READY_TIMEOUT: Final = 30.0
 _RECONCILE_PARALLEL: Final = 4
 
 
@@ -60,6 +60,26 @@ async def complete_even_if_cancelled(cleanup: Awaitable[None]) -> None:
     await asyncio.shield(task)
 
 
+def destroy_in_background(sandbox: Sandbox, on_removed: Callable[[float], None] | None = None) -> None:
+    """Remove ``sandbox`` without waiting for it; ``drain_cleanups`` waits for every such removal."""
+
+    async def destroy() -> None:
+        started = time.monotonic()
+        await sandbox.destroy()
+        if on_removed is not None:
+            on_removed(time.monotonic() - started)
+
+    task = asyncio.ensure_future(destroy())
+    _pending_cleanups.add(task)
+    task.add_done_callback(_finished_cleanup)
+
+
+def _finished_cleanup(task: asyncio.Future[None]) -> None:
+    _pending_cleanups.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("removing a sandbox failed", exc_info=task.exception())
+
+
 async def drain_cleanups() -> None:
     """Wait for every cleanup still running (at shutdown)."""
     while _pending_cleanups:
@@ -74,6 +94,8 @@ class SandboxHost:
     runsc_wrapper: Path
     runsc_root: Path
     runsc_binary: str
+    agent_dir: Path
+    agent_name: str
     workspaces: Path
     fifos: Path
     lease_ttl: dt.timedelta
@@ -118,7 +140,7 @@ class ProcessOutcome:
 
 
 class Sandbox:
-    """A running sandbox ready for exec; use ``create`` and always ``destroy``."""
+    """A running sandbox whose agent waits for a process to start; use ``create`` and always ``destroy``."""
 
     def __init__(self, host: SandboxHost, sandbox_id: str) -> None:
         self.host = host
@@ -126,6 +148,7 @@ class Sandbox:
         self._undo = contextlib.AsyncExitStack()
         self._init_exit: asyncio.Future[ExitStatus] | None = None
         self._fifo_dir = host.fifos / sandbox_id
+        self._agent: AgentChannel | None = None
         self.workspace: Workspace | None = None
 
     @classmethod
@@ -151,27 +174,23 @@ class Sandbox:
         chain_id: str,
         limits: SandboxLimits,
         workspace_bytes: int,
-        environment: Mapping[str, str],
-        files: Mapping[str, bytes],
         labels: Mapping[str, str],
     ) -> Sandbox:
-        """Boot a sandbox of ``image`` with ``files`` in its /workspace."""
+        """Boot a sandbox of ``image`` with an empty /workspace; return once its agent is ready."""
         sandbox = cls(host, sandbox_id)
         try:
-            await sandbox._boot(image, chain_id, limits, workspace_bytes, environment, files, labels)
+            await sandbox._boot(image, chain_id, limits, workspace_bytes, labels)
         except BaseException:
             await complete_even_if_cancelled(sandbox.destroy())
             raise
         return sandbox
 
-    async def _boot(  # noqa: PLR0917 -- relays create()'s keyword arguments
+    async def _boot(
         self,
         image: str,
         chain_id: str,
         limits: SandboxLimits,
         workspace_bytes: int,
-        environment: Mapping[str, str],
-        files: Mapping[str, bytes],
         labels: Mapping[str, str],
     ) -> None:
         client, sid = self.host.client, self.id
@@ -181,11 +200,11 @@ class Sandbox:
 
         self.workspace = await Workspace.create(self.host.workspaces, sid, workspace_bytes)
         self._push("workspace", self.workspace.remove)
-        for name, content in files.items():
-            await self.workspace.write_file(name, content)
 
-        await asyncio.to_thread(self._fifo_dir.mkdir, 0o700)
+        await asyncio.to_thread(AgentChannel.make_fifos, self._fifo_dir)
         self._push("fifo directory", self._remove_fifo_dir)
+        agent = self._agent = AgentChannel(self._fifo_dir)
+        await agent.open_replies()
 
         mounts = await client.snapshots.prepare(sid, chain_id, labels=all_labels, lease=sid)
         self._push("snapshot", client.snapshots.remove, sid)
@@ -193,8 +212,9 @@ class Sandbox:
         spec = sandbox_spec(
             hostname="sandbox",
             workspace=self.workspace.path,
+            agent_dir=self.host.agent_dir,
+            agent_name=self.host.agent_name,
             limits=limits,
-            environment=environment,
             cgroups_path=self.cgroups_path,
         )
         await client.containers.create(
@@ -210,10 +230,19 @@ class Sandbox:
         )
         self._push("container", self._delete_container)
 
-        await client.tasks.create(sid, rootfs=mounts)
+        await client.tasks.create(
+            sid, rootfs=mounts, stdin=str(agent.stdin), stdout=str(agent.stdout), stderr=str(agent.stderr)
+        )
         self._push("task", self._teardown_task)
+        await agent.open_commands()
         self._init_exit = asyncio.ensure_future(client.tasks.wait(sid))
         await client.tasks.start(sid)
+        try:
+            await asyncio.wait_for(asyncio.shield(agent.ready), _AGENT_READY_TIMEOUT)
+        except (AgentLostError, TimeoutError) as error:
+            raise SandboxError(
+                f"sandbox {sid}: its agent did not start ({error}) {agent.diagnostics}"
+            ) from error
 
     def _push(self, what: str, action: Callable[..., Awaitable[object]], *args: str) -> None:
         async def undo() -> None:
@@ -242,78 +271,63 @@ class Sandbox:
         )
 
     async def _remove_fifo_dir(self) -> None:
-        await asyncio.to_thread(_remove_fifo_dir, self._fifo_dir)
+        if self._agent is not None:
+            self._agent.close()
+        await asyncio.to_thread(AgentChannel.remove_fifos, self._fifo_dir)
 
-    async def exec(
+    async def write_files(self, files: Mapping[str, bytes]) -> None:
+        """Put ``files`` into /workspace, before any process of the execution runs."""
+        if self.workspace is None:
+            raise SandboxError(f"sandbox {self.id} has no workspace")
+        for name, content in files.items():
+            await self.workspace.write_file(name, content)
+
+    async def run(
         self,
-        step: str,
         argv: Sequence[str],
         *,
         environment: Mapping[str, str],
-        limits: SandboxLimits,
         stdin: bytes,
         timeout: float,
         output_cap: int,
     ) -> ProcessOutcome:
         """Run ``argv`` in /workspace until it exits, ``timeout`` seconds pass or its output overflows."""
-        client, loop = self.host.client, asyncio.get_running_loop()
-        stdio = await asyncio.to_thread(ProcessStdio.create, self._fifo_dir / step)
+        if self._agent is None:
+            raise SandboxError(f"sandbox {self.id} has no agent")
+        loop = asyncio.get_running_loop()
         overflow = asyncio.Event()
-        waiters: list[asyncio.Future[Any]] = []
+        started = loop.time()
+        deadline = started + timeout
+        process = self._agent.run(
+            argv, environment, cwd=WORKSPACE, uid=NOBODY, gid=NOBODY,
+            stdin=stdin, output_cap=output_cap, on_overflow=overflow.set,
+        )  # fmt: skip
+        overflowed: asyncio.Future[Any] = asyncio.ensure_future(overflow.wait())
+        watched: set[asyncio.Future[Any]] = {process.exited, overflowed}
         try:
-            await stdio.open_output(output_cap, overflow.set)
-            await client.tasks.exec(
-                self.id,
-                step,
-                process=process_spec(argv, environment, limits),
-                stdin=str(stdio.stdin),
-                stdout=str(stdio.stdout),
-                stderr=str(stdio.stderr),
-            )
-            exited: asyncio.Future[ExitStatus] = asyncio.ensure_future(client.tasks.wait(self.id, step))
-            overflowed = asyncio.ensure_future(overflow.wait())
-            waiters += [exited, overflowed]
-            started = loop.time()
-            deadline = started + timeout
-            await client.tasks.start(self.id, step)
-            stdio.release_placeholders()
-            waiters.append(asyncio.ensure_future(self._feed_stdin(stdio, step, stdin)))
-            remaining = max(deadline - loop.time(), 0)
-            watched: set[asyncio.Future[Any]] = {exited, overflowed}
-            await asyncio.wait(watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            timed_out = not exited.done() and not overflowed.done()
-            if not exited.done():
-                try:
-                    await self.kill()
-                    await asyncio.wait_for(asyncio.shield(exited), _KILL_WAIT)
-                except (ContainerdError, TimeoutError) as error:
-                    # The outcome is already known (timeout or output limit); teardown kills again.
-                    log.warning("sandbox %s: killing %s after its %s was slow: %s", self.id, step,
-                                "timeout" if timed_out else "output limit", error)  # fmt: skip
-            ended = min(loop.time(), deadline) if timed_out else loop.time()
-            stdout, stderr = await stdio.collect(_OUTPUT_GRACE)
-            killed = timed_out or overflow.is_set()
-            return ProcessOutcome(
-                exit_code=None if killed else exited.result().code,
-                stdout=stdout,
-                stderr=stderr,
-                duration=ended - started,
-                timed_out=timed_out,
-                output_exceeded=overflow.is_set(),
-            )
+            await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
-            stdio.close_pipes()
-            with contextlib.suppress(ContainerdError):
-                await client.tasks.delete_process(self.id, step)
-            await asyncio.to_thread(stdio.remove)
-
-    async def _feed_stdin(self, stdio: ProcessStdio, step: str, data: bytes) -> None:
-        await stdio.feed_stdin(data)
-        # The shim holds a write end of its own until told to close it.
-        with contextlib.suppress(NotFoundError):
-            await self.host.client.tasks.close_stdin(self.id, step)
+            overflowed.cancel()
+        timed_out = not process.exited.done() and not overflow.is_set()
+        ended = min(loop.time(), deadline) if timed_out else loop.time()
+        exit_code: int | None = None
+        if process.exited.done() and process.exited.exception() is None and not overflow.is_set():
+            exit_code = process.exited.result()
+        else:
+            # A sandbox serves one execution: ending the process is ending the sandbox.
+            try:
+                await self.kill()
+            except ContainerdError as error:
+                log.warning("sandbox %s: killing it failed (teardown kills again): %s", self.id, error)
+        stdout, stderr = process.output()
+        return ProcessOutcome(
+            exit_code=exit_code,
+            stdout=stdout,
+            stderr=stderr,
+            duration=ended - started,
+            timed_out=timed_out,
+            output_exceeded=overflow.is_set(),
+        )
 
     async def kill(self) -> None:
         """SIGKILL every process in the sandbox; a sandbox that already stopped needs nothing."""
@@ -346,20 +360,30 @@ class Sandbox:
 
     @property
     def alive(self) -> bool:
-        """False once the init process has exited (the sandbox was killed, e.g. out of memory)."""
-        return self._init_exit is not None and not self._init_exit.done()
+        """False once the agent (the init process) is gone: the sandbox was killed, e.g. out of memory.
+
+        Judged by the agent's own pipe, not by containerd, which may be away while the sandbox runs on.
+        """
+        if self._agent is None or self._agent.lost:
+            return False
+        exit_watch = self._init_exit
+        if exit_watch is None or not exit_watch.done():
+            return True
+        return not exit_watch.cancelled() and exit_watch.exception() is not None
 
     async def _teardown_task(self) -> None:
         tasks = self.host.client.tasks
-        if self._init_exit is None:
-            # Adopted from a previous run: find out whether a task exists, and watch it.
+        watch = self._init_exit
+        if watch is None or (watch.done() and (watch.cancelled() or watch.exception() is not None)):
+            # Adopted from a previous run, or the watch broke (containerd went away):
+            # find out whether a task exists, and watch it afresh.
+            self._stop_watching()
             try:
                 status = (await tasks.get(self.id)).status
             except NotFoundError:
                 return
-            if status != "STOPPED":
-                self._init_exit = asyncio.ensure_future(tasks.wait(self.id))
-        if self.alive:
+            self._init_exit = asyncio.ensure_future(tasks.wait(self.id)) if status != "STOPPED" else None
+        if self._init_exit is not None and not self._init_exit.done():
             try:
                 await tasks.kill(self.id, signal.SIGKILL, all_processes=True)
             except NotFoundError:
@@ -377,10 +401,9 @@ class Sandbox:
         await tasks.delete(self.id)
 
     async def _teardown_adopted_task(self) -> None:
-        # A shim starting an exec when the previous daemon died waits, holding the
-        # task, until a reader opens the exec's output FIFOs; kill waits behind it.
-        # Holding read ends of the dead daemon's FIFOs lets the shim go on.
-        held = await asyncio.to_thread(_open_fifo_readers, self._fifo_dir)
+        # The agent of a dead daemon's sandbox may block writing to a FIFO nobody
+        # reads, and the shim copying its output with it: holding read ends lets both go on.
+        held = await asyncio.to_thread(AgentChannel.hold_output, self._fifo_dir)
         try:
             await self._teardown_task()
         finally:
@@ -424,7 +447,7 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
             await Workspace(directory).remove()
     for directory in await asyncio.to_thread(_entries, host.fifos):
         if directory.name not in keep:
-            await asyncio.to_thread(_remove_fifo_dir, directory)
+            await asyncio.to_thread(AgentChannel.remove_fifos, directory)
     if found:
         log.warning("removed %d sandboxes left by a previous run", len(found))
     return len(found)
@@ -435,21 +458,3 @@ def _entries(directory: Path) -> list[Path]:
         return sorted(directory.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return []
-
-
-def _open_fifo_readers(directory: Path) -> list[int]:
-    """Open (non-blocking) a read end of every output FIFO under ``directory``, which the daemon owns."""
-    held = []
-    for step in _entries(directory):
-        stdio = ProcessStdio(step)
-        for path in (stdio.stdout, stdio.stderr):
-            with contextlib.suppress(OSError):
-                held.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
-    return held
-
-
-def _remove_fifo_dir(directory: Path) -> None:
-    for step in _entries(directory):
-        ProcessStdio(step).remove()
-    with contextlib.suppress(OSError):
-        directory.rmdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -12,6 +13,7 @@ import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from sandboxd.models import ExecutionResult
+from sandboxd.pool import SandboxPool
 
 log = logging.getLogger("sandboxd.executions")
 
@@ -26,7 +28,6 @@ class Timings:
     queue_wait: float = 0.0
     setup: float = 0.0
     run: float = 0.0
-    teardown: float = 0.0
 
 
 class Telemetry:
@@ -48,7 +49,10 @@ class Telemetry:
             registry=registry,
         )
         self.setup = Histogram(
-            "sandboxd_sandbox_setup_seconds", "Time creating a sandbox", buckets=_SECONDS, registry=registry
+            "sandboxd_sandbox_setup_seconds",
+            "Time getting a sandbox ready (pooled or booted) and writing the code into it",
+            buckets=_SECONDS,
+            registry=registry,
         )
         self.run = Histogram(
             "sandboxd_run_seconds",
@@ -58,7 +62,7 @@ class Telemetry:
         )
         self.teardown = Histogram(
             "sandboxd_sandbox_teardown_seconds",
-            "Time removing a sandbox",
+            "Time removing a sandbox (after its execution answered)",
             buckets=_SECONDS,
             registry=registry,
         )
@@ -78,6 +82,21 @@ class Telemetry:
         self.in_flight.set_function(lambda: float(running()))
         self.queue_depth.set_function(lambda: float(waiting()))
 
+    def track_pool(self, pool: SandboxPool) -> None:
+        """Count pooled and booted takes, and read each runtime's idle sandboxes when scraped."""
+        idle = Gauge(
+            "sandboxd_pool_idle_sandboxes", "Pre-booted sandboxes ready", ["language"], registry=self.registry
+        )
+        for language in pool.runtimes:
+            idle.labels(language=language).set_function(functools.partial(pool.idle_count, language))
+        takes = Counter(
+            "sandboxd_pool_takes",
+            "Executions by whether a pre-booted sandbox was ready (hit) or one was booted (miss)",
+            ["result"],
+            registry=self.registry,
+        )
+        pool.on_take = lambda hit: takes.labels(result="hit" if hit else "miss").inc()
+
     def containerd_error(self, method: str) -> None:
         """Count a failed containerd call."""
         self.containerd_errors.labels(
@@ -93,7 +112,6 @@ class Telemetry:
         if timings.setup:
             self.setup.observe(timings.setup)
             self.run.observe(timings.run)
-            self.teardown.observe(timings.teardown)
         fields: dict[str, Any] = {
             "execution_id": result.execution_id,
             "kind": kind,

@@ -55,12 +55,34 @@ def test_state_dirs(config: Config) -> list[Path]:
     return [state, *(state.parent / f"{state.name}-{n}" for n in range(MAX_FURTHER_DAEMONS))]
 
 
-async def find_leftovers(client: ContainerdClient, config: Config) -> Leftovers:
+def pooled(engine: Engine) -> Callable[[], set[str]]:
+    """The sandboxes ``engine``'s pool holds or boots now: idle, they are no execution's leftovers."""
+    return lambda: engine.pool.sandbox_ids() if engine.pool is not None else set()
+
+
+async def find_leftovers(
+    client: ContainerdClient, config: Config, keep: Callable[[], set[str]] = set
+) -> Leftovers:
     """List the containers, tasks, snapshots, leases, mounts, workspaces and FIFOs of the tests' daemons.
 
     Only sandboxes labelled by a test daemon count: a dev daemon serving from the same
-    containerd at the same time is none of the tests' business.
+    containerd at the same time is none of the tests' business; nor do the sandboxes
+    ``keep`` names, asked before and after looking (a pool may start a boot meanwhile).
     """
+    kept = keep()
+    found = await _find_all(client, config)
+    kept |= keep()
+    return Leftovers(
+        containers=[name for name in found.containers if name not in kept],
+        tasks=[name for name in found.tasks if name not in kept],
+        snapshots=[name for name in found.snapshots if name not in kept],
+        leases=[name for name in found.leases if name not in kept],
+        mounts=[path for path in found.mounts if Path(path).name not in kept],
+        state_entries=[path for path in found.state_entries if Path(path).name not in kept],
+    )
+
+
+async def _find_all(client: ContainerdClient, config: Config) -> Leftovers:
     hosts = {host_id_for(path) for path in test_state_dirs(config)}
     managed = f'labels."{MANAGED_LABEL}"'
     state = config.paths.state

@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient
 
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
+from sandboxd.keys import ENGINE
 from sandboxd.sandbox import drain_cleanups
-from tests.conftest import find_leftovers
+from tests.conftest import find_leftovers, pooled
 
 Client = TestClient[Any, Any]
 PIDS_LIMIT = 64  # runtimes/python.toml
@@ -52,7 +53,7 @@ async def recovers(
     after = await run(http, headers, "print('next run is normal')")
     assert (after["status"], after["stdout"]) == ("completed", "next run is normal\n")
     await drain_cleanups()
-    leftovers = await find_leftovers(containerd, config)
+    leftovers = await find_leftovers(containerd, config, keep=pooled(http.app[ENGINE]))
     assert leftovers.is_empty(), leftovers
 
 
@@ -78,7 +79,32 @@ async def test_process_limit(http: Client, headers: dict[str, str]) -> None:
     assert result["status"] == "completed"
     errno, forked = map(int, result["stdout"].split())
     assert errno == 11
-    assert forked < PIDS_LIMIT
+    assert forked + 2 <= PIDS_LIMIT  # the program itself and the agent are processes of the sandbox too
+
+
+async def test_program_cannot_reach_the_agent(http: Client, headers: dict[str, str]) -> None:
+    """The agent (the sandbox's init, root inside) is out of the program's reach: no signal, fd or memory."""
+    code = (
+        "import errno, os\n"
+        "attempts = [lambda: os.kill(1, 9), lambda: os.open('/proc/1/fd/1', os.O_WRONLY),\n"
+        "            lambda: os.open('/proc/1/mem', os.O_RDONLY), lambda: os.setuid(0)]\n"
+        "for attempt in attempts:\n"
+        "    try:\n        attempt()\n        print('reached')\n"
+        "    except OSError as error:\n        print(errno.errorcode[error.errno])\n"
+    )
+    result = await run(http, headers, code)
+    assert result["status"] == "completed", result
+    assert result["stdout"].split() == ["EPERM", "EACCES", "EACCES", "EPERM"], result
+
+
+async def test_killing_every_process_it_can(http: Client, headers: dict[str, str]) -> None:
+    """`kill -9 -1` reaches the program's children but not the agent: the result still comes back whole."""
+    code = (
+        "import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(30)\n    os._exit(0)\n"
+        "os.kill(-1, 9)\n_, status = os.waitpid(pid, 0)\nprint(os.WTERMSIG(status))\nprint('after')"
+    )
+    result = await run(http, headers, code)
+    assert (result["status"], result["exit_code"], result["stdout"]) == ("completed", 0, "9\nafter\n"), result
 
 
 async def test_thread_bomb(http: Client, headers: dict[str, str]) -> None:
@@ -188,7 +214,7 @@ async def test_host_secrets_stay_out(
 
 @pytest.mark.parametrize("timeout", [None, 2])
 async def test_daemonized_child_goes_with_the_sandbox(
-    http: Client, headers: dict[str, str], containerd: ContainerdClient, timeout: int | None
+    http: Client, headers: dict[str, str], containerd: ContainerdClient, config: Config, timeout: int | None
 ) -> None:
     """A setsid double-forked child still running when the program ends (or times out) is gone with it."""
     code = (
@@ -201,7 +227,7 @@ async def test_daemonized_child_goes_with_the_sandbox(
     assert result["status"] == ("timeout" if timeout else "completed")
     assert time.monotonic() - started < 10
     await drain_cleanups()
-    assert await containerd.tasks.list() == []
+    assert (await find_leftovers(containerd, config, keep=pooled(http.app[ENGINE]))).tasks == []
 
 
 async def test_long_sleep_is_cut_at_the_timeout(http: Client, headers: dict[str, str]) -> None:

@@ -14,15 +14,15 @@ from sandboxd.engine import Engine
 from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.oci import SandboxLimits
 from sandboxd.sandbox import Sandbox, drain_cleanups
-from tests.conftest import find_leftovers
+from tests.conftest import find_leftovers, pooled
 
 pytestmark = pytest.mark.integration
 
 
-async def assert_nothing_left(containerd: ContainerdClient, config: Config) -> None:
-    """No sandboxd container, task, snapshot, lease, mount, workspace or FIFO remains."""
+async def assert_nothing_left(engine: Engine, containerd: ContainerdClient, config: Config) -> None:
+    """No sandboxd container, task, snapshot, lease, mount, workspace or FIFO remains, but the pool's."""
     await drain_cleanups()
-    leftovers = await find_leftovers(containerd, config)
+    leftovers = await find_leftovers(containerd, config, keep=pooled(engine))
     assert leftovers.is_empty(), leftovers
 
 
@@ -52,7 +52,7 @@ async def test_each_ending_cleans_up(
         engine.plan(ExecutionRequest(code=code, language=language, timeout=timeout))
     )
     assert result.status == status
-    await assert_nothing_left(containerd, config)
+    await assert_nothing_left(engine, containerd, config)
 
 
 async def test_cancelled_execution_cleans_up(
@@ -68,7 +68,7 @@ async def test_cancelled_execution_cleans_up(
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
-    await assert_nothing_left(containerd, config)
+    await assert_nothing_left(engine, containerd, config)
 
 
 async def test_task_left_in_created_state_is_removed(
@@ -98,13 +98,11 @@ async def test_task_left_in_created_state_is_removed(
             chain_id=state.chain_id,
             limits=limits,
             workspace_bytes=1 << 20,
-            environment={},
-            files={"main.py": b"print(1)"},
             labels={},
         )
     monkeypatch.undo()
     assert "forcing deletion of a CREATED task" in caplog.text
-    await assert_nothing_left(containerd, config)
+    await assert_nothing_left(engine, containerd, config)
 
 
 async def test_lease_expires(engine: Engine, containerd: ContainerdClient) -> None:

@@ -185,7 +185,11 @@ def _rss_bytes() -> int:
 async def test_huge_output_is_truncated_without_daemon_memory_growth(
     http: Client, headers: dict[str, str]
 ) -> None:
-    """Printing 50 MB gives 1 MiB of output, status output_limit, and the daemon grows by under 10 MB."""
+    """Printing 50 MB gives 1 MiB of output, status output_limit, and the daemon grows by under 16 MB.
+
+    This process is server and client at once: the 1 MiB kept lives in it as bytes, text,
+    JSON and the client's copy, several MB before the allocator hands anything back.
+    """
     code = "import sys\nchunk = 'x' * 65536 + '\\n'\nfor _ in range(800):\n    sys.stdout.write(chunk)"
     await execute(http, headers, code="print('warm-up')", language="python")
     before = _rss_bytes()
@@ -195,7 +199,7 @@ async def test_huge_output_is_truncated_without_daemon_memory_growth(
     assert (result["status"], result["exit_code"]) == ("output_limit", -1)
     assert len(result["stdout"]) == 1 << 20
     assert "sandboxd: output limit" in result["stderr"]
-    assert growth < 10 << 20, f"daemon RSS grew by {growth} bytes"
+    assert growth < 16 << 20, f"daemon RSS grew by {growth} bytes"
 
 
 async def test_single_huge_write_is_not_lost(http: Client, headers: dict[str, str]) -> None:

@@ -5,23 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from sandboxd.images import chain_id
-from sandboxd.oci import NOBODY, SandboxLimits, process_spec, sandbox_spec
+from sandboxd.oci import AGENT_DIR, SandboxLimits, sandbox_spec
 
 LIMITS = SandboxLimits(memory_bytes=128 << 20, pids=64, cpus=0.5, tmp_bytes=1 << 20, file_size_bytes=2 << 20)
 
 
-def test_process_is_unprivileged() -> None:
-    """Processes run as nobody, with no capabilities, no privilege gain, and bounded files."""
-    process = process_spec(["python3", "main.py"], {"A": "1"}, LIMITS)
-    assert process["user"]["uid"] == NOBODY
-    assert process["user"]["gid"] == NOBODY
-    assert all(caps == [] for caps in process["capabilities"].values())
+def test_init_is_the_agent_with_three_capabilities() -> None:
+    """The init process is the agent: root in the sandbox, only the capabilities to drop to nobody."""
+    spec = sandbox_spec(
+        hostname="sandbox", workspace=Path("/run/ws/1"), agent_dir=Path("/run/agent/abc"),
+        agent_name="sandboxd-agent", limits=LIMITS, cgroups_path="/sandboxd/1",
+    )  # fmt: skip
+    process = spec["process"]
+    assert process["args"] == [f"{AGENT_DIR}/sandboxd-agent"]
+    assert process["user"] == {"uid": 0, "gid": 0}
+    wanted = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
+    capabilities = process["capabilities"]
+    assert capabilities["bounding"] == capabilities["effective"] == capabilities["permitted"] == wanted
+    assert capabilities["inheritable"] == capabilities["ambient"] == []
     assert process["noNewPrivileges"] is True
-    assert process["env"] == ["A=1"]
-    assert process["cwd"] == "/workspace"
+    assert process["env"] == []
     rlimits = {r["type"]: r["hard"] for r in process["rlimits"]}
     assert rlimits["RLIMIT_NOFILE"] == 256
     assert rlimits["RLIMIT_FSIZE"] == 2 << 20
+    mounts = {m["destination"]: m for m in spec["mounts"]}
+    assert mounts[AGENT_DIR]["source"] == "/run/agent/abc"
+    assert "ro" in mounts[AGENT_DIR]["options"]
 
 
 def test_sandbox_is_confined() -> None:
@@ -29,8 +38,9 @@ def test_sandbox_is_confined() -> None:
     spec = sandbox_spec(
         hostname="sandbox",
         workspace=Path("/run/ws/1"),
+        agent_dir=Path("/run/agent/abc"),
+        agent_name="sandboxd-agent",
         limits=LIMITS,
-        environment={},
         cgroups_path="/sandboxd/1",
     )
     assert spec["root"] == {"path": "rootfs", "readonly": True}
@@ -43,9 +53,8 @@ def test_sandbox_is_confined() -> None:
     assert resources["memory"]["limit"] == 128 << 20
     assert resources["pids"]["limit"] == 64 * 16 + 256
     rlimits = {r["type"]: r["hard"] for r in spec["process"]["rlimits"]}
-    assert rlimits["RLIMIT_NPROC"] == 64
+    assert rlimits["RLIMIT_NPROC"] == 62
     assert resources["cpu"] == {"quota": 50_000, "period": 100_000}
-    assert spec["process"]["args"] == ["/bin/sleep", "infinity"]
 
 
 def test_chain_id() -> None:

@@ -1,0 +1,358 @@
+/*
+ * sandboxd-agent: the init process of a sandbox.
+ *
+ * It runs inside gVisor as uid 0 with only CAP_SETUID, CAP_SETGID and
+ * CAP_SETPCAP, so that the program it starts (as uid 65534, with no
+ * capabilities at all) can neither signal, trace nor impersonate it. It reads
+ * commands from the daemon on stdin and answers on stdout; both are FIFOs on
+ * the host that nothing in the sandbox can reach. Starting a process here is a
+ * fork and exec inside the sandbox, instead of a `runsc exec` through
+ * containerd's shim (two runsc start-ups), which is what makes a pre-booted
+ * sandbox fast.
+ *
+ * Frames, both ways: one type byte, a big-endian u32 length, the payload.
+ *   daemon -> agent
+ *     'x'  run: u32 argc, u32 envc, u32 uid, u32 gid, then argc + envc + 1
+ *          NUL-terminated strings (arguments, environment, working directory)
+ *     'i'  bytes for the process's stdin
+ *     'c'  end of stdin (always sent once per 'x', after its stdin)
+ *   agent -> daemon
+ *     'r'  ready (once, at start), payload: protocol version
+ *     'o'  bytes the process wrote to stdout
+ *     'e'  bytes the process wrote to stderr
+ *     'f'  the process could not be started: payload is the reason
+ *     'x'  the process ended: u32 exit status (128 + signal when killed)
+ * One process runs at a time; the daemon waits for its 'x' before the next.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROTOCOL "sandboxd-agent 1"
+#define MAX_COMMAND (1u << 20)
+#define MAX_STDIN_FRAME (1u << 16)
+#define CHUNK (1u << 15)
+#define OUTPUT_GRACE_MS 1000
+#define CAP_LAST 63
+
+static int sigchld_pipe[2];
+
+static void die(const char *what) {
+    dprintf(2, "sandboxd-agent: %s: %s\n", what, strerror(errno));
+    _exit(111);
+}
+
+static void write_all(int fd, const void *data, size_t size) {
+    const char *p = data;
+    while (size > 0) {
+        ssize_t n = write(fd, p, size);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) {
+                struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+                poll(&pfd, 1, -1);
+                continue;
+            }
+            die("writing to the daemon");
+        }
+        p += n;
+        size -= (size_t)n;
+    }
+}
+
+static void send_frame(char type, const void *payload, uint32_t size) {
+    unsigned char header[5] = {(unsigned char)type, size >> 24, size >> 16, size >> 8, size};
+    write_all(1, header, sizeof header);
+    if (size) write_all(1, payload, size);
+}
+
+static void send_u32(char type, uint32_t value) {
+    unsigned char payload[4] = {value >> 24, value >> 16, value >> 8, value};
+    send_frame(type, payload, 4);
+}
+
+/* Reads exactly size bytes from the daemon; returns 0 on a clean end of input before any byte. */
+static int read_exact(void *buffer, size_t size) {
+    char *p = buffer;
+    size_t done = 0;
+    while (done < size) {
+        ssize_t n = read(0, p + done, size - done);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            die("reading from the daemon");
+        }
+        if (n == 0) {
+            if (done == 0) return 0;
+            errno = EPROTO;
+            die("truncated frame");
+        }
+        done += (size_t)n;
+    }
+    return 1;
+}
+
+static uint32_t be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Reads one frame; its payload is malloc'd (NUL-terminated). Exits on end of input. */
+static char read_frame(char **payload, uint32_t *size) {
+    unsigned char header[5];
+    if (!read_exact(header, sizeof header)) exit(0);
+    *size = be32(header + 1);
+    uint32_t limit = header[0] == 'x' ? MAX_COMMAND : MAX_STDIN_FRAME;
+    if (*size > limit) {
+        errno = EMSGSIZE;
+        die("frame too large");
+    }
+    *payload = malloc(*size + 1);
+    if (!*payload) die("malloc");
+    if (*size && !read_exact(*payload, *size)) {
+        errno = EPROTO;
+        die("truncated frame");
+    }
+    (*payload)[*size] = 0;
+    return (char)header[0];
+}
+
+static void on_sigchld(int signo) {
+    (void)signo;
+    int saved = errno;
+    (void)write(sigchld_pipe[1], "", 1);
+    errno = saved;
+}
+
+static long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct command {
+    char **argv;
+    char **envp;
+    const char *cwd;
+    uid_t uid;
+    gid_t gid;
+};
+
+static int parse_command(char *payload, uint32_t size, struct command *command) {
+    if (size < 16) return -1;
+    uint32_t argc = be32((unsigned char *)payload), envc = be32((unsigned char *)payload + 4);
+    command->uid = be32((unsigned char *)payload + 8);
+    command->gid = be32((unsigned char *)payload + 12);
+    if (argc == 0 || argc > MAX_COMMAND || envc > MAX_COMMAND || command->uid == 0) return -1;
+    char **strings = calloc((size_t)argc + envc + 3, sizeof *strings);
+    if (!strings) die("calloc");
+    char *p = payload + 16, *end = payload + size;
+    for (uint32_t i = 0; i < argc + envc + 1; i++) {
+        char *nul = memchr(p, 0, (size_t)(end - p));
+        if (!nul) return -1;
+        strings[i + (i >= argc ? 1 : 0)] = p;
+        p = nul + 1;
+    }
+    command->argv = strings;              /* argv[argc] stays NULL */
+    command->envp = strings + argc + 1;   /* envp[envc] is the cwd, moved out below */
+    command->cwd = command->envp[envc];
+    command->envp[envc] = NULL;
+    return 0;
+}
+
+static void set_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) die("fcntl");
+}
+
+/* In the child: become the unprivileged user for good, then exec. Never returns. */
+static void become_and_exec(const struct command *command, int in, int out, int err, int report) {
+    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) goto fail;
+    for (int cap = 0; cap <= CAP_LAST; cap++) prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+    gid_t groups[1] = {command->gid};
+    if (setgroups(1, groups) < 0 || setresgid(command->gid, command->gid, command->gid) < 0 ||
+        setresuid(command->uid, command->uid, command->uid) < 0)
+        goto fail;
+    if (chdir(command->cwd) < 0) goto fail;
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    environ = command->envp;  /* execvp searches the program's own PATH */
+    execvp(command->argv[0], command->argv);
+fail:;
+    int code = errno;
+    (void)write(report, &code, sizeof code);
+    _exit(127);
+}
+
+struct stream {
+    int fd;
+    char type;
+};
+
+static void run(const struct command *command) {
+    int in[2], out[2], err[2], report[2];
+    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(report, O_CLOEXEC))
+        die("pipe");
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) become_and_exec(command, in[0], out[1], err[1], report[1]);
+    close(in[0]);
+    close(out[1]);
+    close(err[1]);
+    close(report[1]);
+    int code;
+    ssize_t got = read(report[0], &code, sizeof code);
+    close(report[0]);
+    int started = got != (ssize_t)sizeof code;
+
+    int child_in = in[1];
+    set_nonblocking(child_in);
+    struct stream streams[2] = {{out[0], 'o'}, {err[0], 'e'}};
+    char *pending = NULL;
+    uint32_t pending_size = 0, pending_done = 0;
+    int stdin_closed = 0, exited = 0, status = 0;
+    long exited_at = 0;
+    char buffer[CHUNK];
+
+    for (;;) {
+        if (!exited) {
+            char drain[64];
+            while (read(sigchld_pipe[0], drain, sizeof drain) > 0) {}
+            pid_t done = waitpid(pid, &status, WNOHANG);
+            if (done == pid) {
+                exited = 1;
+                exited_at = now_ms();
+            }
+        }
+        int outputs_open = streams[0].fd >= 0 || streams[1].fd >= 0;
+        if (exited && (!outputs_open || now_ms() - exited_at >= OUTPUT_GRACE_MS)) break;
+
+        struct pollfd fds[5];
+        int n = 0, at_daemon = -1, at_child_in = -1, at_stream[2] = {-1, -1};
+        fds[n] = (struct pollfd){.fd = sigchld_pipe[0], .events = POLLIN};
+        n++;
+        if (!stdin_closed && pending == NULL) {
+            at_daemon = n;
+            fds[n++] = (struct pollfd){.fd = 0, .events = POLLIN};
+        }
+        if (pending != NULL && child_in >= 0) {
+            at_child_in = n;
+            fds[n++] = (struct pollfd){.fd = child_in, .events = POLLOUT};
+        }
+        for (int s = 0; s < 2; s++) {
+            if (streams[s].fd >= 0) {
+                at_stream[s] = n;
+                fds[n++] = (struct pollfd){.fd = streams[s].fd, .events = POLLIN};
+            }
+        }
+        int timeout = exited ? (int)(OUTPUT_GRACE_MS - (now_ms() - exited_at)) : -1;
+        if (poll(fds, (nfds_t)n, timeout < 0 && exited ? 0 : timeout) < 0) {
+            if (errno == EINTR) continue;
+            die("poll");
+        }
+        for (int s = 0; s < 2; s++) {
+            if (at_stream[s] >= 0 && fds[at_stream[s]].revents) {
+                ssize_t r = read(streams[s].fd, buffer, sizeof buffer);
+                if (r > 0) {
+                    send_frame(streams[s].type, buffer, (uint32_t)r);
+                } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+                    close(streams[s].fd);
+                    streams[s].fd = -1;
+                }
+            }
+        }
+        if (at_child_in >= 0 && fds[at_child_in].revents) {
+            ssize_t w = write(child_in, pending + pending_done, pending_size - pending_done);
+            if (w > 0) pending_done += (uint32_t)w;
+            if ((w < 0 && errno != EAGAIN && errno != EINTR) || pending_done == pending_size) {
+                if (w < 0) { close(child_in); child_in = -1; }  /* the process closed its stdin */
+                free(pending);
+                pending = NULL;
+            }
+        }
+        if (at_daemon >= 0 && fds[at_daemon].revents) {
+            char *payload;
+            uint32_t size;
+            char type = read_frame(&payload, &size);
+            if (type == 'i') {
+                if (child_in >= 0 && size > 0) {
+                    pending = payload;
+                    pending_size = size;
+                    pending_done = 0;
+                    continue;
+                }
+            } else if (type == 'c') {
+                stdin_closed = 1;
+            } else {
+                errno = EPROTO;
+                die("unexpected frame while a process runs");
+            }
+            free(payload);
+        }
+        if (stdin_closed && pending == NULL && child_in >= 0) {
+            close(child_in);
+            child_in = -1;
+        }
+    }
+    for (int s = 0; s < 2; s++)
+        if (streams[s].fd >= 0) close(streams[s].fd);
+    if (child_in >= 0) close(child_in);
+    free(pending);
+    /* Whatever stdin the daemon still sends for this process is dropped. */
+    while (!stdin_closed) {
+        char *payload;
+        uint32_t size;
+        char type = read_frame(&payload, &size);
+        if (type == 'c') stdin_closed = 1;
+        else if (type != 'i') { errno = EPROTO; die("unexpected frame after a process ended"); }
+        free(payload);
+    }
+    if (!started) {
+        const char *reason = strerror(code);
+        char message[512];
+        int length = snprintf(message, sizeof message, "%s: %s", command->argv[0], reason);
+        send_frame('f', message, (uint32_t)(length < 0 ? 0 : length >= (int)sizeof message ? (int)sizeof message - 1 : length));
+        send_u32('x', code == ENOENT ? 127 : 126);
+        return;
+    }
+    uint32_t exit_status = WIFEXITED(status) ? (uint32_t)WEXITSTATUS(status) : 128u + (uint32_t)WTERMSIG(status);
+    send_u32('x', exit_status);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK)) die("pipe");
+    struct sigaction action = {.sa_handler = on_sigchld, .sa_flags = SA_RESTART | SA_NOCLDSTOP};
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGCHLD, &action, NULL)) die("sigaction");
+    send_frame('r', PROTOCOL, sizeof PROTOCOL - 1);
+    for (;;) {
+        char *payload;
+        uint32_t size;
+        char type = read_frame(&payload, &size);
+        if (type == 'x') {
+            struct command command;
+            if (parse_command(payload, size, &command) < 0) {
+                errno = EPROTO;
+                die("malformed command");
+            }
+            run(&command);
+            free(command.argv);
+        } else if (type != 'c' && type != 'i') {
+            errno = EPROTO;
+            die("unexpected frame");
+        }
+        free(payload);
+    }
+}

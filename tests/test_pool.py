@@ -1,0 +1,184 @@
+"""The pool of pre-booted sandboxes: sizing by demand and budget (pure logic), and its use for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from sandboxd.config import PoolConfig, PoolSizeConfig
+from sandboxd.engine import Engine
+from sandboxd.pool import SandboxPool
+from sandboxd.sandbox import Sandbox, drain_cleanups
+
+Client = TestClient[Any, Any]
+
+
+class FakeSandbox:
+    """Stands in for a booted sandbox: the pool only asks whether it lives and destroys it."""
+
+    def __init__(self, sandbox_id: str) -> None:
+        self.id = sandbox_id
+        self.alive = True
+        self.destroyed = False
+
+    async def destroy(self) -> None:
+        """Note that the pool destroyed it."""
+        self.destroyed = True
+
+
+class Clock:
+    """Time the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        """The time now."""
+        return self.now
+
+
+def make_pool(
+    config: PoolConfig, clock: Clock, chain: str = "sha256:a", cost: int = 50 << 20
+) -> tuple[SandboxPool, list[FakeSandbox]]:
+    """A pool over fake sandboxes; the list collects every sandbox it booted."""
+    booted: list[FakeSandbox] = []
+
+    async def boot(runtime: str, sandbox_id: str) -> tuple[Sandbox, str] | None:
+        sandbox = FakeSandbox(sandbox_id)
+        booted.append(sandbox)
+        return sandbox, chain  # type: ignore[return-value]
+
+    async def measure(sandbox: Sandbox) -> int | None:
+        return cost
+
+    return SandboxPool(config, ["python", "go"], boot, measure, clock=clock), booted
+
+
+async def settle(pool: SandboxPool) -> None:
+    """Let the pool adjust and its boots finish."""
+    for _ in range(5):
+        pool._adjust()
+        await asyncio.gather(*pool._boots)
+    await drain_cleanups()
+
+
+async def test_unused_runtimes_keep_their_minimum() -> None:
+    """With no demand a runtime keeps its configured minimum, and nothing for the others."""
+    config = PoolConfig(runtimes={"python": PoolSizeConfig(min=2, max=4)})
+    pool, booted = make_pool(config, Clock())
+    await settle(pool)
+    assert (pool.idle_count("python"), pool.idle_count("go")) == (2, 0)
+    assert len(booted) == 2
+
+
+async def test_demand_grows_the_pool_up_to_its_maximum() -> None:
+    """Executions in flight (and the rate of takes) raise the size, never past the maximum."""
+    clock = Clock()
+    pool, _ = make_pool(PoolConfig(max=3), clock)
+    for _ in range(5):
+        assert pool.take("go", "sha256:a") is None  # empty: the caller boots on demand
+    assert pool.desired("go") == 3
+    await settle(pool)
+    assert pool.idle_count("go") == 3
+    taken: Any = pool.take("go", "sha256:a")
+    assert taken.id.startswith("pool-")
+
+
+async def test_the_pool_shrinks_once_demand_is_old() -> None:
+    """Past idle_seconds without takes, idle sandboxes beyond the minimum are destroyed."""
+    clock = Clock()
+    pool, booted = make_pool(PoolConfig(idle_seconds=60, max=2), clock)
+    pool.take("python", "sha256:a")
+    pool.release("python")
+    await settle(pool)
+    assert pool.idle_count("python") == pool.desired("python") > 0
+    clock.now += 61
+    await settle(pool)
+    assert pool.idle_count("python") == 0
+    assert all(sandbox.destroyed for sandbox in booted)
+
+
+async def test_memory_budget_bounds_all_pools_together() -> None:
+    """Idle and booting sandboxes together never exceed the budget, whatever the sizes ask."""
+    config = PoolConfig(memory_budget_mib=120, runtimes={n: PoolSizeConfig(min=2) for n in ("python", "go")})
+    pool, booted = make_pool(config, Clock(), cost=50 << 20)
+    await settle(pool)
+    # The first boot is charged an assumed 64 MiB, then each is charged its measured 50 MiB.
+    assert pool.idle_count("python") + pool.idle_count("go") == 2
+    assert len(booted) == 2
+
+
+async def test_a_sandbox_of_an_older_image_or_dead_is_never_handed_out() -> None:
+    """A take skips (and destroys) idle sandboxes of another image or whose sandbox died."""
+    clock = Clock()
+    config = PoolConfig(runtimes={"python": PoolSizeConfig(min=2, max=2)})
+    pool, booted = make_pool(config, clock)
+    await settle(pool)
+    booted[0].alive = False
+    assert pool.take("python", "sha256:newer") is None
+    await drain_cleanups()
+    assert all(sandbox.destroyed for sandbox in booted[:2])
+
+
+async def test_flush_destroys_everything_idle() -> None:
+    """After an outage the pool empties itself, then refills."""
+    pool, booted = make_pool(PoolConfig(runtimes={"go": PoolSizeConfig(min=1)}), Clock())
+    await settle(pool)
+    await pool.flush()
+    assert pool.idle_count("go") == 0
+    assert booted[0].destroyed
+    await settle(pool)
+    assert pool.idle_count("go") == 1
+
+
+async def execute(http: Client, headers: dict[str, str], code: str) -> Any:
+    """One synchronous Python execution that must complete."""
+    body = json.dumps({"code": code, "language": "python"})
+    response = await http.post("/api/v1/execute", data=body, headers=headers)
+    assert response.status == 200
+    result = await response.json()
+    assert result["status"] == "completed", result
+    return result
+
+
+async def wait_for_idle(engine: Engine, runtime: str) -> None:
+    """Wait until the pool has a sandbox of ``runtime`` ready."""
+    assert engine.pool is not None
+    for _ in range(200):
+        if engine.pool.idle_count(runtime):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the pool did not refill {runtime}")
+
+
+@pytest.mark.integration
+async def test_pooled_sandboxes_serve_one_execution_each(
+    http: Client, headers: dict[str, str], engine: Engine
+) -> None:
+    """Executions run in pre-booted sandboxes; none sees what an earlier one left in /tmp or /workspace."""
+    assert engine.pool is not None
+    takes: list[bool] = []
+    original = engine.pool.on_take
+
+    def record(hit: bool) -> None:
+        takes.append(hit)
+        original(hit)
+
+    engine.pool.on_take = record
+    code = (
+        "import os\nfor path in ('/tmp/left-behind', '/workspace/left-behind'):\n"
+        "    print(os.path.exists(path))\n    open(path, 'w').write('x')\n"
+    )
+    try:
+        await execute(http, headers, "print('demand')")
+        for _ in range(3):
+            await wait_for_idle(engine, "python")
+            result = await execute(http, headers, code)
+            assert result["stdout"] == "False\nFalse\n"
+    finally:
+        engine.pool.on_take = original
+    assert takes[1:] == [True, True, True]
