@@ -1,11 +1,20 @@
-"""Benchmark: synchronous latency of a hello program per language, against `runsc do` as baseline.
+"""Benchmark: sandboxd's latency and throughput, with the pool on and off, against baselines in the same run.
 
-Runs against a sandboxd already serving (scripts/dev run). For each language it
-times N sequential POST /api/v1/execute requests, then N runs of the same
-program under `runsc do` on the same image's root filesystem, and prints p50,
-p95 and their ratio. Results are also written as JSON.
+It starts two daemons of its own on loopback (one with the pool, one without;
+state under /run/sandboxd-bench-*, stopped at the end) against the dev set-up's
+containerd and runtimes, and measures:
 
-    .venv/bin/python bench/latency.py --runs 20
+- sync latency p50/p95 of a hello program per language, pool on and off, and the
+  daemon's own share (end-to-end latency minus the program's reported run time);
+- a batch of 10 Python hellos;
+- Python throughput at concurrency 1, 2, 4 and 8;
+- baselines: the bare host process (where the host has the interpreter), `runsc do`
+  of the same program on the same image's root filesystem, and `runsc exec` into a
+  sandbox that is already running.
+
+It prints a table with ratios and writes everything as JSON.
+
+    sudo .venv/bin/python bench/latency.py --runs 20
 """
 
 from __future__ import annotations
@@ -16,34 +25,190 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from sandboxd.config import load_config
+import aiohttp
+import attrs
+
+from sandboxd.config import Config, generate_key, load_config
 from sandboxd.containerd import NotFoundError
-from sandboxd.host import client_for
+from sandboxd.host import client_for, prepare_host
 from sandboxd.images import inspect_image
+from sandboxd.oci import NOBODY, SandboxLimits
 from sandboxd.runtimes import Runtime, load_runtimes
+from sandboxd.sandbox import Sandbox
 
-HELLO = {
+HELLO: Final = {
     "python": "print('hello')",
     "javascript": "console.log('hello')",
     "go": 'package main\nimport "fmt"\nfunc main() { fmt.Println("hello") }',
     "ruby": "puts 'hello'",
 }
-DEV_KEY_FILE = Path("/var/lib/sandboxd-dev/api-key")
+CONCURRENCY_LEVELS: Final = (1, 2, 4, 8)
+BATCH_SIZE: Final = 10
 
 
 def percentile(samples: list[float], fraction: float) -> float:
     """The sample at ``fraction`` of the sorted list (nearest rank)."""
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    """p50, p95 and mean of ``samples`` (seconds)."""
+    return {
+        "p50": percentile(samples, 0.5),
+        "p95": percentile(samples, 0.95),
+        "mean": statistics.fmean(samples),
+    }
+
+
+def hello(runtime: Runtime) -> str:
+    """The runtime's hello program: the benchmark's own, else its conformance snippet."""
+    return HELLO.get(runtime.name) or runtime.conformance.hello
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class BenchDaemon:
+    """`sandboxd serve` of the benchmark's own, with or without the pool."""
+
+    def __init__(self, base: Config, name: str, *, pool: bool, work: Path) -> None:
+        self.name = name
+        self.key = generate_key()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state = Path(f"/run/sandboxd-bench-{name}")
+        self.data = work / name
+        self.config_path = work / f"{name}.toml"
+        self.log = work / f"{name}.log"
+        self.config_path.write_text(
+            f"[server]\nport = {self.port}\n"
+            '[health]\naddress = "127.0.0.1:0"\n'
+            f'[containerd]\naddress = "{base.containerd.address}"\n'
+            f'[paths]\nruntimes = "{base.paths.runtimes}"\nstate = "{self.state}"\ndata = "{self.data}"\n'
+            # Enough slots and rate for the throughput runs; the pool sized for concurrency 8.
+            "[limits]\nconcurrency = 8\nqueue = 256\nrate_limit = 1000000\n"
+            f"[pool]\nenabled = {'true' if pool else 'false'}\nmax = {BATCH_SIZE}\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the daemon and wait until it answers."""
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sandboxd", "--config", str(self.config_path), "serve"],
+                env={**os.environ, "SANDBOXD_API_KEYS": self.key},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"daemon {self.name} exited; see {self.log}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.1)
+        raise SystemExit(f"daemon {self.name} did not answer within 60 s; see {self.log}")
+
+    def stop(self) -> None:
+        """SIGTERM, then wait (it removes its sandboxes, its pool's included)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+class Client:
+    """HTTP calls to one daemon."""
+
+    def __init__(self, session: aiohttp.ClientSession, daemon: BenchDaemon) -> None:
+        self.session = session
+        self.daemon = daemon
+
+    async def post(self, path: str, body: Any) -> Any:
+        """POST JSON; fail loudly on anything but 200."""
+        headers = {"X-API-Key": self.daemon.key, "Content-Type": "application/json"}
+        async with self.session.post(f"{self.daemon.url}{path}", json=body, headers=headers) as response:
+            if response.status != 200:
+                raise SystemExit(f"{self.daemon.name} {path}: {response.status} {await response.text()}")
+            return await response.json()
+
+    async def execute(self, language: str, code: str) -> tuple[float, float]:
+        """One sync execution that must print hello; return (end-to-end seconds, the program's time)."""
+        started = time.perf_counter()
+        result = await self.post("/api/v1/execute", {"code": code, "language": language})
+        elapsed = time.perf_counter() - started
+        if result["stdout"] != "hello\n":
+            raise SystemExit(f"{self.daemon.name} {language}: unexpected result {result}")
+        return elapsed, float(result["execution_time"])
+
+    async def batch(self, language: str, code: str, size: int) -> float:
+        """One batch of ``size`` executions; return its end-to-end seconds."""
+        started = time.perf_counter()
+        body = [{"code": code, "language": language} for _ in range(size)]
+        result = await self.post("/api/v1/execute/batch", body)
+        elapsed = time.perf_counter() - started
+        outputs = [item["stdout"] for item in result]
+        if outputs != ["hello\n"] * size:
+            raise SystemExit(f"{self.daemon.name} batch: unexpected results {result}")
+        return elapsed
+
+
+async def latency(client: Client, runtime: Runtime, runs: int, interval: float) -> dict[str, Any]:
+    """Sequential sync executions after a warm-up, ``interval`` seconds apart; latency and the daemon's share.
+
+    Spaced out, each request finds the sandboxes the pool booted since the last one:
+    this is the latency a caller sees while the host keeps up. The throughput runs
+    measure the host saturated.
+    """
+    code = hello(runtime)
+    for _ in range(3):
+        await client.execute(runtime.name, code)
+        await asyncio.sleep(max(interval, 0.5))
+    totals, shares = [], []
+    for _ in range(runs):
+        total, program = await client.execute(runtime.name, code)
+        totals.append(total)
+        shares.append(total - program)
+        await asyncio.sleep(interval)
+    return {**summary(totals), "daemon_share_p50": percentile(shares, 0.5)}
+
+
+async def throughput(client: Client, concurrency: int, count: int) -> float:
+    """Python hellos per second with ``concurrency`` clients sending ``count`` in all."""
+    code = HELLO["python"]
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await client.execute("python", code)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return count / (time.perf_counter() - started)
 
 
 def time_runs(runs: int, once: Callable[[], None]) -> list[float]:
@@ -57,47 +222,39 @@ def time_runs(runs: int, once: Callable[[], None]) -> list[float]:
     return samples
 
 
-def http_once(url: str, key: str, language: str) -> Callable[[], None]:
-    """One synchronous execution over HTTP; fails loudly on anything but the expected output."""
-    body = json.dumps({"code": HELLO[language], "language": language}).encode()
-
-    def once() -> None:
-        request = urllib.request.Request(  # noqa: S310 -- the operator's URL
-            f"{url}/api/v1/execute",
-            data=body,
-            headers={"X-API-Key": key, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 -- the operator's URL
-            result = json.load(response)
-        if result["stdout"] != "hello\n":
-            raise SystemExit(f"{language}: unexpected result {result}")
-
-    return once
-
-
-def runsc_once(runsc: str, rootfs: str, runtime: Runtime) -> Callable[[], None]:
-    """The same program under `runsc do` on the image's root filesystem (compile step included)."""
+def shell_script(runtime: Runtime) -> str:
+    """The runtime's steps as one command line (the benchmark's own fixed programs only)."""
     steps = (
         [" ".join(runtime.compile), " ".join(runtime.run)] if runtime.compiled else [" ".join(runtime.run)]
     )
-    script = f"cd /tmp && cat > {runtime.source_file} && " + " && ".join(steps)
-    env = [f"{k}={v}" for k, v in runtime.environment.items()]
-    argv = [runsc, "--network=none", "--platform=ptrace", "do", "-quiet", "-root", rootfs]
-    argv += ["/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]
-    source = HELLO[runtime.name].encode()
+    return " && ".join(steps)
+
+
+def checked(name: str, argv: list[str], source: bytes | None = None) -> Callable[[], None]:
+    """A command that must print hello."""
 
     def once() -> None:
         done = subprocess.run(argv, input=source, capture_output=True, check=False)
         if done.stdout != b"hello\n":
-            raise SystemExit(f"{runtime.name}: runsc do printed {done.stdout!r} {done.stderr[-500:]!r}")
+            raise SystemExit(f"{name}: printed {done.stdout!r} {done.stderr[-500:]!r}")
 
     return once
 
 
+def host_baseline(runtime: Runtime, runs: int) -> dict[str, float] | None:
+    """The program as a bare host process, where the host has the runtime's interpreter."""
+    if runtime.compiled or shutil.which(runtime.run[0]) is None:
+        return None
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / runtime.source_file).write_text(hello(runtime))
+        argv = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in runtime.environment.items())]
+        argv += ["/bin/sh", "-c", f"cd {directory} && {shell_script(runtime)}"]
+        return summary(time_runs(runs, checked(runtime.name, argv)))
+
+
 @contextlib.asynccontextmanager
-async def image_rootfs(config_path: Path, runtime: Runtime) -> AsyncIterator[str]:
+async def image_rootfs(config: Config, runtime: Runtime) -> AsyncIterator[str]:
     """A read-only view of the runtime image's root filesystem as a host directory, removed afterwards."""
-    config = load_config(config_path, os.environ)
     client = client_for(config)
     key = f"sandboxd-bench-{runtime.name}-{os.getpid()}"
     try:
@@ -108,9 +265,21 @@ async def image_rootfs(config_path: Path, runtime: Runtime) -> AsyncIterator[str
         await client.leases.create(key, expires_in=dt.timedelta(hours=1), labels={})
         try:
             mounts = await client.snapshots.view(key, state.chain_id, lease=key)
-            if len(mounts) != 1 or mounts[0].type != "bind":
-                raise SystemExit(f"{runtime.name}: only single-layer images are benchmarked against runsc do")
-            yield mounts[0].source
+            if len(mounts) != 1:
+                raise SystemExit(f"{runtime.name}: expected one mount for the image view, got {mounts}")
+            mount = mounts[0]
+            if mount.type == "bind":
+                yield mount.source
+            else:
+                # Several layers: an overlay view, mounted read-only for the run.
+                with tempfile.TemporaryDirectory() as target:
+                    options = ",".join(mount.options)
+                    mount_argv = ["mount", "-t", mount.type, "-o", options, mount.source, target]
+                    await asyncio.to_thread(subprocess.run, mount_argv, check=True)
+                    try:
+                        yield target
+                    finally:
+                        await asyncio.to_thread(subprocess.run, ["umount", target], check=False)
         finally:
             with contextlib.suppress(NotFoundError):
                 await client.snapshots.remove(key)
@@ -119,55 +288,159 @@ async def image_rootfs(config_path: Path, runtime: Runtime) -> AsyncIterator[str
         await client.close()
 
 
-async def baseline(config_path: Path, runsc: str, runtime: Runtime, runs: int) -> list[float]:
-    """Time ``runs`` runs of the hello program under `runsc do`."""
-    async with image_rootfs(config_path, runtime) as rootfs:
-        return await asyncio.to_thread(time_runs, runs, runsc_once(runsc, rootfs, runtime))
+async def runsc_do_baseline(config: Config, runtime: Runtime, runs: int) -> dict[str, float]:
+    """The same program under `runsc do` on the image's root filesystem (compile step included)."""
+    env = [f"{k}={v}" for k, v in runtime.environment.items()]
+    script = f"cd /tmp && cat > {runtime.source_file} && {shell_script(runtime)}"
+    async with image_rootfs(config, runtime) as rootfs:
+        argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}", "do", "-quiet"]
+        argv += ["-root", rootfs, "/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]
+        once = checked(runtime.name, argv, hello(runtime).encode())
+        return summary(await asyncio.to_thread(time_runs, runs, once))
+
+
+async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[str, dict[str, float]]:
+    """Into one running sandbox: `runsc exec` (the least an exec through containerd costs), and the agent."""
+    state_dir = Path("/run/sandboxd-bench-exec")
+    bench_config = attrs.evolve(config, paths=attrs.evolve(config.paths, state=state_dir))
+    client = client_for(bench_config)
+    host = await asyncio.to_thread(prepare_host, bench_config, client)
+    state = await inspect_image(client, runtime)
+    if state.chain_id is None:
+        raise SystemExit(f"{runtime.name}: {state.reason}")
+    limits = SandboxLimits(
+        memory_bytes=runtime.limits.memory_mib << 20, pids=runtime.limits.pids, cpus=runtime.limits.cpus,
+        tmp_bytes=64 << 20, file_size_bytes=32 << 20,
+    )  # fmt: skip
+    sandbox_id = f"bench-exec-{runtime.name}-{os.getpid()}"
+    sandbox = await Sandbox.create(
+        host, sandbox_id, image=runtime.image, chain_id=state.chain_id, limits=limits,
+        workspace_bytes=32 << 20, labels={},
+    )  # fmt: skip
+    try:
+        await sandbox.write_files({runtime.source_file: hello(runtime).encode()})
+        env = [f"--env={k}={v}" for k, v in runtime.environment.items()]
+        argv = [config.runsc.binary, "--root", str(host.runsc_root / client.namespace), "exec"]
+        argv += ["--user", f"{NOBODY}:{NOBODY}", "--cwd", "/workspace", *env, sandbox_id]
+        argv += ["/bin/sh", "-c", shell_script(runtime)]
+        runsc_exec = summary(await asyncio.to_thread(time_runs, runs, checked(runtime.name, argv)))
+
+        agent_runs = []
+        for _ in range(runs + 1):
+            started = time.perf_counter()
+            outcome = await sandbox.run(
+                ["/bin/sh", "-c", shell_script(runtime)], environment=runtime.environment, stdin=b"",
+                timeout=30, output_cap=1 << 20,
+            )  # fmt: skip
+            if outcome.stdout.data != b"hello\n":
+                raise SystemExit(f"{runtime.name}: agent run printed {outcome.stdout.data!r}")
+            agent_runs.append(time.perf_counter() - started)
+        return {"runsc_exec": runsc_exec, "agent_in_running_sandbox": summary(agent_runs[1:])}
+    finally:
+        await sandbox.destroy()
+        await client.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def ms(value: float | None) -> str:
+    """Seconds as a short millisecond string."""
+    return "-" if value is None else f"{value * 1000:.0f}"
+
+
+async def measure(args: argparse.Namespace, config: Config, runtimes: list[Runtime]) -> dict[str, Any]:
+    """Every measurement of the run."""
+    report: dict[str, Any] = {"runs": args.runs, "languages": {}, "batch": {}, "throughput": {}}
+    with tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as work:
+        daemons = {
+            "pool": BenchDaemon(config, "pool", pool=True, work=Path(work)),
+            "no_pool": BenchDaemon(config, "no-pool", pool=False, work=Path(work)),
+        }
+        try:
+            for daemon in daemons.values():
+                daemon.start()
+            timeout = aiohttp.ClientTimeout(total=300)
+            connector = aiohttp.TCPConnector(limit=16)
+            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+                clients = {name: Client(session, daemon) for name, daemon in daemons.items()}
+                for runtime in runtimes:
+                    row: dict[str, Any] = {}
+                    for name, client in clients.items():
+                        row[name] = await latency(client, runtime, args.runs, args.interval)
+                    row["pool_back_to_back"] = await latency(clients["pool"], runtime, args.runs, 0.0)
+                    row["host_process"] = await asyncio.to_thread(host_baseline, runtime, args.runs)
+                    row["runsc_do"] = await runsc_do_baseline(config, runtime, args.runs)
+                    row.update(await exec_baselines(config, runtime, args.runs))
+                    report["languages"][runtime.name] = row
+                    print_language(runtime.name, row)
+                for name, client in clients.items():
+                    samples = []
+                    for _ in range(5):
+                        await asyncio.sleep(args.interval * BATCH_SIZE)  # time to refill between batches
+                        samples.append(await client.batch("python", HELLO["python"], BATCH_SIZE))
+                    report["batch"][name] = summary(samples)
+                for name, client in clients.items():
+                    report["throughput"][name] = {}
+                    for concurrency in CONCURRENCY_LEVELS:
+                        count = max(args.throughput_count, 4 * concurrency)
+                        await throughput(client, concurrency, concurrency)  # warm-up: demand for the pool
+                        rate = await throughput(client, concurrency, count)
+                        report["throughput"][name][str(concurrency)] = rate
+        finally:
+            for daemon in daemons.values():
+                daemon.stop()
+    return report
+
+
+def print_language(name: str, row: dict[str, Any]) -> None:
+    """One line of the latency table."""
+    pool, no_pool = row["pool"], row["no_pool"]
+    host = row["host_process"]
+    print(
+        f"{name:<11}{ms(pool['p50']):>8}{ms(pool['p95']):>7}{ms(pool['daemon_share_p50']):>7}"
+        f"{ms(row['pool_back_to_back']['p50']):>8}"
+        f"{ms(no_pool['p50']):>9}{ms(no_pool['p95']):>7}"
+        f"{ms(host['p50'] if host else None):>7}{ms(row['runsc_do']['p50']):>10}"
+        f"{ms(row['runsc_exec']['p50']):>8}{ms(row['agent_in_running_sandbox']['p50']):>8}"
+        f"{no_pool['p50'] / pool['p50']:>9.2f}x{pool['p50'] / row['runsc_do']['p50']:>8.2f}x"
+        f"{pool['p50'] / row['runsc_exec']['p50']:>8.2f}x",
+        flush=True,
+    )
 
 
 def main() -> int:
-    """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8002")
-    parser.add_argument("--api-key", default=os.environ.get("SANDBOXD_API_KEY"))
+    """Run the benchmark, print the tables and write the JSON."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("/var/lib/sandboxd-dev/config.toml"))
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--throughput-count", type=int, default=40)
+    parser.add_argument("--interval", type=float, default=0.3, help="seconds between latency samples")
     parser.add_argument("--languages", nargs="*", default=list(HELLO))
-    parser.add_argument("--runsc", default="/usr/bin/runsc")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latency.json")
     args = parser.parse_args()
-    key = args.api_key or (DEV_KEY_FILE.read_text().strip() if DEV_KEY_FILE.exists() else None)
-    if not key:
-        raise SystemExit("no API key: pass --api-key or set SANDBOXD_API_KEY")
     config = load_config(args.config, os.environ)
-    runtimes = load_runtimes(config.paths.runtimes)
-    rows: list[dict[str, Any]] = []
-    print(f"{'language':<12}{'sandboxd p50':>14}{'p95':>9}{'runsc do p50':>15}{'p95':>9}{'ratio p50':>11}")
+    registry = load_runtimes(config.paths.runtimes)
+    runtimes = []
     for language in args.languages:
-        runtime = runtimes.get(language)
+        runtime = registry.get(language)
         if runtime is None:
             raise SystemExit(f"unknown language {language}")
-        served = time_runs(args.runs, http_once(args.url, key, language))
-        reference = asyncio.run(baseline(args.config, args.runsc, runtime, args.runs))
-        row = {
-            "language": language,
-            "runs": args.runs,
-            "sandboxd_p50": percentile(served, 0.5),
-            "sandboxd_p95": percentile(served, 0.95),
-            "runsc_do_p50": percentile(reference, 0.5),
-            "runsc_do_p95": percentile(reference, 0.95),
-            "sandboxd_mean": statistics.fmean(served),
-        }
-        row["ratio_p50"] = row["sandboxd_p50"] / row["runsc_do_p50"]
-        rows.append(row)
-        ms = {name: f"{value * 1000:.0f}ms" for name, value in row.items() if isinstance(value, float)}
-        print(
-            f"{language:<12}{ms['sandboxd_p50']:>14}{ms['sandboxd_p95']:>9}"
-            f"{ms['runsc_do_p50']:>15}{ms['runsc_do_p95']:>9}{row['ratio_p50']:>10.2f}x",
-            flush=True,
-        )
+        runtimes.append(runtime)
+    if runtimes[0].name != "python":
+        raise SystemExit("the batch and throughput runs use python: list it first")
+    print("latency in ms (p50 unless p95); ratios of p50")
+    print(
+        f"{'language':<11}{'pool':>8}{'p95':>7}{'share':>7}{'b2b':>8}{'no pool':>9}{'p95':>7}{'host':>7}"
+        f"{'runsc do':>10}{'exec':>8}{'agent':>8}{'off/on':>10}{'/do':>9}{'/exec':>9}"
+    )
+    report = asyncio.run(measure(args, config, runtimes))
+    print(f"\nbatch of {BATCH_SIZE} python hellos: " + ", ".join(
+        f"{name} p50 {ms(s['p50'])} ms" for name, s in report["batch"].items()
+    ))  # fmt: skip
+    print("python executions per second at concurrency " + "/".join(map(str, CONCURRENCY_LEVELS)) + ":")
+    for name, rates in report["throughput"].items():
+        print(f"  {name:<8} " + "  ".join(f"{c}: {rate:.1f}" for c, rate in rates.items()))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(rows, indent=2))
+    args.output.write_text(json.dumps(report, indent=2))
     print(f"written to {args.output}")
     return 0
 

@@ -127,7 +127,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     if unknown:
         raise StartupError(f"pool.runtimes: no such runtime: {', '.join(unknown)}")
     if pool_config.enabled:
-        engine.pool = SandboxPool(pool_config, names, engine.boot_for_pool, engine.sandbox_memory)
+        engine.pool = SandboxPool(
+            pool_config, names, engine.boot_for_pool, engine.sandbox_memory, quiet=engine.housekeeping.quiet
+        )
         pooling = asyncio.create_task(engine.pool.run_forever(), name="sandbox pool")
         app[TELEMETRY].track_pool(engine.pool)
     engine.on_teardown = app[TELEMETRY].teardown.observe

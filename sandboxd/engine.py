@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import attrs
 
 from sandboxd.cgroups import CgroupUsage
 from sandboxd.containerd import ContainerdError, UnavailableError
+from sandboxd.housekeeping import Housekeeping
 from sandboxd.images import ImageState, inspect_image
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, LanguageInfo
 from sandboxd.oci import SandboxLimits
@@ -24,6 +26,8 @@ from sandboxd.watch import ContainerdUnavailableError, ContainerdWatch
 
 log = logging.getLogger(__name__)
 
+# A used sandbox is removed once no program runs, or after this long at the latest.
+_TEARDOWN_DEFERRAL: Final = 3.0
 # Exit statuses of a process killed with the sandbox when the kernel's OOM killer ended it.
 _OOM_EXIT_CODES: Final = frozenset({128, 137, 143})
 LANGUAGE_LABEL: Final = "sandboxd.io/language"
@@ -80,6 +84,14 @@ class Engine:
         self.active: set[str] = set()
         self.pool: SandboxPool | None = None
         self.on_teardown: Callable[[float], None] | None = None
+        self.housekeeping = Housekeeping()
+
+    def expect(self, plans: Sequence[Plan]) -> None:
+        """Tell the pool that these executions are coming (a batch), so that it boots ahead."""
+        if self.pool is None:
+            return
+        for name, count in collections.Counter(plan.runtime.name for plan in plans).items():
+            self.pool.expect(name, count)
 
     def sandbox_limits(self, runtime: Runtime) -> SandboxLimits:
         """The limits every sandbox of ``runtime`` runs under."""
@@ -214,17 +226,21 @@ class Engine:
             try:
                 await sandbox.write_files({runtime.source_file: request.code.encode()})
                 setup = time.monotonic() - started
-                ending = await self._run_steps(sandbox, plan, limits)
+                with self.housekeeping.program_running():
+                    ending = await self._run_steps(sandbox, plan, limits)
                 usage = await sandbox.usage()
                 result = self._result(execution_id, plan, ending, usage)
             finally:
                 self.active.discard(sandbox.id)
                 # The caller has its result as soon as it is known; removal goes on in the background.
-                destroy_in_background(sandbox, self.on_teardown)
+                destroy_in_background(sandbox, self.on_teardown, self._quiet_for_teardown)
         finally:
             if self.pool is not None:
                 self.pool.release(runtime.name)
         return result, Timings(setup=setup, run=ending.elapsed)
+
+    async def _quiet_for_teardown(self) -> None:
+        await self.housekeeping.quiet(_TEARDOWN_DEFERRAL)
 
     async def _boot_on_demand(self, execution_id: str, runtime: Runtime, chain_id: str) -> Sandbox:
         try:

@@ -90,6 +90,7 @@ class ExecutionService:
     async def run_batch(self, owner: str, plans: Sequence[Plan]) -> list[ExecutionResult]:
         """Run a batch in order, holding one slot for all of it; each item fails on its own."""
         asked = time.monotonic()
+        self.engine.expect(plans)
         async with self.admission.slot():
             waited = time.monotonic() - asked
             return [await self._run_recorded(owner, Kind.BATCH, plan, waited if i == 0 else 0.0)

@@ -17,8 +17,9 @@ WORKSPACE: Final = "/workspace"
 # The agent's host directory is mounted read-only here: /dev is a tmpfs gVisor
 # makes for every sandbox, so the mount point needs nothing from the image.
 AGENT_DIR: Final = "/dev/.sandboxd"
-# Only what the agent needs to start a process as NOBODY and drop every capability in it.
-_AGENT_CAPABILITIES: Final = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+# Only what the agent needs to start a process as NOBODY, drop every capability in it,
+# and end every process of the sandbox once the execution is over.
+_AGENT_CAPABILITIES: Final = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL")
 _CPU_PERIOD_US: Final = 100_000
 
 
@@ -64,7 +65,7 @@ def _rlimits(limits: SandboxLimits) -> list[dict[str, Any]]:
 
 
 def agent_process_spec(agent: str, limits: SandboxLimits) -> dict[str, Any]:
-    """The init process: the agent as root inside the sandbox, with three capabilities and no gain."""
+    """The init process: the agent as root inside the sandbox, with four capabilities and no gain."""
     capabilities = list(_AGENT_CAPABILITIES)
     return {
         "terminal": False,

@@ -38,6 +38,7 @@ _TICK: Final = 1.0
 # Boots compete with executions for the CPU; a failed boot is retried after a pause.
 _PARALLEL_BOOTS: Final = 2
 _RETRY_AFTER_FAILURE: Final = 5.0
+_BOOT_DEFERRAL: Final = 2.0
 
 
 @attrs.define
@@ -75,12 +76,15 @@ class SandboxPool:
         runtimes: list[str],
         boot: BootFunction,
         measure: MeasureFunction,
+        *,
+        quiet: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.runtimes = runtimes
         self._boot = boot
         self._measure = measure
+        self._quiet = quiet
         self._clock = clock
         self._idle: dict[str, collections.deque[_Idle]] = {name: collections.deque() for name in runtimes}
         self._booting: dict[str, int] = dict.fromkeys(runtimes, 0)
@@ -112,6 +116,12 @@ class SandboxPool:
             destroy_in_background(found.sandbox)
         self.on_take(False)
         return None
+
+    def expect(self, runtime: str, count: int) -> None:
+        """``count`` executions of ``runtime`` are about to come (a batch): size for them now."""
+        demand = self._demand.setdefault(runtime, _Demand())
+        demand.peaks.append((self._clock(), demand.in_use + count))
+        self._wake.set()
 
     def release(self, runtime: str) -> None:
         """An execution of ``runtime`` (pooled sandbox or not) has ended."""
@@ -185,6 +195,9 @@ class SandboxPool:
         sandbox_id = f"pool-{uuid.uuid4()}"
         self._booting_ids.add(sandbox_id)
         try:
+            if self._idle[runtime] and self._quiet is not None:
+                # Not urgent while one is ready: boot once no program runs, or soon anyway.
+                await self._quiet(_BOOT_DEFERRAL)
             async with self._boot_slots:
                 started = self._clock()
                 booted = await self._boot(runtime, sandbox_id)

@@ -60,10 +60,21 @@ async def complete_even_if_cancelled(cleanup: Awaitable[None]) -> None:
     await asyncio.shield(task)
 
 
-def destroy_in_background(sandbox: Sandbox, on_removed: Callable[[float], None] | None = None) -> None:
-    """Remove ``sandbox`` without waiting for it; ``drain_cleanups`` waits for every such removal."""
+def destroy_in_background(
+    sandbox: Sandbox,
+    on_removed: Callable[[float], None] | None = None,
+    wait_first: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Remove ``sandbox`` without waiting for it; ``drain_cleanups`` waits for every such removal.
+
+    ``wait_first`` may defer the removal (to a quiet moment); the sandbox is killed at once
+    all the same, so nothing it runs outlives its execution.
+    """
 
     async def destroy() -> None:
+        if wait_first is not None:
+            await sandbox.end_processes()
+            await wait_first()
         started = time.monotonic()
         await sandbox.destroy()
         if on_removed is not None:
@@ -328,6 +339,13 @@ class Sandbox:
             timed_out=timed_out,
             output_exceeded=overflow.is_set(),
         )
+
+    async def end_processes(self) -> None:
+        """End every process but the agent: through the agent (cheap), else by killing the sandbox."""
+        if self._agent is not None and self._agent.end_processes():
+            return
+        with contextlib.suppress(ContainerdError):
+            await self.kill()
 
     async def kill(self) -> None:
         """SIGKILL every process in the sandbox; a sandbox that already stopped needs nothing."""

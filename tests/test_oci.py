@@ -10,7 +10,7 @@ from sandboxd.oci import AGENT_DIR, SandboxLimits, sandbox_spec
 LIMITS = SandboxLimits(memory_bytes=128 << 20, pids=64, cpus=0.5, tmp_bytes=1 << 20, file_size_bytes=2 << 20)
 
 
-def test_init_is_the_agent_with_three_capabilities() -> None:
+def test_init_is_the_agent_with_four_capabilities() -> None:
     """The init process is the agent: root in the sandbox, only the capabilities to drop to nobody."""
     spec = sandbox_spec(
         hostname="sandbox", workspace=Path("/run/ws/1"), agent_dir=Path("/run/agent/abc"),
@@ -19,7 +19,7 @@ def test_init_is_the_agent_with_three_capabilities() -> None:
     process = spec["process"]
     assert process["args"] == [f"{AGENT_DIR}/sandboxd-agent"]
     assert process["user"] == {"uid": 0, "gid": 0}
-    wanted = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
+    wanted = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"]
     capabilities = process["capabilities"]
     assert capabilities["bounding"] == capabilities["effective"] == capabilities["permitted"] == wanted
     assert capabilities["inheritable"] == capabilities["ambient"] == []

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from sandboxd.config import PoolConfig, PoolSizeConfig
 from sandboxd.engine import Engine
+from sandboxd.housekeeping import Housekeeping
 from sandboxd.pool import SandboxPool
 from sandboxd.sandbox import Sandbox, drain_cleanups
 
@@ -182,3 +183,26 @@ async def test_pooled_sandboxes_serve_one_execution_each(
     finally:
         engine.pool.on_take = original
     assert takes[1:] == [True, True, True]
+
+
+async def test_a_batch_sizes_the_pool_ahead() -> None:
+    """A batch announces its executions: the pool sizes for all of them before the first runs."""
+    pool, _ = make_pool(PoolConfig(max=10), Clock())
+    pool.expect("python", 10)
+    assert pool.desired("python") == 10
+    await settle(pool)
+    assert pool.idle_count("python") == 10
+
+
+async def test_housekeeping_waits_for_a_quiet_moment_or_its_deadline() -> None:
+    """Background work waits while a program runs, goes on once none does, and never past its deadline."""
+    housekeeping = Housekeeping()
+    await asyncio.wait_for(housekeeping.quiet(10), 1)  # nothing runs: at once
+    with housekeeping.program_running():
+        waiting = asyncio.ensure_future(housekeeping.quiet(10))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        started = asyncio.get_running_loop().time()
+        await housekeeping.quiet(0.1)
+        assert asyncio.get_running_loop().time() - started >= 0.1
+    await asyncio.wait_for(waiting, 1)

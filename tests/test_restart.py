@@ -61,6 +61,7 @@ async def test_kill_9_loses_no_execution(
         await asyncio.sleep(0.5)
 
         await daemon.stop(signal.SIGKILL)
+        await asyncio.sleep(0.5)  # containerd finishes the calls the daemon had in flight
         orphans = await sandboxes_of(containerd, daemon)
         # The two running executions' sandboxes, and what the pool had ready or was booting.
         assert len(orphans) >= 2, "the killed daemon should have left its two running sandboxes"
@@ -104,6 +105,7 @@ async def test_kill_9_with_eight_in_flight(
         await asyncio.sleep(1.0)  # every program is past its sandbox's boot now
         await daemon.stop(signal.SIGKILL)
         await asyncio.gather(*clients, return_exceptions=True)
+        await asyncio.sleep(0.5)  # containerd finishes the calls the daemon had in flight
         orphans = await sandboxes_of(containerd, daemon)
         assert len(orphans) >= 8
 

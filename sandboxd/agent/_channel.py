@@ -26,6 +26,7 @@ from sandboxd.agent._protocol import (
     Frame,
     FrameDecoder,
     Reply,
+    kill_all,
     run_command,
     stdin_frames,
 )
@@ -210,6 +211,13 @@ class AgentChannel:
         self._commands.write(run_command(argv, environment, cwd=cwd, uid=uid, gid=gid))
         self._commands.writelines(stdin_frames(stdin))
         return process
+
+    def end_processes(self) -> bool:
+        """Have the agent SIGKILL every other process; False when it cannot be asked now."""
+        if self._commands is None or self.lost or self._current is not None:
+            return False
+        self._commands.write(kill_all())
+        return True
 
     def _receive(self, frame: Frame) -> None:
         if frame.kind is Reply.READY:

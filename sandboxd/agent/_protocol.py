@@ -74,6 +74,11 @@ def run_command(
     return _frame(b"x", payload)
 
 
+def kill_all() -> bytes:
+    """The frame that makes the agent SIGKILL every other process in the sandbox."""
+    return _frame(b"k")
+
+
 def stdin_frames(data: bytes) -> Iterator[bytes]:
     """``data`` as stdin frames, then the end-of-stdin frame."""
     for start in range(0, len(data), STDIN_CHUNK):

@@ -1,9 +1,9 @@
 /*
  * sandboxd-agent: the init process of a sandbox.
  *
- * It runs inside gVisor as uid 0 with only CAP_SETUID, CAP_SETGID and
- * CAP_SETPCAP, so that the program it starts (as uid 65534, with no
- * capabilities at all) can neither signal, trace nor impersonate it. It reads
+ * It runs inside gVisor as uid 0 with only CAP_SETUID, CAP_SETGID,
+ * CAP_SETPCAP and CAP_KILL, so that the program it starts (as uid 65534, with
+ * no capabilities at all) can neither signal, trace nor impersonate it. It reads
  * commands from the daemon on stdin and answers on stdout; both are FIFOs on
  * the host that nothing in the sandbox can reach. Starting a process here is a
  * fork and exec inside the sandbox, instead of a `runsc exec` through
@@ -16,6 +16,7 @@
  *          NUL-terminated strings (arguments, environment, working directory)
  *     'i'  bytes for the process's stdin
  *     'c'  end of stdin (always sent once per 'x', after its stdin)
+ *     'k'  kill every other process in the sandbox (between processes only)
  *   agent -> daemon
  *     'r'  ready (once, at start), payload: protocol version
  *     'o'  bytes the process wrote to stdout
@@ -349,6 +350,9 @@ int main(void) {
             }
             run(&command);
             free(command.argv);
+        } else if (type == 'k') {
+            /* Every process but the agent itself (kill(-1) spares the caller). */
+            kill(-1, SIGKILL);
         } else if (type != 'c' && type != 'i') {
             errno = EPROTO;
             die("unexpected frame");
