@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,13 @@ def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config, os.environ)
     configure_logging(args.log_level or config.logging.level, config.logging.format)
     return config
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def configure_logging(level: str, style: str) -> None:
@@ -74,16 +82,32 @@ def _select(runtimes: Sequence[Runtime], names: Sequence[str]) -> list[Runtime]:
     return [by_name[name] for name in names]
 
 
-async def _images_build(config: Config, names: Sequence[str], force: bool) -> int:
+async def _images_build(config: Config, names: Sequence[str], force: bool, jobs: int) -> int:
     runtimes = _select(load_runtimes(config.paths.runtimes).runtimes, names)
     client = client_for(config)
+    slots = asyncio.Semaphore(jobs)
+    failed: list[str] = []
+
+    async def build(runtime: Runtime) -> None:
+        async with slots:
+            try:
+                await builder.build(runtime, force=force)
+            except ImageBuildError as error:
+                # One failed runtime does not stop the others; all failures are listed at the end.
+                print(f"sandboxd: {error}", file=sys.stderr, flush=True)
+                failed.append(runtime.name)
+
     try:
         await connect(client)
         builder = ImageBuilder(client, engine_work_dir(config), lambda line: print(line, flush=True))
-        for runtime in runtimes:
-            await builder.build(runtime, force=force)
+        started = time.monotonic()
+        await asyncio.gather(*(build(runtime) for runtime in runtimes))
+        ready, took = len(runtimes) - len(failed), time.monotonic() - started
+        print(f"images: {ready} of {len(runtimes)} ready in {took:.0f} s", flush=True)
     finally:
         await client.close()
+    if failed:
+        raise ImageBuildError(f"building failed for: {', '.join(sorted(failed))}")
     return 0
 
 
@@ -173,6 +197,10 @@ def _parser() -> argparse.ArgumentParser:
     build = images.add_parser("build", help="build runtime images from Debian packages and import them")
     build.add_argument("languages", nargs="*", help="runtimes to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when the image is current")
+    build.add_argument(
+        "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+        help="images to build at once (default: the number of CPUs)",
+    )  # fmt: skip
     images.add_parser("list", help="show each runtime's image and whether it is available")
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     generate = keys.add_parser("generate", help="print a new API key and the configuration entry for it")
@@ -209,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 -- one retu
         if args.command == "run":
             return asyncio.run(_run_file(config, args))
         if args.images_command == "build":
-            return asyncio.run(_images_build(config, args.languages, args.force))
+            return asyncio.run(_images_build(config, args.languages, args.force, args.jobs))
         return asyncio.run(_images_list(config))
     except (ValidationError, InvalidFieldError, UnsupportedLanguageError, RuntimeUnavailableError) as error:
         print(f"sandboxd: {error}", file=sys.stderr)

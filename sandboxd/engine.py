@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -195,10 +196,9 @@ class Engine:
         return result
 
     async def execute_timed(self, plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
-        """Like ``execute``, and say how long sandbox set-up, the run and teardown took."""
+        """Like ``execute``, and say how long getting the sandbox ready and the run took."""
         chain_id = self.check_available(plan)
         self.watch.require()
-        self.active.add(execution_id)
         try:
             return await self._execute(execution_id, plan, chain_id)
         except UnavailableError as error:
@@ -209,8 +209,6 @@ class Engine:
             log.exception("execution %s failed in the sandbox layer", execution_id)
             note = f"internal error: the sandbox failed ({type(error).__name__}); execution {execution_id}"
             return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note), Timings()
-        finally:
-            self.active.discard(execution_id)
 
     async def _execute(self, execution_id: str, plan: Plan, chain_id: str) -> tuple[ExecutionResult, Timings]:
         runtime, request = plan.runtime, plan.request
@@ -243,14 +241,20 @@ class Engine:
         await self.housekeeping.quiet(_TEARDOWN_DEFERRAL)
 
     async def _boot_on_demand(self, execution_id: str, runtime: Runtime, chain_id: str) -> Sandbox:
+        # Never the execution's id alone: a retried execution (after a restart) must not meet
+        # the remains of its first sandbox, which containerd may still be removing.
+        sandbox_id = f"{execution_id}.{secrets.token_hex(4)}"
+        self.active.add(sandbox_id)  # reconciliation after an outage leaves it alone while it boots
         try:
-            return await self.boot(runtime, execution_id, chain_id, pooled=False)
+            return await self.boot(runtime, sandbox_id, chain_id, pooled=False)
         except UnavailableError as error:
             # Nothing ran: the caller gets 503 and may retry, rather than a failed result.
             self.watch.report(error)
             raise ContainerdUnavailableError(
                 f"containerd is unavailable ({error.detail}); retry later"
             ) from error
+        finally:
+            self.active.discard(sandbox_id)  # the caller marks the booted sandbox active itself
 
     async def _run_steps(self, sandbox: Sandbox, plan: Plan, limits: SandboxLimits) -> _Ending:
         """Compile (if the runtime does) and run; say how it ended."""

@@ -20,7 +20,7 @@ _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IMAGE_PATH = re.compile(r"^(/[A-Za-z0-9_.+-]+)+$")
 # Bumped when the way images are built changes, so that existing images count as stale.
-IMAGE_RECIPE_VERSION = 1
+IMAGE_RECIPE_VERSION = 2
 
 
 @attrs.frozen

@@ -36,7 +36,7 @@ MANAGED_LABEL: Final = "sandboxd.io/managed"
 # Which daemon made a sandbox (a digest of its state directory): at start-up a
 # daemon reconciles only its own, never those of another daemon in the namespace.
 HOST_LABEL: Final = "sandboxd.io/host"
-EXECUTION_LABEL: Final = "sandboxd.io/execution"
+SANDBOX_LABEL: Final = "sandboxd.io/sandbox"
 RUNC_V2: Final = "io.containerd.runc.v2"
 _KILL_WAIT: Final = 5.0
 # From task start to the agent's first frame: a sandbox that takes longer is broken.
@@ -205,7 +205,7 @@ class Sandbox:
         labels: Mapping[str, str],
     ) -> None:
         client, sid = self.host.client, self.id
-        all_labels = {MANAGED_LABEL: "true", HOST_LABEL: self.host.host_id, EXECUTION_LABEL: sid, **labels}
+        all_labels = {MANAGED_LABEL: "true", HOST_LABEL: self.host.host_id, SANDBOX_LABEL: sid, **labels}
         await client.leases.create(sid, expires_in=self.host.lease_ttl, labels=all_labels)
         self._push("lease", client.leases.delete, sid)
 

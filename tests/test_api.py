@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+
+from sandboxd.runtimes import load_runtimes
+
+SHIPPED_RUNTIMES = Path(__file__).resolve().parent.parent / "runtimes"
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +53,7 @@ async def test_languages(http: Client, headers: dict[str, str]) -> None:
     response = await http.get("/api/v1/languages", headers=headers)
     assert response.status == 200
     listed = {item["language"]: item for item in await response.json()}
-    assert set(listed) == {"python", "javascript", "go", "ruby"}
+    assert set(listed) == {runtime.name for runtime in load_runtimes(SHIPPED_RUNTIMES)}
     assert all(item["available"] for item in listed.values())
     assert listed["python"]["version"].startswith("Python 3.")
     assert listed["javascript"]["version"].startswith("v")

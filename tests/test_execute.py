@@ -83,6 +83,17 @@ async def test_stdin_reaches_the_program(http: Client, headers: dict[str, str]) 
     assert result["stdout"] == "12 HELLO\nWORLD\n"
 
 
+async def test_stdio_can_be_opened_by_path(http: Client, headers: dict[str, str]) -> None:
+    """/dev/stdin and /dev/stdout open as they do outside a sandbox: the pipes are the program user's."""
+    code = (
+        "import os\nprint(os.fstat(0).st_uid, flush=True)\n"
+        "with open('/dev/stdout', 'w') as out:\n    out.write(open('/dev/stdin').read())"
+    )
+    status, result = await execute(http, headers, code=code, language="python", stdin="by path\n")
+    assert status == 200
+    assert result["stdout"] == "65534\nby path\n", result
+
+
 async def test_program_without_stdin_reads_end_of_file(http: Client, headers: dict[str, str]) -> None:
     """Without stdin, reading standard input returns at once instead of hanging."""
     status, result = await execute(http, headers, code="puts STDIN.read.inspect", language="ruby", timeout=5)

@@ -201,10 +201,24 @@ struct stream {
     char type;
 };
 
+/*
+ * The process's stdio pipes belong to its user, so that it can open them again by
+ * path (/dev/stdin, /proc/self/fd/0), as programs do: they are made with that
+ * effective user and group, and the agent takes root back afterwards.
+ */
+static void make_stdio_pipes(const struct command *command, int in[2], int out[2], int err[2]) {
+    if (setresgid((gid_t)-1, command->gid, (gid_t)-1) < 0 || setresuid((uid_t)-1, command->uid, (uid_t)-1) < 0)
+        die("taking the program's user to make its pipes");
+    int failed = pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC);
+    if (setresuid((uid_t)-1, 0, (uid_t)-1) < 0 || setresgid((gid_t)-1, 0, (gid_t)-1) < 0)
+        die("taking root back");
+    if (failed) die("pipe");
+}
+
 static void run(const struct command *command) {
     int in[2], out[2], err[2], report[2];
-    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(report, O_CLOEXEC))
-        die("pipe");
+    make_stdio_pipes(command, in, out, err);
+    if (pipe2(report, O_CLOEXEC)) die("pipe");
     pid_t pid = fork();
     if (pid < 0) die("fork");
     if (pid == 0) become_and_exec(command, in[0], out[1], err[1], report[1]);
