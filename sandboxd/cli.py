@@ -198,8 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("languages", nargs="*", help="runtimes to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when the image is current")
     build.add_argument(
-        "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
-        help="images to build at once (default: the number of CPUs)",
+        "--jobs", type=_positive_int, default=4, metavar="N",
+        help="images to build at once (default: 4; builds wait on downloads and disk as much as on CPUs)",
     )  # fmt: skip
     images.add_parser("list", help="show each runtime's image and whether it is available")
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
