@@ -271,15 +271,18 @@ async def image_rootfs(config: Config, runtime: Runtime) -> AsyncIterator[str]:
             if mount.type == "bind":
                 yield mount.source
             else:
-                # Several layers: an overlay view, mounted read-only for the run.
-                with tempfile.TemporaryDirectory() as target:
+                # Several layers: an overlay view. `runsc do` cannot boot from an overlayfs
+                # root, so the merged tree is copied to a plain directory for the run.
+                with tempfile.TemporaryDirectory() as target, tempfile.TemporaryDirectory() as copy:
                     options = ",".join(mount.options)
                     mount_argv = ["mount", "-t", mount.type, "-o", options, mount.source, target]
                     await asyncio.to_thread(subprocess.run, mount_argv, check=True)
                     try:
-                        yield target
+                        copy_argv = ["cp", "-a", f"{target}/.", copy]
+                        await asyncio.to_thread(subprocess.run, copy_argv, check=True)
                     finally:
                         await asyncio.to_thread(subprocess.run, ["umount", target], check=False)
+                    yield copy
         finally:
             with contextlib.suppress(NotFoundError):
                 await client.snapshots.remove(key)
@@ -364,6 +367,18 @@ async def measure(args: argparse.Namespace, config: Config, runtimes: list[Runti
                 clients = {name: Client(session, daemon) for name, daemon in daemons.items()}
                 for runtime in runtimes:
                     row: dict[str, Any] = {}
+                    if args.per_language:
+                        row["pool"] = await latency(clients["pool"], runtime, args.runs, args.interval)
+                        row["runsc_do"] = await runsc_do_baseline(config, runtime, args.runs)
+                        report["languages"][runtime.name] = row
+                        pool, do = row["pool"], row["runsc_do"]
+                        print(
+                            f"{runtime.name:<11}{ms(pool['p50']):>8}{ms(pool['p95']):>7}"
+                            f"{ms(pool['daemon_share_p50']):>7}{ms(do['p50']):>10}"
+                            f"{pool['p50'] / do['p50']:>9.2f}x",
+                            flush=True,
+                        )
+                        continue
                     for name, client in clients.items():
                         row[name] = await latency(client, runtime, args.runs, args.interval)
                     row["pool_back_to_back"] = await latency(clients["pool"], runtime, args.runs, 0.0)
@@ -372,6 +387,8 @@ async def measure(args: argparse.Namespace, config: Config, runtimes: list[Runti
                     row.update(await exec_baselines(config, runtime, args.runs))
                     report["languages"][runtime.name] = row
                     print_language(runtime.name, row)
+                if args.per_language:
+                    return report
                 for name, client in clients.items():
                     samples = []
                     for _ in range(5):
@@ -414,6 +431,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--throughput-count", type=int, default=40)
     parser.add_argument("--interval", type=float, default=0.3, help="seconds between latency samples")
+    parser.add_argument(
+        "--per-language", action="store_true",
+        help="only latency with the pool and `runsc do` per language (a quick table of every runtime)",
+    )  # fmt: skip
     parser.add_argument("--languages", nargs="*", default=list(HELLO))
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latency.json")
     args = parser.parse_args()
@@ -425,13 +446,20 @@ def main() -> int:
         if runtime is None:
             raise SystemExit(f"unknown language {language}")
         runtimes.append(runtime)
-    if runtimes[0].name != "python":
+    if runtimes[0].name != "python" and not args.per_language:
         raise SystemExit("the batch and throughput runs use python: list it first")
     print("latency in ms (p50 unless p95); ratios of p50")
-    print(
-        f"{'language':<11}{'pool':>8}{'p95':>7}{'share':>7}{'b2b':>8}{'no pool':>9}{'p95':>7}{'host':>7}"
-        f"{'runsc do':>10}{'exec':>8}{'agent':>8}{'off/on':>10}{'/do':>9}{'/exec':>9}"
-    )
+    if not args.per_language:
+        print(
+            f"{'language':<11}{'pool':>8}{'p95':>7}{'share':>7}{'b2b':>8}{'no pool':>9}{'p95':>7}{'host':>7}"
+            f"{'runsc do':>10}{'exec':>8}{'agent':>8}{'off/on':>10}{'/do':>9}{'/exec':>9}"
+        )
+    if args.per_language:
+        print(f"{'language':<11}{'pool':>8}{'p95':>7}{'share':>7}{'runsc do':>10}{'/do':>10}")
+        report = asyncio.run(measure(args, config, runtimes))
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
+        return 0
     report = asyncio.run(measure(args, config, runtimes))
     print(f"\nbatch of {BATCH_SIZE} python hellos: " + ", ".join(
         f"{name} p50 {ms(s['p50'])} ms" for name, s in report["batch"].items()
