@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -224,9 +225,9 @@ def time_runs(runs: int, once: Callable[[], None]) -> list[float]:
 
 def shell_script(runtime: Runtime) -> str:
     """The runtime's steps as one command line (the benchmark's own fixed programs only)."""
-    run = " ".join(runtime.run)
+    run = shlex.join(runtime.run)
     # As in sandboxd, what the compiler prints on stdout is not the program's output.
-    return f"{' '.join(runtime.compile)} >/dev/null && {run}" if runtime.compiled else run
+    return f"{shlex.join(runtime.compile)} >/dev/null && {run}" if runtime.compiled else run
 
 
 def checked(name: str, argv: list[str], source: bytes | None = None) -> Callable[[], None]:
