@@ -1,7 +1,8 @@
 """Per-execution workspaces: a size-limited tmpfs on the host, mounted at /workspace in the sandbox.
 
-The daemon writes the source file before the sandbox starts. Afterwards it
-never reads or walks the directory, which the sandbox may have filled with
+The daemon writes the source file before any process of the execution runs
+(a pooled sandbox has run nothing but its agent). Afterwards it never reads or
+walks the directory, which the sandbox may have filled with
 symlinks: removal is an unmount (the tmpfs and everything in it vanish) and an
 rmdir of the now-empty mount point.
 """
