@@ -47,7 +47,7 @@ from sandboxd.host import client_for, prepare_host
 from sandboxd.images import inspect_image
 from sandboxd.oci import NOBODY, SandboxLimits
 from sandboxd.runtimes import Runtime, load_runtimes
-from sandboxd.sandbox import Sandbox
+from sandboxd.sandbox import Sandbox, reconcile
 
 HELLO: Final = {
     "python": "print('hello')",
@@ -308,6 +308,7 @@ async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[st
     bench_config = attrs.evolve(config, paths=attrs.evolve(config.paths, state=state_dir))
     client = client_for(bench_config)
     host = await asyncio.to_thread(prepare_host, bench_config, client)
+    await reconcile(host)  # what an interrupted earlier run of the benchmark left
     state = await inspect_image(client, runtime)
     if state.chain_id is None:
         raise SystemExit(f"{runtime.name}: {state.reason}")
