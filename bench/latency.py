@@ -439,6 +439,8 @@ def main() -> int:
     parser.add_argument("--languages", nargs="*", default=list(HELLO))
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latency.json")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so that the daemons this run started are stopped too.
+    signal.signal(signal.SIGTERM, lambda _signo, _frame: sys.exit(143))
     config = load_config(args.config, os.environ)
     registry = load_runtimes(config.paths.runtimes)
     runtimes = []
