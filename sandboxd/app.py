@@ -98,9 +98,8 @@ async def build_engine(config: Config, client: ContainerdClient, *, reconcile_le
     runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
 
     async def after_outage() -> None:
-        # Idle sandboxes booted before the outage may be gone or broken: start afresh.
-        if engine.pool is not None:
-            await engine.pool.flush()
+        # Idle sandboxes outlive a containerd restart (their agents answer through FIFOs); one
+        # that died meanwhile is never handed out. Flushing them here only delayed recovery.
         keep = engine.active | (engine.pool.sandbox_ids() if engine.pool is not None else set())
         await reconcile(host, keep=keep)
         await engine.refresh_images()

@@ -93,7 +93,6 @@ class SandboxPool:
         self._boots: set[asyncio.Task[None]] = set()
         self._boot_slots = asyncio.Semaphore(_PARALLEL_BOOTS)
         self._wake = asyncio.Event()
-        self._paused = False
         self.on_take: Callable[[bool], None] = lambda _hit: None
 
     # -- what executions use ------------------------------------------------------------
@@ -164,8 +163,7 @@ class SandboxPool:
         """Boot and retire idle sandboxes as demand changes, until cancelled."""
         try:
             while True:
-                if not self._paused:
-                    self._adjust()
+                self._adjust()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _TICK)
@@ -209,9 +207,6 @@ class SandboxPool:
                 measured = await self._measure(sandbox)
                 if measured:
                     demand.cost_bytes = measured
-            if self._paused:
-                destroy_in_background(sandbox)
-                return
             self._idle[runtime].append(_Idle(sandbox, chain_id, measured or demand.cost_bytes))
         except (ContainerdError, SandboxError, OSError) as error:
             demand.failed_at = self._clock()
@@ -219,15 +214,6 @@ class SandboxPool:
         finally:
             self._booting[runtime] -= 1
             self._booting_ids.discard(sandbox_id)
-            self._wake.set()
-
-    async def flush(self) -> None:
-        """Destroy every idle sandbox (containerd came back after an outage, say)."""
-        self._paused = True
-        try:
-            await self._empty()
-        finally:
-            self._paused = False
             self._wake.set()
 
     async def _empty(self) -> None:

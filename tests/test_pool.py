@@ -125,17 +125,6 @@ async def test_a_sandbox_of_an_older_image_or_dead_is_never_handed_out() -> None
     assert all(sandbox.destroyed for sandbox in booted[:2])
 
 
-async def test_flush_destroys_everything_idle() -> None:
-    """After an outage the pool empties itself, then refills."""
-    pool, booted = make_pool(PoolConfig(runtimes={"go": PoolSizeConfig(min=1)}), Clock())
-    await settle(pool)
-    await pool.flush()
-    assert pool.idle_count("go") == 0
-    assert booted[0].destroyed
-    await settle(pool)
-    assert pool.idle_count("go") == 1
-
-
 async def execute(http: Client, headers: dict[str, str], code: str) -> Any:
     """One synchronous Python execution that must complete."""
     body = json.dumps({"code": code, "language": "python"})
