@@ -30,7 +30,6 @@ from sandboxd._pb.containerd.types.task import task_pb2
 from sandboxd.containerd.errors import ContainerdError, translate
 
 SPEC_TYPE_URL: Final = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
-PROCESS_TYPE_URL: Final = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RUNC_OPTIONS_TYPE_URL: Final = "containerd.runc.v1.Options"
 GC_EXPIRE_LABEL: Final = "containerd.io/gc.expire"
 
@@ -345,27 +344,6 @@ class Tasks(_Service[task_pb2.Process]):
         response = await self._channel.unary(self._method("Start"), request, tasks_pb2.StartResponse)
         return response.pid
 
-    async def exec(
-        self,
-        container_id: str,
-        exec_id: str,
-        *,
-        process: Mapping[str, Any],
-        stdin: str,
-        stdout: str,
-        stderr: str,
-    ) -> None:
-        """Add a process to a running task (it starts with ``start(container_id, exec_id)``)."""
-        request = tasks_pb2.ExecProcessRequest(
-            container_id=container_id,
-            exec_id=exec_id,
-            spec=any_pb2.Any(type_url=PROCESS_TYPE_URL, value=json.dumps(process).encode()),
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-        )
-        await self._channel.unary(self._method("Exec"), request, empty_pb2.Empty)
-
     async def wait(self, container_id: str, exec_id: str = "") -> ExitStatus:
         """Wait, without deadline, until the process exits."""
         request = tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id)
@@ -384,21 +362,11 @@ class Tasks(_Service[task_pb2.Process]):
         )
         await self._channel.unary(self._method("Kill"), request, empty_pb2.Empty)
 
-    async def close_stdin(self, container_id: str, exec_id: str = "") -> None:
-        """Close a process's stdin."""
-        request = tasks_pb2.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=True)
-        await self._channel.unary(self._method("CloseIO"), request, empty_pb2.Empty)
-
     async def delete(self, container_id: str) -> ExitStatus:
         """Delete a stopped task, which tears the sandbox down."""
         request = tasks_pb2.DeleteTaskRequest(container_id=container_id)
         response = await self._channel.unary(self._method("Delete"), request, tasks_pb2.DeleteResponse)
         return ExitStatus(code=response.exit_status, exited_at=None)
-
-    async def delete_process(self, container_id: str, exec_id: str) -> None:
-        """Delete an exec'd process that has exited."""
-        request = tasks_pb2.DeleteProcessRequest(container_id=container_id, exec_id=exec_id)
-        await self._channel.unary(self._method("DeleteProcess"), request, tasks_pb2.DeleteResponse)
 
     async def get(self, container_id: str) -> ProcessInfo:
         """Return the state of a task's init process."""
