@@ -189,12 +189,22 @@ class Sandbox:
     ) -> Sandbox:
         """Boot a sandbox of ``image`` with an empty /workspace; return once its agent is ready."""
         sandbox = cls(host, sandbox_id)
+        boot = asyncio.ensure_future(sandbox._boot(image, chain_id, limits, workspace_bytes, labels))
         try:
-            await sandbox._boot(image, chain_id, limits, workspace_bytes, labels)
+            await asyncio.shield(boot)
         except BaseException:
-            await complete_even_if_cancelled(sandbox.destroy())
+            await complete_even_if_cancelled(sandbox._destroy_after(boot))
             raise
         return sandbox
+
+    async def _destroy_after(self, boot: asyncio.Future[None]) -> None:
+        # A cancelled boot runs to its end before it is undone: containerd completes an RPC
+        # whose caller went away (it creates the task all the same), and undo knows only the
+        # steps that returned; removing the rest from under that task left runsc's processes.
+        await asyncio.wait([boot])
+        if not boot.cancelled():
+            boot.exception()  # the caller sees it (or its own cancellation); retrieved here
+        await self.destroy()
 
     async def _boot(
         self,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 
 import pytest
 
 from sandboxd.config import Config
-from sandboxd.containerd import ContainerdClient, ContainerdError
+from sandboxd.containerd import ContainerdClient, ContainerdError, Mount
 from sandboxd.engine import Engine
 from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.oci import SandboxLimits
@@ -24,6 +25,24 @@ async def assert_nothing_left(engine: Engine, containerd: ContainerdClient, conf
     await drain_cleanups()
     leftovers = await find_leftovers(containerd, config, keep=pooled(engine))
     assert leftovers.is_empty(), leftovers
+
+
+async def boot_small_python_sandbox(engine: Engine) -> Sandbox:
+    """Boot a sandbox of the python image directly, outside any execution."""
+    state = engine.images["python"]
+    assert state.chain_id is not None
+    limits = SandboxLimits(
+        memory_bytes=128 << 20, pids=32, cpus=1, tmp_bytes=1 << 20, file_size_bytes=1 << 20
+    )
+    return await Sandbox.create(
+        engine.host,
+        str(uuid.uuid4()),
+        image=state.reference,
+        chain_id=state.chain_id,
+        limits=limits,
+        workspace_bytes=1 << 20,
+        labels={},
+    )
 
 
 @pytest.mark.parametrize(
@@ -79,29 +98,43 @@ async def test_task_left_in_created_state_is_removed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A sandbox whose start fails (task stuck in CREATED, which runsc will not signal) is still removed."""
-    state = engine.images["python"]
-    assert state.chain_id is not None
 
     async def failing_start(container_id: str, exec_id: str = "") -> int:
         raise ContainerdError("Start", "injected failure before the init process started")
 
     monkeypatch.setattr(engine.host.client.tasks, "start", failing_start)
-    limits = SandboxLimits(
-        memory_bytes=128 << 20, pids=32, cpus=1, tmp_bytes=1 << 20, file_size_bytes=1 << 20
-    )
     caplog.set_level(logging.INFO, logger="sandboxd.sandbox")
     with pytest.raises(ContainerdError, match="injected"):
-        await Sandbox.create(
-            engine.host,
-            str(uuid.uuid4()),
-            image=state.reference,
-            chain_id=state.chain_id,
-            limits=limits,
-            workspace_bytes=1 << 20,
-            labels={},
-        )
+        await boot_small_python_sandbox(engine)
     monkeypatch.undo()
     assert "forcing deletion of a CREATED task" in caplog.text
+    await assert_nothing_left(engine, containerd, config)
+
+
+async def test_boot_cancelled_as_containerd_answers_leaves_nothing(
+    engine: Engine, containerd: ContainerdClient, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A boot cancelled after containerd created its task, before its answer came, is still removed whole."""
+    tasks = engine.host.client.tasks
+    real_create = tasks.create
+    created, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_answer(
+        container_id: str, *, rootfs: Sequence[Mount], stdin: str = "", stdout: str = "", stderr: str = ""
+    ) -> int:
+        pid = await real_create(container_id, rootfs=rootfs, stdin=stdin, stdout=stdout, stderr=stderr)
+        created.set()
+        await answer.wait()  # where a cancellation of the RPC would land
+        return pid
+
+    monkeypatch.setattr(tasks, "create", slow_answer)
+    boot = asyncio.ensure_future(boot_small_python_sandbox(engine))
+    await created.wait()
+    boot.cancel()
+    answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        await boot
+    monkeypatch.undo()
     await assert_nothing_left(engine, containerd, config)
 
 
