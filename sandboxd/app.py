@@ -33,6 +33,7 @@ from sandboxd.keys import (
 )
 from sandboxd.middleware import auth_middleware, error_middleware
 from sandboxd.notify import Notifier
+from sandboxd.orphans import reap_forever, reap_orphaned_shims
 from sandboxd.pool import SandboxPool
 from sandboxd.ratelimit import RateLimiter
 from sandboxd.runtimes import load_runtimes
@@ -139,12 +140,16 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda: admission.running, lambda: admission.waiting + admission.background_waiting
     )
     watching = asyncio.create_task(engine.watch.run_forever(), name="containerd watch")
+    namespace = app[CLIENT].namespace
+    reaping = asyncio.create_task(reap_forever(namespace), name="orphaned shim reaper")
     yield
     watching.cancel()
+    reaping.cancel()
     if pooling is not None:
         pooling.cancel()
         await asyncio.gather(pooling, return_exceptions=True)
     await drain_cleanups()
+    await asyncio.to_thread(reap_orphaned_shims, namespace)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

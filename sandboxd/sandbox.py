@@ -28,6 +28,7 @@ from sandboxd.agent import AgentChannel, AgentLostError, CapturedOutput
 from sandboxd.cgroups import CgroupUsage, read_usage
 from sandboxd.containerd import ContainerdClient, ContainerdError, ExitStatus, NotFoundError
 from sandboxd.oci import NOBODY, WORKSPACE, SandboxLimits, sandbox_spec
+from sandboxd.orphans import reap_orphaned_shims
 from sandboxd.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -476,6 +477,7 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
     for directory in await asyncio.to_thread(_entries, host.fifos):
         if directory.name not in keep:
             await asyncio.to_thread(AgentChannel.remove_fifos, directory)
+    await asyncio.to_thread(reap_orphaned_shims, client.namespace)
     if found:
         log.warning("removed %d sandboxes left by a previous run", len(found))
     return len(found)

@@ -1,0 +1,57 @@
+"""Shims that outlived their task are found and ended; live shims and other processes are left alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandboxd.orphans import SHIM_NAME, orphaned_shims, reap_orphaned_shims
+
+NAMESPACE = "sandboxd-orphans-test"
+
+
+def fake_process(proc: Path, pid: int, argv: list[str], cwd: str, children: str = "") -> None:
+    """A /proc/<pid> entry with the files the finder reads."""
+    entry = proc / str(pid)
+    (entry / "task" / str(pid)).mkdir(parents=True)
+    (entry / "cmdline").write_bytes(b"\0".join(arg.encode() for arg in argv) + b"\0")
+    (entry / "task" / str(pid) / "children").write_text(children)
+    os.symlink(cwd, entry / "cwd")
+
+
+def test_finds_only_childless_shims_of_the_namespace_in_deleted_bundles(tmp_path: Path) -> None:
+    """Of five processes, only the shim of this namespace whose bundle is gone and has no children counts."""
+    shim = f"/usr/bin/{SHIM_NAME}"
+    fake_process(tmp_path, 10, [shim, "-namespace", NAMESPACE, "-id", "a"], "/run/x/.a (deleted)")
+    fake_process(tmp_path, 11, [shim, "-namespace", NAMESPACE, "-id", "b"], "/run/x/b")
+    fake_process(tmp_path, 12, [shim, "-namespace", NAMESPACE, "-id", "c"], "/run/x/.c (deleted)", "99 ")
+    fake_process(tmp_path, 13, [shim, "-namespace", "other", "-id", "d"], "/run/x/.d (deleted)")
+    fake_process(tmp_path, 14, ["/bin/sleep", "-namespace", NAMESPACE], "/tmp/gone (deleted)")
+    (tmp_path / "self").mkdir()
+    assert orphaned_shims(NAMESPACE, tmp_path) == [10]
+
+
+@pytest.mark.integration
+def test_reaps_a_real_orphaned_shim(tmp_path: Path) -> None:
+    """A live process that looks like a shim in a deleted bundle is killed; one in a live bundle is not."""
+    processes = []
+    for name in ("orphan", "live"):
+        bundle = tmp_path / name
+        bundle.mkdir()
+        # A Python that waits, with the argv a shim of the namespace has.
+        argv = [SHIM_NAME, "-c", "import time; time.sleep(60)", "-namespace", NAMESPACE, "-id", name]
+        processes.append(subprocess.Popen(argv, executable=sys.executable, cwd=bundle))
+    try:
+        (tmp_path / "orphan").rmdir()
+        assert reap_orphaned_shims(NAMESPACE) == 1
+        assert processes[0].wait(5) == -signal.SIGKILL
+        assert processes[1].poll() is None
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
