@@ -39,6 +39,7 @@ class Leftovers:
     leases: list[str]
     mounts: list[str]
     state_entries: list[str]
+    processes: list[str]
 
     def is_empty(self) -> bool:
         """True when nothing is left."""
@@ -79,6 +80,7 @@ async def find_leftovers(
         leases=[name for name in found.leases if name not in kept],
         mounts=[path for path in found.mounts if Path(path).name not in kept],
         state_entries=[path for path in found.state_entries if Path(path).name not in kept],
+        processes=[entry for entry in found.processes if entry.split()[1] not in kept],
     )
 
 
@@ -98,14 +100,66 @@ async def _find_all(client: ContainerdClient, config: Config) -> Leftovers:
         if directory.exists()
         for p in directory.iterdir()
     ]
+    tasks = await client.tasks.list()
     return Leftovers(
         containers=[c.id for c in containers],
-        tasks=[t.container_id for t in await client.tasks.list() if t.container_id in ours],
+        tasks=[t.container_id for t in tasks if t.container_id in ours],
         snapshots=[s.name for s in snapshots],
         leases=[lease.id for lease in leases],
         mounts=[m for m in mounts if m.startswith(str(state))],
         state_entries=entries,
+        processes=await _orphaned_processes(client.namespace, config, {t.container_id for t in tasks}),
     )
+
+
+# A shim exits a moment after containerd deleted its task: what outlives this was left behind.
+SHIM_EXIT_GRACE = 3.0
+
+
+async def _orphaned_processes(namespace: str, config: Config, live: set[str]) -> list[str]:
+    """Shims of ``namespace`` and runsc processes of the tests' daemons serving no task containerd knows.
+
+    containerd forgets a sandbox whose shim it lost track of, so its own listing
+    cannot show such a leak; the host's process table does.
+    """
+    runsc_roots = tuple(f"--root={state}/runsc/" for state in test_state_dirs(config))
+    deadline = asyncio.get_running_loop().time() + SHIM_EXIT_GRACE
+    while True:
+        found = await asyncio.to_thread(_runtime_processes, namespace, runsc_roots)
+        orphans = [f"{kind} {sandbox} (pid {pid})" for pid, kind, sandbox in found if sandbox not in live]
+        if not orphans or asyncio.get_running_loop().time() > deadline:
+            return orphans
+        await asyncio.sleep(0.2)
+
+
+def _runtime_processes(namespace: str, runsc_roots: tuple[str, ...]) -> list[tuple[int, str, str]]:
+    """(pid, "shim" or "runsc", sandbox id) of each runtime process on this host that serves a sandbox."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # exited meanwhile
+            continue
+        if argv[0].endswith("containerd-shim-runc-v2") and _flag(argv, "-namespace") == namespace:
+            found.append((int(entry.name), "shim", _flag(argv, "-id")))
+        elif argv[0].startswith("runsc") and any(arg.startswith(runsc_roots) for arg in argv):
+            found.append((int(entry.name), "runsc", _runsc_container(argv)))
+    return found
+
+
+def _flag(argv: list[str], name: str) -> str:
+    """The value after ``name`` in ``argv``, or "" without one."""
+    return argv[argv.index(name) + 1] if name in argv[:-1] else ""
+
+
+def _runsc_container(argv: list[str]) -> str:
+    """The container a runsc process serves: its log file sits in the task's bundle, named by the id."""
+    for arg in argv:
+        if arg.startswith("--log=") and arg.endswith("/log.json"):
+            return Path(arg.removeprefix("--log=")).parent.name
+    return argv[-1]
 
 
 @pytest.fixture(scope="session")
