@@ -94,6 +94,17 @@ async def test_stdio_can_be_opened_by_path(http: Client, headers: dict[str, str]
     assert result["stdout"] == "65534\nby path\n", result
 
 
+async def test_coreutils_list_files_in_long_form(http: Client, headers: dict[str, str]) -> None:
+    """`ls -l` works: coreutils' statx calls are ones the sandbox's runsc answers (20221219 gave EINVAL)."""
+    code = "echo data > /workspace/file.txt && ls -l /workspace/file.txt"
+    status, result = await execute(http, headers, code=code, language="bash")
+    assert status == 200
+    assert result["exit_code"] == 0, result
+    mode, *_, name = result["stdout"].split()
+    assert mode.startswith("-rw-"), result
+    assert name == "/workspace/file.txt", result
+
+
 async def test_program_without_stdin_reads_end_of_file(http: Client, headers: dict[str, str]) -> None:
     """Without stdin, reading standard input returns at once instead of hanging."""
     status, result = await execute(http, headers, code="puts STDIN.read.inspect", language="ruby", timeout=5)
