@@ -102,6 +102,7 @@ class BenchDaemon:
             f"[server]\nport = {self.port}\n"
             '[health]\naddress = "127.0.0.1:0"\n'
             f'[containerd]\naddress = "{base.containerd.address}"\n'
+            f'[runsc]\nbinary = "{base.runsc.binary}"\nplatform = "{base.runsc.platform}"\n'
             f'[paths]\nruntimes = "{base.paths.runtimes}"\nstate = "{self.state}"\ndata = "{self.data}"\n'
             # Enough slots and rate for the throughput runs; the pool sized for concurrency 8.
             "[limits]\nconcurrency = 8\nqueue = 256\nrate_limit = 1000000\n"
