@@ -93,8 +93,10 @@ class ExecutionService:
         self.engine.expect(plans)
         async with self.admission.slot():
             waited = time.monotonic() - asked
-            return [await self._run_recorded(owner, Kind.BATCH, plan, waited if i == 0 else 0.0)
-                    for i, plan in enumerate(plans)]  # fmt: skip
+            # Its programs run back to back: the moments between two are no time for housekeeping.
+            with self.engine.housekeeping.program_running():
+                return [await self._run_recorded(owner, Kind.BATCH, plan, waited if i == 0 else 0.0)
+                        for i, plan in enumerate(plans)]  # fmt: skip
 
     async def _run_recorded(self, owner: str, kind: Kind, plan: Plan, queue_wait: float) -> ExecutionResult:
         execution_id = str(uuid.uuid4())

@@ -10,10 +10,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from sandboxd.config import PoolConfig, PoolSizeConfig
-from sandboxd.engine import Engine
+from sandboxd.engine import Engine, Plan
 from sandboxd.housekeeping import Housekeeping
+from sandboxd.models import ExecutionResult
 from sandboxd.pool import SandboxPool
 from sandboxd.sandbox import Sandbox, drain_cleanups
+from sandboxd.telemetry import Timings
 
 Client = TestClient[Any, Any]
 
@@ -172,6 +174,26 @@ async def test_pooled_sandboxes_serve_one_execution_each(
     finally:
         engine.pool.on_take = original
     assert takes[1:] == [True, True, True]
+
+
+@pytest.mark.integration
+async def test_a_batch_is_one_busy_stretch_for_housekeeping(
+    http: Client, headers: dict[str, str], engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No item of a batch starts in a quiet moment: removals and boots wait until the whole batch ran."""
+    quiet_at_start: list[bool] = []
+    original = engine.execute_timed
+
+    async def observed(plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
+        quiet_at_start.append(engine.housekeeping.is_quiet)
+        return await original(plan, execution_id)
+
+    monkeypatch.setattr(engine, "execute_timed", observed)
+    body = [{"code": f"print({i})", "language": "python"} for i in range(3)]
+    response = await http.post("/api/v1/execute/batch", data=json.dumps(body), headers=headers)
+    assert response.status == 200
+    assert [item["stdout"] for item in await response.json()] == ["0\n", "1\n", "2\n"]
+    assert quiet_at_start == [False, False, False]
 
 
 async def test_a_batch_sizes_the_pool_ahead() -> None:
