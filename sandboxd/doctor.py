@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,15 @@ from sandboxd.runtimes import RuntimeConfigError, load_runtimes
 
 _MIN_FREE_DATA: Final = 1 << 30
 _MIN_FREE_STATE: Final = 256 << 20
+# Older runsc answers coreutils' statx with EINVAL (`ls -l` fails) and lacks later security fixes.
+MIN_RUNSC_RELEASE: Final = 20240729
+_RUNSC_RELEASE = re.compile(r"(?:~|release-)(\d{8})\b")
+
+
+def runsc_release(version_line: str) -> int | None:
+    """The release date (YYYYMMDD) in runsc's version line, as Debian and gVisor spell it; None if absent."""
+    found = _RUNSC_RELEASE.search(version_line)
+    return int(found.group(1)) if found else None
 
 
 @attrs.frozen
@@ -45,6 +55,12 @@ async def _runsc(binary: str) -> Check:
     first = output.decode(errors="replace").splitlines()[:1]
     if process.returncode != 0 or not first:
         return Check("runsc", False, f"{binary} --version failed", "reinstall runsc")
+    release = runsc_release(first[0])
+    if release is not None and release < MIN_RUNSC_RELEASE:
+        hint = (
+            f"install runsc {MIN_RUNSC_RELEASE} or newer (Debian 12: bookworm-backports, as scripts/dev does)"
+        )
+        return Check("runsc", False, f"{first[0]}: older than {MIN_RUNSC_RELEASE}", hint)
     return Check("runsc", True, first[0])
 
 
