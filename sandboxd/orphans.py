@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -23,16 +24,30 @@ SHIM_NAME: Final = "containerd-shim-runc-v2"
 SWEEP_INTERVAL: Final = 60.0
 
 
+def command_lines(proc: Path = Path("/proc")) -> Iterator[tuple[Path, list[str]]]:
+    """Each process's /proc entry and argv; a process that exits meanwhile is left out."""
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                yield entry, (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+
+
+def shim_sandbox(argv: list[str], namespace: str) -> str | None:
+    """The sandbox id a runc shim of ``namespace`` with this argv serves; None for any other process."""
+    if not argv[0].endswith(SHIM_NAME) or _flag(argv, "-namespace") != namespace:
+        return None
+    return _flag(argv, "-id")
+
+
 def orphaned_shims(namespace: str, proc: Path = Path("/proc")) -> list[int]:
     """Pids of ``namespace``'s shims whose bundle directory is deleted and that have no child process."""
     found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
+    for entry, argv in command_lines(proc):
+        if shim_sandbox(argv, namespace) is None:
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if not argv[0].endswith(SHIM_NAME.encode()) or _flag(argv, b"-namespace") != namespace.encode():
-                continue
             if not os.readlink(entry / "cwd").endswith(" (deleted)") or _has_children(entry):
                 continue
         except OSError:  # exited meanwhile, or not ours to read
@@ -59,8 +74,8 @@ async def reap_forever(namespace: str, interval: float = SWEEP_INTERVAL) -> None
         await asyncio.to_thread(reap_orphaned_shims, namespace)
 
 
-def _flag(argv: list[bytes], name: bytes) -> bytes:
-    return argv[argv.index(name) + 1] if name in argv[:-1] else b""
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1] if name in argv[:-1] else ""
 
 
 def _has_children(process: Path) -> bool:

@@ -21,6 +21,7 @@ from sandboxd.containerd import ContainerdClient
 from sandboxd.engine import Engine
 from sandboxd.host import client_for, prepare_host
 from sandboxd.keys import ENGINE
+from sandboxd.orphans import command_lines, shim_sandbox
 from sandboxd.sandbox import HOST_LABEL, MANAGED_LABEL, Sandbox, drain_cleanups, host_id_for
 
 pytest_plugins = ["tests.daemons"]
@@ -135,23 +136,12 @@ async def _orphaned_processes(namespace: str, config: Config, live: set[str]) ->
 def _runtime_processes(namespace: str, runsc_roots: tuple[str, ...]) -> list[tuple[int, str, str]]:
     """(pid, "shim" or "runsc", sandbox id) of each runtime process on this host that serves a sandbox."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:  # exited meanwhile
-            continue
-        if argv[0].endswith("containerd-shim-runc-v2") and _flag(argv, "-namespace") == namespace:
-            found.append((int(entry.name), "shim", _flag(argv, "-id")))
+    for entry, argv in command_lines():
+        if (sandbox := shim_sandbox(argv, namespace)) is not None:
+            found.append((int(entry.name), "shim", sandbox))
         elif argv[0].startswith("runsc") and any(arg.startswith(runsc_roots) for arg in argv):
             found.append((int(entry.name), "runsc", _runsc_container(argv)))
     return found
-
-
-def _flag(argv: list[str], name: str) -> str:
-    """The value after ``name`` in ``argv``, or "" without one."""
-    return argv[argv.index(name) + 1] if name in argv[:-1] else ""
 
 
 def _runsc_container(argv: list[str]) -> str:
