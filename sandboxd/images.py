@@ -173,20 +173,19 @@ class ImageBuilder:
         """The shared base layer of ``suite``: built once, then kept in the work directory."""
         async with _base_lock(suite):
             directory = self.work_dir / "base" / f"{suite}-v{IMAGE_RECIPE_VERSION}"
-            marker = directory / "layer.json"
-            if marker.exists():
-                recorded = json.loads(marker.read_text())
-                return BaseLayer(
-                    directory / "rootfs", directory / "layer.tar", recorded["digest"], recorded["size"]
+            rootfs, blob, marker = directory / "rootfs", directory / "layer.tar", directory / "layer.json"
+            if not marker.exists():
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+                directory.mkdir(parents=True)
+                self.progress(
+                    f"[base] installing Debian {suite}'s essential packages (shared by every runtime)"
                 )
-            await asyncio.to_thread(shutil.rmtree, directory, True)
-            directory.mkdir(parents=True)
-            self.progress(f"[base] installing Debian {suite}'s essential packages (shared by every runtime)")
-            await self._debootstrap("base", suite, (), directory / "rootfs")
-            digest, size = await self._pack_layer("base", directory / "rootfs", directory / "layer.tar")
-            marker.write_text(json.dumps({"digest": digest, "size": size}))
-            self.progress(f"[base] ready: {digest[:19]}, {size >> 20} MiB")
-            return BaseLayer(directory / "rootfs", directory / "layer.tar", digest, size)
+                await self._debootstrap("base", suite, (), rootfs)
+                digest, size = await self._pack_layer("base", rootfs, blob)
+                marker.write_text(json.dumps({"digest": digest, "size": size}))
+                self.progress(f"[base] ready: {digest[:19]}, {size >> 20} MiB")
+            recorded = json.loads(marker.read_text())
+            return BaseLayer(rootfs, blob, recorded["digest"], recorded["size"])
 
     async def _build_in(self, runtime: Runtime, build_dir: Path) -> ImageState:
         name = runtime.name
