@@ -453,24 +453,21 @@ def main() -> int:
     if runtimes[0].name != "python" and not args.per_language:
         raise SystemExit("the batch and throughput runs use python: list it first")
     print("latency in ms (p50 unless p95); ratios of p50")
-    if not args.per_language:
+    if args.per_language:
+        print(f"{'language':<11}{'pool':>8}{'p95':>7}{'share':>7}{'runsc do':>10}{'/do':>10}")
+    else:
         print(
             f"{'language':<11}{'pool':>8}{'p95':>7}{'share':>7}{'b2b':>8}{'no pool':>9}{'p95':>7}{'host':>7}"
             f"{'runsc do':>10}{'exec':>8}{'agent':>8}{'off/on':>10}{'/do':>9}{'/exec':>9}"
         )
-    if args.per_language:
-        print(f"{'language':<11}{'pool':>8}{'p95':>7}{'share':>7}{'runsc do':>10}{'/do':>10}")
-        report = asyncio.run(measure(args, config, runtimes))
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2))
-        return 0
     report = asyncio.run(measure(args, config, runtimes))
-    print(f"\nbatch of {BATCH_SIZE} python hellos: " + ", ".join(
-        f"{name} p50 {ms(s['p50'])} ms" for name, s in report["batch"].items()
-    ))  # fmt: skip
-    print("python executions per second at concurrency " + "/".join(map(str, CONCURRENCY_LEVELS)) + ":")
-    for name, rates in report["throughput"].items():
-        print(f"  {name:<8} " + "  ".join(f"{c}: {rate:.1f}" for c, rate in rates.items()))
+    if not args.per_language:
+        print(f"\nbatch of {BATCH_SIZE} python hellos: " + ", ".join(
+            f"{name} p50 {ms(s['p50'])} ms" for name, s in report["batch"].items()
+        ))  # fmt: skip
+        print("python executions per second at concurrency " + "/".join(map(str, CONCURRENCY_LEVELS)) + ":")
+        for name, rates in report["throughput"].items():
+            print(f"  {name:<8} " + "  ".join(f"{c}: {rate:.1f}" for c, rate in rates.items()))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     print(f"written to {args.output}")
