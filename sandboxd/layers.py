@@ -8,7 +8,6 @@ sandbox's file system.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from pathlib import Path
@@ -41,8 +40,6 @@ def _same_content(first: Path, second: Path) -> bool:
 
 def _same_entry(base: Path, full: Path, base_stat: os.stat_result, full_stat: os.stat_result) -> bool:
     """Whether ``full`` is the same file as ``base`` (type, owner, mode, content; not times)."""
-    if stat.S_IFMT(base_stat.st_mode) != stat.S_IFMT(full_stat.st_mode):
-        return False
     if (base_stat.st_mode, base_stat.st_uid, base_stat.st_gid) != (
         full_stat.st_mode, full_stat.st_uid, full_stat.st_gid,
     ):  # fmt: skip
@@ -78,10 +75,8 @@ def diff_trees(base: Path, full: Path) -> LayerDiff:
         relative_dir = Path(directory).relative_to(base)
         for name in sorted([*subdirectories, *files]):
             relative = relative_dir / name
-            with contextlib.suppress(FileNotFoundError):
-                os.lstat(full / relative)
-                continue
-            removed.append(str(relative))
+            if not os.path.lexists(full / relative):
+                removed.append(str(relative))
         # A removed directory's whiteout covers what it held.
         subdirectories[:] = sorted(d for d in subdirectories if os.path.lexists(full / relative_dir / d))
     return LayerDiff(changed=tuple(sorted(changed)), removed=tuple(sorted(removed)))
