@@ -41,13 +41,15 @@ from typing import Any, Final
 import aiohttp
 import attrs
 
-from sandboxd.config import Config, generate_key, load_config
+from sandboxd.api.auth import generate_key
+from sandboxd.config import Config, load_config
 from sandboxd.containerd import NotFoundError
-from sandboxd.host import client_for, prepare_host
-from sandboxd.images import inspect_image
-from sandboxd.oci import NOBODY, SandboxLimits
+from sandboxd.engine.host import client_for, prepare_host
+from sandboxd.engine.oci import NOBODY, SandboxLimits
+from sandboxd.engine.reconcile import reconcile
+from sandboxd.engine.sandbox import Sandbox
+from sandboxd.images.inspect import inspect_image
 from sandboxd.runtimes import Runtime, load_runtimes
-from sandboxd.sandbox import Sandbox, reconcile
 
 HELLO: Final = {
     "python": "print('hello')",

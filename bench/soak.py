@@ -24,8 +24,8 @@ from typing import Any, Final
 import aiohttp
 
 from sandboxd.config import load_config
-from sandboxd.host import client_for
-from sandboxd.sandbox import MANAGED_LABEL
+from sandboxd.engine.host import client_for
+from sandboxd.engine.sandbox import MANAGED_LABEL
 
 NORMAL: Final = [
     ("python", "print(sum(range(1000)))", None),

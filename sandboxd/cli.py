@@ -14,18 +14,20 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sandboxd.app import StartupError, build_engine, connect, create_app, serving_status
-from sandboxd.config import Config, ConfigError, add_key, generate_key, hash_key, load_config
+from sandboxd.api.app import create_app, serving_status
+from sandboxd.api.auth import add_key, generate_key, hash_key
+from sandboxd.api.state import NOTIFIER
+from sandboxd.config import Config, ConfigError, load_config
 from sandboxd.containerd import ContainerdError
-from sandboxd.doctor import checks
-from sandboxd.engine import RuntimeUnavailableError, UnsupportedLanguageError
-from sandboxd.host import client_for, engine_work_dir
-from sandboxd.images import ImageBuilder, ImageBuildError, inspect_image
-from sandboxd.keys import NOTIFIER
+from sandboxd.engine.cleanups import drain_cleanups
+from sandboxd.engine.engine import RuntimeUnavailableError, UnsupportedLanguageError
+from sandboxd.engine.host import StartupError, build_engine, client_for, connect, engine_work_dir
+from sandboxd.images.build import ImageBuilder, ImageBuildError
+from sandboxd.images.inspect import inspect_image
 from sandboxd.models import ExecutionRequest
+from sandboxd.ops.doctor import checks
+from sandboxd.ops.logging import configure_logging
 from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
-from sandboxd.sandbox import drain_cleanups
-from sandboxd.telemetry import JsonFormatter, TextFormatter
 from sandboxd.validation import InvalidFieldError, ValidationError, converter
 
 log = logging.getLogger("sandboxd")
@@ -42,14 +44,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-def configure_logging(level: str, style: str) -> None:
-    """Send logs to stderr, as plain lines or JSON objects."""
-    handler = logging.StreamHandler()
-    text = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler.setFormatter(JsonFormatter() if style == "json" else text)
-    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -15,14 +15,16 @@ import attrs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sandboxd.app import create_app
-from sandboxd.config import Config, generate_key, load_config
+from sandboxd.api.app import create_app
+from sandboxd.api.auth import generate_key
+from sandboxd.api.state import ENGINE
+from sandboxd.config import Config, load_config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.engine import Engine
-from sandboxd.host import client_for, prepare_host
-from sandboxd.keys import ENGINE
-from sandboxd.orphans import command_lines, shim_sandbox
-from sandboxd.sandbox import HOST_LABEL, MANAGED_LABEL, Sandbox, drain_cleanups, host_id_for
+from sandboxd.engine.cleanups import drain_cleanups
+from sandboxd.engine.engine import Engine
+from sandboxd.engine.host import client_for, prepare_host
+from sandboxd.engine.orphans import command_lines, shim_sandbox
+from sandboxd.engine.sandbox import HOST_LABEL, MANAGED_LABEL, Sandbox, host_id_for
 
 pytest_plugins = ["tests.daemons"]
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sandboxd.admission import Admission, QueueFullError
+from sandboxd.service.admission import Admission, QueueFullError
 
 
 async def test_queue_then_refuse() -> None:

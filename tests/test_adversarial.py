@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from sandboxd.api.state import ENGINE
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.keys import ENGINE
-from sandboxd.sandbox import drain_cleanups
+from sandboxd.engine.cleanups import drain_cleanups
 from tests.conftest import find_leftovers, pooled
 
 Client = TestClient[Any, Any]

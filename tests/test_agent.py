@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.agent import AGENT_NAME, AgentBuildError, AgentProtocolError, build_agent
-from sandboxd.agent._protocol import (
+from sandboxd.engine.agent import AGENT_NAME, AgentBuildError, AgentProtocolError, build_agent
+from sandboxd.engine.agent._protocol import (
     MAX_REPLY_PAYLOAD,
     STDIN_CHUNK,
     Frame,

@@ -11,8 +11,9 @@ import attrs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sandboxd.app import create_app
-from sandboxd.config import ApiKey, Config, generate_key, hash_key
+from sandboxd.api.app import create_app
+from sandboxd.api.auth import generate_key, hash_key
+from sandboxd.config import ApiKey, Config
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,13 @@ import attrs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sandboxd.app import create_app
+from sandboxd.api.app import create_app
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.engine import Engine, RuntimeUnavailableError
-from sandboxd.host import engine_work_dir
-from sandboxd.images import ImageBuilder, inspect_image
+from sandboxd.engine.engine import Engine, RuntimeUnavailableError
+from sandboxd.engine.host import engine_work_dir
+from sandboxd.images.build import ImageBuilder
+from sandboxd.images.inspect import inspect_image
 from sandboxd.models import ExecutionRequest
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,11 @@ import pytest
 
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient, ContainerdError, Mount
-from sandboxd.engine import Engine
+from sandboxd.engine.cleanups import drain_cleanups
+from sandboxd.engine.engine import Engine
+from sandboxd.engine.oci import SandboxLimits
+from sandboxd.engine.sandbox import Sandbox
 from sandboxd.models import ExecutionRequest, ExecutionStatus
-from sandboxd.oci import SandboxLimits
-from sandboxd.sandbox import Sandbox, drain_cleanups
 from tests.conftest import find_leftovers, pooled
 
 pytestmark = pytest.mark.integration
@@ -103,7 +104,7 @@ async def test_task_left_in_created_state_is_removed(
         raise ContainerdError("Start", "injected failure before the init process started")
 
     monkeypatch.setattr(engine.host.client.tasks, "start", failing_start)
-    caplog.set_level(logging.INFO, logger="sandboxd.sandbox")
+    caplog.set_level(logging.INFO, logger="sandboxd.engine.sandbox")
     with pytest.raises(ContainerdError, match="injected"):
         await boot_small_python_sandbox(engine)
     monkeypatch.undo()

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.app import StartupError, create_app
-from sandboxd.config import Config, ConfigError, KeyRing, generate_key, hash_key, load_config
+from sandboxd.api.app import create_app
+from sandboxd.api.auth import KeyRing, generate_key, hash_key
+from sandboxd.config import Config, ConfigError, load_config
+from sandboxd.engine.host import StartupError
 
 
 def test_defaults_without_a_file() -> None:

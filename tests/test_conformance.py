@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.engine import Engine
+from sandboxd.engine.engine import Engine
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus
 from sandboxd.runtimes import Runtime, load_runtimes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandboxd.doctor import runsc_release
+from sandboxd.ops.doctor import runsc_release
 
 
 @pytest.mark.parametrize(

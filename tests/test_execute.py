@@ -12,7 +12,7 @@ import attrs
 import pytest
 from aiohttp.test_utils import TestClient
 
-from sandboxd.engine import Engine
+from sandboxd.engine.engine import Engine
 from sandboxd.models import ExecutionRequest, ExecutionStatus
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandboxd.keys import HEALTH_PORT
+from sandboxd.api.state import HEALTH_PORT
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandboxd.engine import Engine
+from sandboxd.engine.engine import Engine
 
 pytestmark = pytest.mark.integration
 

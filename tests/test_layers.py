@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sandboxd.layers import add_whiteouts, diff_trees
+from sandboxd.images.layers import add_whiteouts, diff_trees
 
 
 def make_tree(root: Path, files: dict[str, str], links: dict[str, str] | None = None) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sandboxd.images import chain_id
-from sandboxd.oci import AGENT_DIR, SandboxLimits, sandbox_spec
+from sandboxd.engine.oci import AGENT_DIR, SandboxLimits, sandbox_spec
+from sandboxd.images.inspect import chain_id
 
 LIMITS = SandboxLimits(memory_bytes=128 << 20, pids=64, cpus=0.5, tmp_bytes=1 << 20, file_size_bytes=2 << 20)
 

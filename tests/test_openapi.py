@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
-from sandboxd.openapi import SPEC_URL, UI_PATH
+from sandboxd.api.openapi import SPEC_URL, UI_PATH
 
 pytestmark = pytest.mark.integration
 

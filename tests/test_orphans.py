@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.orphans import SHIM_NAME, orphaned_shims, reap_orphaned_shims
+from sandboxd.engine.orphans import SHIM_NAME, orphaned_shims, reap_orphaned_shims
 
 NAMESPACE = "sandboxd-orphans-test"
 

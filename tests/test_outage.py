@@ -15,10 +15,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sandboxd.api.state import ENGINE, HEALTH_PORT
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.keys import ENGINE, HEALTH_PORT
-from sandboxd.sandbox import drain_cleanups
+from sandboxd.engine.cleanups import drain_cleanups
 from tests.conftest import find_leftovers, pooled
 
 pytestmark = pytest.mark.integration

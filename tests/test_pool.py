@@ -10,12 +10,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from sandboxd.config import PoolConfig, PoolSizeConfig
-from sandboxd.engine import Engine, Plan
-from sandboxd.housekeeping import Housekeeping
+from sandboxd.engine.cleanups import drain_cleanups
+from sandboxd.engine.engine import Engine, Plan, Timings
+from sandboxd.engine.housekeeping import Housekeeping
+from sandboxd.engine.pool import SandboxPool
+from sandboxd.engine.sandbox import Sandbox
 from sandboxd.models import ExecutionResult
-from sandboxd.pool import SandboxPool
-from sandboxd.sandbox import Sandbox, drain_cleanups
-from sandboxd.telemetry import Timings
 
 Client = TestClient[Any, Any]
 

@@ -10,7 +10,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import generate_protos  # noqa: E402
 
-from sandboxd._pb.containerd.services.tasks.v1 import tasks_pb2  # noqa: E402
+from sandboxd.containerd._pb.containerd.services.tasks.v1 import tasks_pb2  # noqa: E402
 
 
 def test_stubs_are_current(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandboxd.ratelimit import RateLimiter
+from sandboxd.api.ratelimit import RateLimiter
 
 
 class Clock:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from sandboxd.containerd import ContainerdClient
-from sandboxd.sandbox import HOST_LABEL, host_id_for
+from sandboxd.engine.sandbox import HOST_LABEL, host_id_for
 from tests.daemons import Daemon, call, final_results
 
 pytestmark = pytest.mark.integration

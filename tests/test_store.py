@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, Kind
-from sandboxd.store import ExecutionStore
+from sandboxd.service.store import ExecutionStore
 
 
 def result(execution_id: str) -> ExecutionResult:

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from sandboxd.engine.cleanups import drain_cleanups
+from sandboxd.engine.engine import Timings
 from sandboxd.models import ExecutionResult, ExecutionStatus
-from sandboxd.sandbox import drain_cleanups
-from sandboxd.telemetry import EXECUTION_FIELDS, JsonFormatter, Telemetry, TextFormatter, Timings
+from sandboxd.ops.logging import EXECUTION_FIELDS, JsonFormatter, TextFormatter
+from sandboxd.ops.metrics import Telemetry
 
 Client = TestClient[Any, Any]
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sandboxd.containerd import UnavailableError, Version
-from sandboxd.watch import ContainerdUnavailableError, ContainerdWatch
+from sandboxd.engine.watch import ContainerdUnavailableError, ContainerdWatch
 
 
 class FlakyContainerd:
@@ -26,7 +26,7 @@ class FlakyContainerd:
 
 async def test_down_then_back_reconciles_before_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed ping makes require() refuse; recovery runs the reconciliation before require() passes."""
-    monkeypatch.setattr("sandboxd.watch.PING_INTERVAL", 0.01)
+    monkeypatch.setattr("sandboxd.engine.watch.PING_INTERVAL", 0.01)
     client = FlakyContainerd()
     recovered: list[bool] = []
 

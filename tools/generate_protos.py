@@ -2,7 +2,7 @@
 
 Usage: python tools/generate_protos.py [--check]
 
-The stubs are written to sandboxd/_pb/. With --check nothing is written; the
+The stubs are written to sandboxd/containerd/_pb/. With --check nothing is written; the
 exit status is 1 when the committed stubs differ from freshly generated ones.
 """
 
@@ -20,8 +20,8 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-OUT_DIR = ROOT / "sandboxd" / "_pb"
-PACKAGE = "sandboxd._pb"
+OUT_DIR = ROOT / "sandboxd" / "containerd" / "_pb"
+PACKAGE = "sandboxd.containerd._pb"
 
 # protoc writes imports relative to the proto root ("from containerd.types
 # import mount_pb2"); the stubs live inside the sandboxd package instead.
@@ -81,7 +81,7 @@ def main() -> int:
         generate(fresh)
         stale = differences(fresh, OUT_DIR)
     for name in stale:
-        print(f"stale: sandboxd/_pb/{name}", file=sys.stderr)
+        print(f"stale: sandboxd/containerd/_pb/{name}", file=sys.stderr)
     return 1 if stale else 0
 
 

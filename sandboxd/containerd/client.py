@@ -17,16 +17,16 @@ import attrs
 import grpc
 from google.protobuf import any_pb2, empty_pb2, field_mask_pb2, message
 
-from sandboxd._pb.containerd.runc.v1 import options_pb2
-from sandboxd._pb.containerd.services.containers.v1 import containers_pb2
-from sandboxd._pb.containerd.services.content.v1 import content_pb2
-from sandboxd._pb.containerd.services.images.v1 import images_pb2
-from sandboxd._pb.containerd.services.leases.v1 import leases_pb2
-from sandboxd._pb.containerd.services.snapshots.v1 import snapshots_pb2
-from sandboxd._pb.containerd.services.tasks.v1 import tasks_pb2
-from sandboxd._pb.containerd.services.version.v1 import version_pb2
-from sandboxd._pb.containerd.types import mount_pb2
-from sandboxd._pb.containerd.types.task import task_pb2
+from sandboxd.containerd._pb.containerd.runc.v1 import options_pb2
+from sandboxd.containerd._pb.containerd.services.containers.v1 import containers_pb2
+from sandboxd.containerd._pb.containerd.services.content.v1 import content_pb2
+from sandboxd.containerd._pb.containerd.services.images.v1 import images_pb2
+from sandboxd.containerd._pb.containerd.services.leases.v1 import leases_pb2
+from sandboxd.containerd._pb.containerd.services.snapshots.v1 import snapshots_pb2
+from sandboxd.containerd._pb.containerd.services.tasks.v1 import tasks_pb2
+from sandboxd.containerd._pb.containerd.services.version.v1 import version_pb2
+from sandboxd.containerd._pb.containerd.types import mount_pb2
+from sandboxd.containerd._pb.containerd.types.task import task_pb2
 from sandboxd.containerd.errors import ContainerdError, translate
 
 SPEC_TYPE_URL: Final = "types.containerd.io/opencontainers/runtime-spec/1/Spec"

@@ -1,0 +1,31 @@
+"""Typed keys for the aiohttp application's and requests' state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sandboxd.api.auth import Identity, KeyRing
+from sandboxd.api.ratelimit import Decision, RateLimiter
+from sandboxd.config import Config
+from sandboxd.containerd import ContainerdClient
+from sandboxd.engine.engine import Engine
+from sandboxd.ops.metrics import Telemetry
+from sandboxd.ops.notify import Notifier
+from sandboxd.service.admission import Admission
+from sandboxd.service.executions import ExecutionService
+from sandboxd.service.store import ExecutionStore
+
+CONFIG = web.AppKey("config", Config)
+KEYS = web.AppKey("keys", KeyRing)
+LIMITER = web.AppKey("limiter", RateLimiter)
+CLIENT = web.AppKey("client", ContainerdClient)
+ENGINE = web.AppKey("engine", Engine)
+ADMISSION = web.AppKey("admission", Admission)
+STORE = web.AppKey("store", ExecutionStore)
+SERVICE = web.AppKey("service", ExecutionService)
+HEALTH_PORT = web.AppKey("health_port", int)
+NOTIFIER = web.AppKey("notifier", Notifier)
+TELEMETRY = web.AppKey("telemetry", Telemetry)
+
+IDENTITY = web.RequestKey("identity", Identity)
+RATE = web.RequestKey("rate", Decision)

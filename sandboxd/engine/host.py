@@ -1,0 +1,130 @@
+"""Preparing this host for sandboxes: state directories, the runsc wrapper and the sandbox agent."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from sandboxd.config import Config
+from sandboxd.containerd import ContainerdClient, ContainerdError
+from sandboxd.engine.agent import AGENT_NAME, build_agent
+from sandboxd.engine.engine import Engine, EngineSettings
+from sandboxd.engine.reconcile import reconcile
+from sandboxd.engine.sandbox import SandboxHost
+from sandboxd.engine.watch import ContainerdWatch
+from sandboxd.runtimes import load_runtimes
+
+log = logging.getLogger(__name__)
+
+# A lease outlives any execution (the longest timeout is minutes); it only
+# matters when the daemon died and left the execution's resources behind.
+LEASE_TTL = dt.timedelta(hours=1)
+
+
+def runsc_wrapper_script(config: Config) -> str:
+    """The executable the runc shim runs instead of runc: runsc without network, on the set platform."""
+    argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}"]
+    return (
+        "#!/bin/sh\n# Written by sandboxd at start-up.\nexec " + " ".join(map(shlex.quote, argv)) + ' "$@"\n'
+    )
+
+
+def prepare_host(config: Config, client: ContainerdClient) -> SandboxHost:
+    """Create the state directories, the runsc wrapper and the agent; return where sandboxes are made."""
+    state = config.paths.state
+    for directory in (state, state / "workspaces", state / "fifos", state / "runsc", state / "agent"):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+    wrapper = state / "runsc-sandboxd"
+    partial = wrapper.with_suffix(".partial")
+    partial.write_text(runsc_wrapper_script(config))
+    partial.chmod(0o755)
+    partial.replace(wrapper)
+    return SandboxHost(
+        client=client,
+        runsc_wrapper=wrapper,
+        runsc_root=state / "runsc",
+        runsc_binary=config.runsc.binary,
+        agent_dir=build_agent(state / "agent"),
+        agent_name=AGENT_NAME,
+        workspaces=state / "workspaces",
+        fifos=state / "fifos",
+        lease_ttl=LEASE_TTL,
+    )
+
+
+def client_for(config: Config, on_error: Callable[[str], None] | None = None) -> ContainerdClient:
+    """A containerd client for the configured socket, namespace and snapshotter."""
+    return ContainerdClient(
+        config.containerd.address,
+        config.containerd.namespace,
+        snapshotter=config.containerd.snapshotter,
+        on_error=on_error,
+    )
+
+
+def engine_work_dir(config: Config) -> Path:
+    """Where image builds unpack their root filesystems."""
+    return config.paths.data / "build"
+
+
+_CONNECT_ATTEMPTS = 20
+_CONNECT_INTERVAL = 0.5
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says what to do."""
+
+
+async def connect(client: ContainerdClient) -> None:
+    """Wait until containerd answers, for a few seconds at most."""
+    for attempt in range(_CONNECT_ATTEMPTS):
+        try:
+            version = await client.version(timeout=2)
+        except ContainerdError as error:
+            if attempt == _CONNECT_ATTEMPTS - 1:
+                raise StartupError(
+                    f"containerd at {client.address} does not answer: {error.detail}"
+                ) from error
+            await asyncio.sleep(_CONNECT_INTERVAL)
+        else:
+            log.info("containerd %s at %s, namespace %s", version.version, client.address, client.namespace)
+            return
+
+
+async def build_engine(config: Config, client: ContainerdClient, *, reconcile_leftovers: bool) -> Engine:
+    """An engine for this host: state directories, runtimes, images inspected.
+
+    Only the daemon reconciles (removes sandboxes its state directory's earlier run left):
+    a command run beside a serving daemon must never touch that daemon's sandboxes.
+    """
+    host = await asyncio.to_thread(prepare_host, config, client)
+    limits = config.limits
+    settings = EngineSettings(
+        output_limit_bytes=limits.output_bytes,
+        code_bytes=limits.code_bytes,
+        stdin_bytes=limits.stdin_bytes,
+        workspace_bytes=limits.workspace_mib << 20,
+        tmp_bytes=limits.tmp_mib << 20,
+        file_size_bytes=limits.file_size_mib << 20,
+        open_files=limits.open_files,
+    )
+    runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
+
+    async def after_outage() -> None:
+        # Idle sandboxes outlive a containerd restart (their agents answer through FIFOs); one
+        # that died meanwhile is never handed out. Flushing them here only delayed recovery.
+        keep = engine.active | (engine.pool.sandbox_ids() if engine.pool is not None else set())
+        await reconcile(host, keep=keep)
+        await engine.refresh_images()
+
+    engine = Engine(host, runtimes, settings, ContainerdWatch(client, after_outage))
+    if reconcile_leftovers:
+        await reconcile(host)
+    await engine.refresh_images()
+    return engine

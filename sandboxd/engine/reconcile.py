@@ -1,0 +1,57 @@
+"""Reconciliation: removing every sandbox an earlier run of this daemon left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from pathlib import Path
+from typing import Final
+
+from sandboxd.engine.agent import AgentChannel
+from sandboxd.engine.orphans import reap_orphaned_shims
+from sandboxd.engine.sandbox import HOST_LABEL, Sandbox, SandboxHost
+from sandboxd.engine.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+_RECONCILE_PARALLEL: Final = 4
+
+
+async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
+    """Remove every sandbox a previous run of this daemon left behind; return how many.
+
+    Run at start-up, before any execution: a task in any state (CREATED ones
+    included) is torn down like a sandbox whose execution ended, and workspaces
+    and FIFO directories nobody owns any more are removed.
+    """
+    client = host.client
+    mine = [f'labels."{HOST_LABEL}"=={host.host_id}']
+    found = {container.id for container in await client.containers.list(mine)}
+    found |= {snapshot.name for snapshot in await client.snapshots.list(mine)}
+    found |= {lease.id for lease in await client.leases.list(mine)}
+    found -= set(keep)
+    limit = asyncio.Semaphore(_RECONCILE_PARALLEL)
+
+    async def remove(sandbox_id: str) -> None:
+        async with limit:
+            await Sandbox.adopt(host, sandbox_id).destroy()
+
+    await asyncio.gather(*(remove(sandbox_id) for sandbox_id in sorted(found)))
+    for directory in await asyncio.to_thread(_entries, host.workspaces):
+        if directory.name not in keep:
+            await Workspace(directory).remove()
+    for directory in await asyncio.to_thread(_entries, host.fifos):
+        if directory.name not in keep:
+            await asyncio.to_thread(AgentChannel.remove_fifos, directory)
+    await asyncio.to_thread(reap_orphaned_shims, client.namespace)
+    if found:
+        log.warning("removed %d sandboxes left by a previous run", len(found))
+    return len(found)
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []

@@ -1,0 +1,324 @@
+"""Building runtime images offline, from Debian packages, for the CLI (never the daemon).
+
+``ImageBuilder`` makes an image from Debian packages with mmdebstrap, imports it
+into containerd and records the runtime's version and the recipe it was built
+from as image labels.
+
+Every image is two layers: the Debian base (the essential packages), built once
+per suite and shared by all runtimes, so containerd stores and unpacks it once,
+and the runtime's own layer, which holds what its packages add or change.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from sandboxd.containerd import ContainerdClient
+from sandboxd.images.inspect import (
+    ARCH,
+    BUILD_KEY_LABEL,
+    RUNTIME_LABEL,
+    VERSION_LABEL,
+    ImageState,
+    inspect_image,
+)
+from sandboxd.images.layers import add_whiteouts, diff_trees
+from sandboxd.runtimes import IMAGE_RECIPE_VERSION, Runtime
+
+_LAYER_TYPE: Final = "application/vnd.oci.image.layer.v1.tar"
+# Left out of every image: documentation, manual pages and translations nobody reads in a sandbox.
+_DPKG_EXCLUDES: Final = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*")
+
+
+@attrs.frozen
+class BaseLayer:
+    """The shared Debian base: its root filesystem (to diff against) and its layer blob."""
+
+    rootfs: Path
+    blob: Path
+    digest: str
+    size: int
+
+
+class ImageBuildError(Exception):
+    """A build step failed; the message names the step and carries its output's tail."""
+
+
+@attrs.frozen
+class ImageBuilder:
+    """Builds runtime images from Debian packages and imports them into containerd."""
+
+    client: ContainerdClient
+    work_dir: Path
+    progress: Callable[[str], None]
+    ctr: str = "ctr"
+    mmdebstrap: str = "mmdebstrap"
+
+    def is_current(self, runtime: Runtime, state: ImageState) -> bool:
+        """True when the image is unpacked and was built from the runtime's current recipe."""
+        return state.available and state.build_key == runtime.build.build_key()
+
+    async def build(self, runtime: Runtime, *, force: bool = False) -> ImageState:
+        """Build and import the runtime's image unless a current one is present."""
+        state = await inspect_image(self.client, runtime)
+        if self.is_current(runtime, state) and not force:
+            self.progress(f"[{runtime.name}] {runtime.image} is current ({state.version}); skipped")
+            return state
+        build_dir = self.work_dir / "images" / runtime.name
+        await asyncio.to_thread(shutil.rmtree, build_dir, True)
+        build_dir.mkdir(parents=True)
+        try:
+            return await self._build_in(runtime, build_dir)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, build_dir, True)
+
+    async def _debootstrap(self, name: str, suite: str, packages: Sequence[str], rootfs: Path) -> None:
+        argv = [self.mmdebstrap, "--variant=essential", "--format=directory"]
+        # Manual pages are left out, but update-alternatives (Java's, say) links into this directory.
+        argv.append('--setup-hook=mkdir -p "$1"/usr/share/man/man1')
+        if packages:
+            argv.append("--include=" + ",".join(packages))
+        argv += [f"--dpkgopt=path-exclude={pattern}" for pattern in _DPKG_EXCLUDES]
+        await self._run(name, [*argv, suite, str(rootfs)])
+        # The sandbox's root is read-only, so mount points must exist in the image.
+        (rootfs / "workspace").mkdir(mode=0o755, exist_ok=True)
+
+    async def base_layer(self, suite: str) -> BaseLayer:
+        """The shared base layer of ``suite``: built once, then kept in the work directory."""
+        async with _base_lock(suite):
+            directory = self.work_dir / "base" / f"{suite}-v{IMAGE_RECIPE_VERSION}"
+            rootfs, blob, marker = directory / "rootfs", directory / "layer.tar", directory / "layer.json"
+            if not marker.exists():
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+                directory.mkdir(parents=True)
+                self.progress(
+                    f"[base] installing Debian {suite}'s essential packages (shared by every runtime)"
+                )
+                await self._debootstrap("base", suite, (), rootfs)
+                digest, size = await self._pack_layer("base", rootfs, blob)
+                marker.write_text(json.dumps({"digest": digest, "size": size}))
+                self.progress(f"[base] ready: {digest[:19]}, {size >> 20} MiB")
+            recorded = json.loads(marker.read_text())
+            return BaseLayer(rootfs, blob, recorded["digest"], recorded["size"])
+
+    async def _build_in(self, runtime: Runtime, build_dir: Path) -> ImageState:
+        name = runtime.name
+        base = await self.base_layer(runtime.build.suite)
+        rootfs = build_dir / "rootfs"
+        self.progress(
+            f"[{name}] 1/4 installing {', '.join(runtime.build.packages)} from Debian {runtime.build.suite}"
+        )
+        await self._debootstrap(name, runtime.build.suite, runtime.build.packages, rootfs)
+        for path, content in runtime.build.files.items():
+            await asyncio.to_thread(write_into_rootfs, rootfs, path, content.encode())
+        version = await self._runtime_version(runtime, rootfs)
+        self.progress(f"[{name}] 2/4 {version}; packing what it adds to the base")
+        oci_dir = build_dir / "oci"
+        await self._write_oci_layout(runtime, base, rootfs, oci_dir, version)
+        self.progress(f"[{name}] 3/4 importing {runtime.image} into containerd ({self.client.namespace})")
+        await self._import(name, oci_dir)
+        await self.client.images.set_labels(
+            runtime.image,
+            {BUILD_KEY_LABEL: runtime.build.build_key(), VERSION_LABEL: version, RUNTIME_LABEL: name},
+        )
+        state = await inspect_image(self.client, runtime)
+        if not state.available:
+            raise ImageBuildError(f"[{name}] imported image is not usable: {state.reason}")
+        self.progress(f"[{name}] 4/4 ready: {runtime.image} ({version})")
+        return state
+
+    async def _runtime_version(self, runtime: Runtime, rootfs: Path) -> str:
+        """The first line the version command prints: on stdout, or on stderr if it printed nothing else.
+
+        It runs chrooted in a mount and pid namespace of its own with /proc mounted (GHC finds
+        its libraries through /proc/self/exe), which vanishes with it.
+        """
+        env = [f"{key}={value}" for key, value in runtime.environment.items()]
+        argv = ["unshare", "--fork", "--pid", "--mount", f"--mount-proc={rootfs / 'proc'}"]
+        argv += ["chroot", str(rootfs), "/usr/bin/env", "-i", *env, *runtime.version_command]
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        stdout, stderr = await process.communicate()
+        if process.returncode != 0:
+            tail = (stdout + stderr).decode(errors="replace")[-2000:]
+            raise ImageBuildError(f"[{runtime.name}] chroot exited with status {process.returncode}:\n{tail}")
+        for output in (stdout, stderr):
+            lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+            if lines:
+                return lines[0]
+        raise ImageBuildError(f"[{runtime.name}] {' '.join(runtime.version_command)} printed nothing")
+
+    async def _write_oci_layout(
+        self, runtime: Runtime, base: BaseLayer, rootfs: Path, oci_dir: Path, version: str
+    ) -> None:
+        blobs = oci_dir / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        diff = await asyncio.to_thread(diff_trees, base.rootfs, rootfs)
+        whiteouts = await asyncio.to_thread(add_whiteouts, rootfs, diff.removed)
+        partial = blobs / "layer.partial"
+        layer_digest, layer_size = await self._pack_layer(
+            runtime.name, rootfs, partial, members=sorted([*diff.changed, *whiteouts])
+        )
+        partial.rename(blobs / layer_digest.removeprefix("sha256:"))
+        await asyncio.to_thread(shutil.rmtree, rootfs, True)
+        # A symlink, not a copy (the import reads through it): the base blob is one file for
+        # every image. Not a hard link: another build linking it changes its ctime, and tar,
+        # reading it meanwhile, would fail ("file changed as we read it").
+        (blobs / base.digest.removeprefix("sha256:")).symlink_to(base.blob)
+        config = {
+            "architecture": ARCH,
+            "os": "linux",
+            "config": {"Labels": {RUNTIME_LABEL: runtime.name, VERSION_LABEL: version}},
+            "rootfs": {"type": "layers", "diff_ids": [base.digest, layer_digest]},
+            "history": [
+                {"created_by": f"mmdebstrap --variant=essential {runtime.build.suite}"},
+                {"created_by": f"sandboxd images build {runtime.name}"},
+            ],
+        }
+        config_desc = _write_blob(blobs, "application/vnd.oci.image.config.v1+json", config)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config_desc,
+            "layers": [
+                {"mediaType": _LAYER_TYPE, "digest": base.digest, "size": base.size},
+                {"mediaType": _LAYER_TYPE, "digest": layer_digest, "size": layer_size},
+            ],
+        }
+        manifest_desc = _write_blob(blobs, "application/vnd.oci.image.manifest.v1+json", manifest)
+        manifest_desc["platform"] = {"architecture": ARCH, "os": "linux"}
+        manifest_desc["annotations"] = {"io.containerd.image.name": runtime.image}
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [manifest_desc],
+        }
+        (oci_dir / "index.json").write_text(json.dumps(index))
+        (oci_dir / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+
+    async def _pack_layer(
+        self, name: str, rootfs: Path, target: Path, members: Sequence[str] | None = None
+    ) -> tuple[str, int]:
+        """Write a tar of ``rootfs`` (or of just ``members``, relative paths) to ``target``."""
+        argv = ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", "-"]
+        if members is None:
+            argv += ["--sort=name", "."]
+        else:
+            argv += ["--no-recursion", "--null", "--verbatim-files-from", "-T", "-"]
+        tar = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if members is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        if tar.stdout is None or (members is not None and tar.stdin is None):
+            raise ImageBuildError(f"[{name}] tar gave no pipes")
+        feeding = None
+        if members is not None and tar.stdin is not None:
+            feeding = asyncio.ensure_future(_feed(tar.stdin, b"".join(m.encode() + b"\0" for m in members)))
+        digest = hashlib.sha256()
+        size = 0
+        with target.open("wb") as out:
+            while chunk := await tar.stdout.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                await asyncio.to_thread(out.write, chunk)
+        if feeding is not None:
+            await feeding
+        _, stderr = await tar.communicate()
+        if tar.returncode != 0:
+            raise ImageBuildError(f"[{name}] tar failed: {stderr.decode(errors='replace')[-2000:]}")
+        return "sha256:" + digest.hexdigest(), size
+
+    async def _import(self, name: str, oci_dir: Path) -> None:
+        read_end, write_end = os.pipe()
+        try:
+            tar = await asyncio.create_subprocess_exec(
+                "tar", "--dereference", "-C", str(oci_dir), "-cf", "-", ".",
+                stdout=write_end, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            ctr = await asyncio.create_subprocess_exec(
+                self.ctr, "--address", self.client.address, "--namespace", self.client.namespace,
+                "images", "import", "--snapshotter", self.client.snapshots.snapshotter, "-",
+                stdin=read_end,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        ctr_out, _ = await ctr.communicate()
+        _, tar_err = await tar.communicate()
+        if tar.returncode != 0 or ctr.returncode != 0:
+            detail = (ctr_out + tar_err).decode(errors="replace")[-2000:]
+            raise ImageBuildError(f"[{name}] import failed: {detail}")
+
+    async def _run(self, name: str, argv: Sequence[str]) -> str:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        if process.stdout is None:
+            raise ImageBuildError(f"[{name}] {argv[0]} gave no output pipe")
+        lines: list[str] = []
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            lines.append(line)
+            self.progress(f"[{name}]   {line}")
+        if await process.wait() != 0:
+            tail = "\n".join(lines[-20:])
+            raise ImageBuildError(f"[{name}] {argv[0]} exited with status {process.returncode}:\n{tail}")
+        return "\n".join(lines)
+
+
+async def _feed(stream: asyncio.StreamWriter, data: bytes) -> None:
+    stream.write(data)
+    await stream.drain()
+    stream.close()
+
+
+_base_locks: dict[str, asyncio.Lock] = {}
+
+
+def _base_lock(suite: str) -> asyncio.Lock:
+    """One build of a suite's base at a time, however many images are built at once."""
+    return _base_locks.setdefault(suite, asyncio.Lock())
+
+
+def write_into_rootfs(rootfs: Path, path: str, content: bytes) -> None:
+    """Create the file ``path`` inside ``rootfs`` without following symlinks.
+
+    The image's symlinks are absolute paths meant for inside the sandbox; on the
+    host they would lead out of the root filesystem, so none is followed.
+    """
+    *parents, name = path.strip("/").split("/")
+    directory = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in parents:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=directory)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+            os.close(directory)
+            directory = child
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=directory)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(directory)
+
+
+def _write_blob(blobs: Path, media_type: str, document: Any) -> dict[str, Any]:
+    data = json.dumps(document, sort_keys=True).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (blobs / digest).write_bytes(data)
+    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}

@@ -1,0 +1,128 @@
+"""`sandboxd doctor`: checks of everything the daemon needs, one line each with a fix hint."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from sandboxd.api.auth import KeyRing
+from sandboxd.config import Config
+from sandboxd.containerd import ContainerdError
+from sandboxd.engine.host import client_for
+from sandboxd.images.inspect import inspect_image
+from sandboxd.runtimes import RuntimeConfigError, load_runtimes
+
+_MIN_FREE_DATA: Final = 1 << 30
+_MIN_FREE_STATE: Final = 256 << 20
+# Older runsc answers coreutils' statx with EINVAL (`ls -l` fails) and lacks later security fixes.
+MIN_RUNSC_RELEASE: Final = 20240729
+_RUNSC_RELEASE = re.compile(r"(?:~|release-)(\d{8})\b")
+
+
+def runsc_release(version_line: str) -> int | None:
+    """The release date (YYYYMMDD) in runsc's version line, as Debian and gVisor spell it; None if absent."""
+    found = _RUNSC_RELEASE.search(version_line)
+    return int(found.group(1)) if found else None
+
+
+@attrs.frozen
+class Check:
+    """One check's outcome; ``hint`` says how to fix a failure."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+    def line(self) -> str:
+        """The check as one line of output."""
+        text = f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+        return text if self.ok else f"{text}\n        fix: {self.hint}"
+
+
+async def _runsc(binary: str) -> Check:
+    if shutil.which(binary) is None:
+        return Check("runsc", False, f"{binary} not found", "apt-get install runsc, or set [runsc] binary")
+    process = await asyncio.create_subprocess_exec(
+        binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    first = output.decode(errors="replace").splitlines()[:1]
+    if process.returncode != 0 or not first:
+        return Check("runsc", False, f"{binary} --version failed", "reinstall runsc")
+    release = runsc_release(first[0])
+    if release is not None and release < MIN_RUNSC_RELEASE:
+        hint = (
+            f"install runsc {MIN_RUNSC_RELEASE} or newer (Debian 12: bookworm-backports, as scripts/dev does)"
+        )
+        return Check("runsc", False, f"{first[0]}: older than {MIN_RUNSC_RELEASE}", hint)
+    return Check("runsc", True, first[0])
+
+
+def _cgroups(root: Path = Path("/sys/fs/cgroup")) -> Check:
+    if (root / "cgroup.controllers").exists():
+        controllers = set((root / "cgroup.controllers").read_text().split())
+        missing = {"memory", "pids", "cpu"} - controllers
+        version = "v2"
+    else:
+        missing = {name for name in ("memory", "pids", "cpu") if not (root / name).is_dir()}
+        version = "v1"
+    if missing:
+        hint = "enable the missing controllers (kernel command line or systemd configuration)"
+        return Check("cgroups", False, f"{version} without {', '.join(sorted(missing))}", hint)
+    return Check("cgroups", True, f"{version} with memory, pids and cpu")
+
+
+def _free_space(name: str, path: Path, minimum: int) -> Check:
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    detail = f"{free >> 20} MiB free at {existing}"
+    if free < minimum:
+        return Check(name, False, detail, f"free at least {minimum >> 20} MiB there")
+    return Check(name, True, detail)
+
+
+async def checks(config: Config) -> AsyncIterator[Check]:
+    """Every check, in the order an operator would fix them."""
+    keys = KeyRing.from_config(config)
+    yield (
+        Check("api keys", True, f"{len(keys.keys)} configured")
+        if keys
+        else Check("api keys", False, "none configured", "sandboxd --config FILE keys add NAME")
+    )
+    yield await _runsc(config.runsc.binary)
+    yield await asyncio.to_thread(_cgroups)
+    yield await asyncio.to_thread(_free_space, "disk (data)", config.paths.data, _MIN_FREE_DATA)
+    yield await asyncio.to_thread(_free_space, "disk (state)", config.paths.state, _MIN_FREE_STATE)
+    try:
+        runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
+    except RuntimeConfigError as error:
+        yield Check("runtimes", False, "; ".join(error.problems), "fix the runtime files")
+        return
+    yield Check("runtimes", True, f"{len(runtimes)} in {config.paths.runtimes}")
+    client = client_for(config)
+    try:
+        try:
+            version = await client.version(timeout=3)
+        except ContainerdError as error:
+            hint = "start containerd (systemctl start containerd) or set [containerd] address"
+            yield Check("containerd", False, f"{config.containerd.address}: {error.detail}", hint)
+            return
+        yield Check("containerd", True, f"{version.version} at {config.containerd.address}")
+        for runtime in runtimes:
+            state = await inspect_image(client, runtime)
+            name = f"image {runtime.name}"
+            if state.available:
+                yield Check(name, True, f"{runtime.image} ({state.version})")
+            else:
+                yield Check(
+                    name, False, state.reason or "unavailable", f"sandboxd images build {runtime.name}"
+                )
+    finally:
+        await client.close()

@@ -1,0 +1,61 @@
+"""The standard gRPC health service (grpc.health.v1.Health) for ops tooling and probes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from sandboxd.engine.engine import Engine
+
+EXECUTOR_SERVICE: Final = "sandboxd.v1.Executor"
+RUNTIME_SERVICE_PREFIX: Final = "sandboxd.runtime."
+PUBLISH_INTERVAL: Final = 1.0
+
+SERVING: Final = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthReporter:
+    """Publishes the daemon's state as health statuses; Watch streams see every change."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # health.aio is the package's public asyncio servicer; its type stubs do not list it.
+        self.servicer: health_pb2_grpc.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._published: dict[str, int] = {}
+
+    def statuses(self) -> dict[str, int]:
+        """The status of every service: the whole server, the executor, and each runtime."""
+        up = self.engine.watch.available
+        runtimes = {
+            f"{RUNTIME_SERVICE_PREFIX}{info.language}": SERVING if up and info.available else NOT_SERVING
+            for info in self.engine.languages()
+        }
+        overall = SERVING if SERVING in runtimes.values() else NOT_SERVING
+        return {"": overall, EXECUTOR_SERVICE: overall, **runtimes}
+
+    async def publish(self) -> None:
+        """Set the statuses that changed since the last publication."""
+        for service, status in self.statuses().items():
+            if self._published.get(service) != status:
+                await self.servicer.set(service, status)
+                self._published[service] = status
+
+    async def publish_forever(self) -> None:
+        """Publish every second (containerd's watch notices an outage within about a second)."""
+        while True:
+            await self.publish()
+            await asyncio.sleep(PUBLISH_INTERVAL)
+
+
+async def start_server(reporter: HealthReporter, address: str) -> tuple[grpc.aio.Server, int]:
+    """Serve the health service on ``address`` (host:port; port 0 picks one); return the server and port."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(reporter.servicer, server)
+    port = server.add_insecure_port(address)
+    await reporter.publish()
+    await server.start()
+    return server, port

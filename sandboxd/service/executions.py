@@ -1,0 +1,302 @@
+"""Executions as the API sees them: recorded, owned by a key, run now, in a batch, or in the background.
+
+Asynchronous executions are written to the store before they are acknowledged,
+so none is lost: a daemon that was killed runs its queued and running ones
+again under the same id when it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+
+from sandboxd.engine.engine import Engine, Plan, RuntimeUnavailableError, Timings, UnsupportedLanguageError
+from sandboxd.engine.watch import ContainerdUnavailableError
+from sandboxd.models import (
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutionStatus,
+    ExecutionSummary,
+    Kind,
+    SessionPage,
+)
+from sandboxd.ops.metrics import Telemetry
+from sandboxd.service.admission import Admission, QueueFullError
+from sandboxd.service.store import ExecutionStore, StoredExecution
+from sandboxd.validation import InvalidFieldError
+
+log = logging.getLogger(__name__)
+
+_PURGE_INTERVAL: Final = 600.0
+
+
+class ExecutionNotFoundError(Exception):
+    """No execution with that id belongs to the caller."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"Execution not found: {execution_id}")
+
+
+class AlreadyFinishedError(Exception):
+    """The execution to cancel has already finished."""
+
+
+class ExecutionService:
+    """Runs executions for API keys and keeps their records."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: ExecutionStore,
+        admission: Admission,
+        *,
+        async_queue: int,
+        retention: dt.timedelta,
+        telemetry: Telemetry,
+    ) -> None:
+        self.engine = engine
+        self.telemetry = telemetry
+        self.store = store
+        self.admission = admission
+        self.async_queue = async_queue
+        self.retention = retention
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._running: set[str] = set()
+        self._cancelled_by_owner: set[str] = set()
+        self._shutting_down = False
+        self._shutdown_deadline: float | None = None
+
+    def plan(self, request: ExecutionRequest) -> Plan:
+        """Validate a request against its runtime (400s happen here, before anything runs)."""
+        plan = self.engine.plan(request)
+        self.engine.check_available(plan)
+        self.engine.watch.require()
+        return plan
+
+    async def run(self, owner: str, plan: Plan) -> ExecutionResult:
+        """Run one execution now, in a slot of its own."""
+        asked = time.monotonic()
+        async with self.admission.slot():
+            return await self._run_recorded(owner, Kind.SYNC, plan, time.monotonic() - asked)
+
+    async def run_batch(self, owner: str, plans: Sequence[Plan]) -> list[ExecutionResult]:
+        """Run a batch in order, holding one slot for all of it; each item fails on its own."""
+        asked = time.monotonic()
+        self.engine.expect(plans)
+        async with self.admission.slot():
+            waited = time.monotonic() - asked
+            # Its programs run back to back: the moments between two are no time for housekeeping.
+            with self.engine.housekeeping.program_running():
+                return [await self._run_recorded(owner, Kind.BATCH, plan, waited if i == 0 else 0.0)
+                        for i, plan in enumerate(plans)]  # fmt: skip
+
+    async def _run_recorded(self, owner: str, kind: Kind, plan: Plan, queue_wait: float) -> ExecutionResult:
+        execution_id = str(uuid.uuid4())
+        await self.store.insert(
+            execution_id, owner, kind, plan.request, plan.runtime.name, ExecutionStatus.RUNNING
+        )
+        try:
+            result = await self._execute(execution_id, plan, kind, queue_wait)
+        except ContainerdUnavailableError as error:
+            failed = self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
+            await self.store.finish(failed)
+            if kind is Kind.BATCH:
+                return failed  # one item's failure is that item's result, never a failed batch
+            raise
+        except asyncio.CancelledError:
+            note = "cancelled: the client went away or the daemon stopped"
+            await self._finish_shielded(
+                self.engine.failed(execution_id, plan, ExecutionStatus.CANCELLED, note)
+            )
+            raise
+        await self.store.finish(result)
+        return result
+
+    async def _execute(self, execution_id: str, plan: Plan, kind: Kind, queue_wait: float) -> ExecutionResult:
+        try:
+            result, timings = await self.engine.execute_timed(plan, execution_id)
+        except RuntimeUnavailableError as error:
+            result, timings = (
+                self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error)),
+                Timings(),
+            )
+        request = plan.request
+        self.telemetry.finished(
+            result,
+            kind,
+            attrs.evolve(timings, queue_wait=queue_wait),
+            debug_fields={
+                "code": request.code,
+                "stdin": request.stdin,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+            },
+        )
+        return result
+
+    async def _finish_shielded(self, result: ExecutionResult) -> None:
+        await asyncio.shield(asyncio.ensure_future(self.store.finish(result)))
+
+    async def submit(self, owner: str, plan: Plan) -> str:
+        """Record an asynchronous execution and start it in the background; return its id."""
+        if len(self._jobs) >= self.async_queue:
+            raise QueueFullError(f"{len(self._jobs)} asynchronous executions pending")
+        execution_id = str(uuid.uuid4())
+        await self.store.insert(
+            execution_id, owner, Kind.ASYNC, plan.request, plan.runtime.name, ExecutionStatus.QUEUED
+        )
+        self._start(execution_id, plan)
+        return execution_id
+
+    def _start(self, execution_id: str, plan: Plan) -> None:
+        job = asyncio.create_task(self._run_async(execution_id, plan), name=f"execution {execution_id}")
+        self._jobs[execution_id] = job
+        job.add_done_callback(lambda _: self._forget(execution_id))
+
+    def _forget(self, execution_id: str) -> None:
+        self._jobs.pop(execution_id, None)
+        self._running.discard(execution_id)
+
+    async def _run_async(self, execution_id: str, plan: Plan) -> None:
+        try:
+            asked = time.monotonic()
+            async with self.admission.slot(wait=True):
+                if self._shutting_down:
+                    return  # stays queued in the store for the next start
+                waited = time.monotonic() - asked
+                self._running.add(execution_id)
+                while True:
+                    await self.store.set_status(execution_id, ExecutionStatus.RUNNING)
+                    try:
+                        result = await self._execute(execution_id, plan, Kind.ASYNC, waited)
+                        break
+                    except ContainerdUnavailableError:
+                        # Accepted work is durable: wait for containerd instead of failing.
+                        await self.store.set_status(execution_id, ExecutionStatus.QUEUED)
+                        await self.engine.watch.wait_available()
+            await self.store.finish(result)
+        except asyncio.CancelledError:
+            if execution_id in self._cancelled_by_owner:
+                self._cancelled_by_owner.discard(execution_id)
+                note = "cancelled at the client's request"
+                await self._finish_shielded(
+                    self.engine.failed(execution_id, plan, ExecutionStatus.CANCELLED, note)
+                )
+            # Otherwise the daemon is stopping: the record stays unfinished and runs again at the next start.
+            raise
+        except Exception:
+            log.exception("asynchronous execution %s failed", execution_id)
+            note = f"internal error; execution {execution_id}"
+            await self.store.finish(
+                self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
+            )
+
+    async def get(self, owner: str, execution_id: str) -> StoredExecution:
+        """The caller's execution with that id."""
+        found = await self.store.get(execution_id, owner)
+        if found is None:
+            raise ExecutionNotFoundError(execution_id)
+        return found
+
+    async def cancel(self, owner: str, execution_id: str) -> StoredExecution:
+        """Cancel a queued or running asynchronous execution; return its final record."""
+        found = await self.get(owner, execution_id)
+        job = self._jobs.get(execution_id)
+        if found.status.finished or job is None:
+            raise AlreadyFinishedError(f"Execution {execution_id} has already finished ({found.status})")
+        self._cancelled_by_owner.add(execution_id)
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+        return await self.get(owner, execution_id)
+
+    async def session(self, owner: str, session_id: str, limit: int, offset: int) -> SessionPage:
+        """A page of the caller's executions in a session, newest first."""
+        found = await self.store.in_session(owner, session_id, limit + 1, offset)
+        summaries = tuple(
+            ExecutionSummary(
+                execution_id=item.execution_id,
+                status=item.status,
+                language=item.language,
+                exit_code=item.result.exit_code if item.result else None,
+                execution_time=item.result.execution_time if item.result else None,
+                created_at=dt.datetime.fromtimestamp(item.created_at, dt.UTC).isoformat(
+                    timespec="milliseconds"
+                ),
+            )
+            for item in found[:limit]
+        )
+        next_offset = offset + limit if len(found) > limit else None
+        return SessionPage(session_id=session_id, executions=summaries, next_offset=next_offset)
+
+    async def recover(self) -> int:
+        """Settle what a previous run left unfinished: asynchronous ones run again, others are failed."""
+        settled = 0
+        for record in await self.store.unfinished():
+            settled += 1
+            if record.kind is Kind.ASYNC and record.request is not None:
+                try:
+                    plan = self.engine.plan(record.request)
+                except (UnsupportedLanguageError, InvalidFieldError) as error:
+                    await self._fail_record(record, f"cannot run after restart: {error}")
+                    continue
+                await self.store.set_status(record.execution_id, ExecutionStatus.QUEUED)
+                self._start(record.execution_id, plan)
+            else:
+                await self._fail_record(record, "interrupted: the daemon stopped while it ran")
+        if settled:
+            log.info("recovered %d unfinished executions from the previous run", settled)
+        return settled
+
+    async def _fail_record(self, record: StoredExecution, note: str) -> None:
+        await self.store.finish(
+            ExecutionResult(
+                execution_id=record.execution_id,
+                stdout="",
+                stderr=f"sandboxd: {note}\n",
+                exit_code=-1,
+                execution_time=0.0,
+                language=record.language,
+                session_id=record.session_id,
+                status=ExecutionStatus.INTERNAL_ERROR,
+            )
+        )
+
+    async def purge_forever(self) -> None:
+        """Delete finished results older than the retention period, every few minutes."""
+        while True:
+            removed = await self.store.purge(time.time() - self.retention.total_seconds())
+            if removed:
+                log.info("purged %d execution records older than %s", removed, self.retention)
+            await asyncio.sleep(_PURGE_INTERVAL)
+
+    def begin_shutdown(self, grace: float) -> None:
+        """Start no more background executions (queued ones stay queued); running ones get ``grace`` s."""
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = time.monotonic() + grace
+        self._shutting_down = True
+        for execution_id, job in self._jobs.items():
+            if execution_id not in self._running:
+                job.cancel()
+
+    async def stop(self) -> None:
+        """Let running background executions finish within the grace period, then cancel the rest.
+
+        A cancelled one keeps its unfinished record and runs again at the next start.
+        """
+        self.begin_shutdown(0)
+        deadline = self._shutdown_deadline or time.monotonic()
+        jobs = list(self._jobs.values())
+        if jobs:
+            _, late = await asyncio.wait(jobs, timeout=max(deadline - time.monotonic(), 0))
+            for job in late:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
