@@ -44,6 +44,7 @@ import attrs
 from sandboxd.api.auth import generate_key
 from sandboxd.config import Config, load_config
 from sandboxd.containerd import NotFoundError
+from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.host import client_for, prepare_host
 from sandboxd.engine.oci import NOBODY, SandboxLimits
 from sandboxd.engine.reconcile import reconcile
@@ -320,9 +321,10 @@ async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[st
         tmp_bytes=64 << 20, file_size_bytes=32 << 20,
     )  # fmt: skip
     sandbox_id = f"bench-exec-{runtime.name}-{os.getpid()}"
+    cleanups = Cleanups()
     sandbox = await Sandbox.create(
         host, sandbox_id, image=runtime.image, chain_id=state.chain_id, limits=limits,
-        workspace_bytes=32 << 20, labels={},
+        workspace_bytes=32 << 20, labels={}, cleanups=cleanups,
     )  # fmt: skip
     try:
         await sandbox.write_files({runtime.source_file: hello(runtime).encode()})

@@ -9,9 +9,11 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 from aiohttp import web
 
 from sandboxd.api.app import create_app, serving_status
@@ -19,10 +21,8 @@ from sandboxd.api.auth import add_key, generate_key, hash_key
 from sandboxd.api.state import NOTIFIER
 from sandboxd.config import Config, ConfigError, load_config
 from sandboxd.containerd import ContainerdError
-from sandboxd.engine.cleanups import drain_cleanups
-from sandboxd.engine.engine import RuntimeUnavailableError, UnsupportedLanguageError
-from sandboxd.engine.host import StartupError, build_engine, client_for, connect, engine_work_dir
-from sandboxd.images.build import ImageBuilder, ImageBuildError
+from sandboxd.engine.engine import Engine, RuntimeUnavailableError, UnsupportedLanguageError
+from sandboxd.engine.host import StartupError, client_for, connect, engine_work_dir
 from sandboxd.images.inspect import inspect_image
 from sandboxd.models import ExecutionRequest
 from sandboxd.ops.doctor import checks
@@ -77,6 +77,10 @@ def _select(runtimes: Sequence[Runtime], names: Sequence[str]) -> list[Runtime]:
 
 
 async def _images_build(config: Config, names: Sequence[str], force: bool, jobs: int) -> int:
+    # Imported here, not at the top: `sandboxd serve` runs this module too, and the daemon
+    # never builds images (it only inspects them).
+    from sandboxd.images.build import ImageBuilder, ImageBuildError  # noqa: PLC0415
+
     runtimes = _select(load_runtimes(config.paths.runtimes).runtimes, names)
     client = client_for(config)
     slots = asyncio.Semaphore(jobs)
@@ -101,7 +105,8 @@ async def _images_build(config: Config, names: Sequence[str], force: bool, jobs:
     finally:
         await client.close()
     if failed:
-        raise ImageBuildError(f"building failed for: {', '.join(sorted(failed))}")
+        print(f"sandboxd: building failed for: {', '.join(sorted(failed))}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -123,7 +128,7 @@ async def _runtimes(config: Config) -> int:
     client = client_for(config)
     try:
         await connect(client)
-        engine = await build_engine(config, client, reconcile_leftovers=False)
+        engine = await Engine.open(config, client, reconcile_leftovers=False)
         print(f"{'RUNTIME':<12} {'AVAILABLE':<10} {'ALIASES':<20} VERSION / REASON")
         for info in engine.languages():
             detail = info.version if info.available else info.reason
@@ -147,13 +152,17 @@ async def _run_file(config: Config, args: argparse.Namespace) -> int:
     code = args.file.read_text()
     stdin = args.stdin.read_text() if args.stdin else None
     request = ExecutionRequest(code=code, language=args.language, stdin=stdin, timeout=args.timeout)
+    # A one-off engine: no pool to keep sandboxes for later, no daemon loops.
+    config = attrs.evolve(config, pool=attrs.evolve(config.pool, enabled=False))
     client = client_for(config)
     try:
         await connect(client)
-        engine = await build_engine(config, client, reconcile_leftovers=False)
-        result = await engine.execute(engine.plan(request))
+        engine = await Engine.open(config, client, reconcile_leftovers=False)
+        try:
+            result, _ = await engine.execute(engine.plan(request), str(uuid.uuid4()))
+        finally:
+            await engine.drain()
     finally:
-        await drain_cleanups()
         await client.close()
     print(json.dumps(converter.unstructure(result), indent=2))
     return 0 if result.status == "completed" and result.exit_code == 0 else 1
@@ -236,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 -- one retu
     except (ValidationError, InvalidFieldError, UnsupportedLanguageError, RuntimeUnavailableError) as error:
         print(f"sandboxd: {error}", file=sys.stderr)
         return 2
-    except (ConfigError, RuntimeConfigError, StartupError, ImageBuildError) as error:
+    except (ConfigError, RuntimeConfigError, StartupError) as error:
         print(f"sandboxd: {error}", file=sys.stderr)
         return 1
     except ContainerdError as error:

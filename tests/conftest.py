@@ -20,7 +20,6 @@ from sandboxd.api.auth import generate_key
 from sandboxd.api.state import ENGINE
 from sandboxd.config import Config, load_config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.engine.cleanups import drain_cleanups
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.host import client_for, prepare_host
 from sandboxd.engine.orphans import command_lines, shim_sandbox
@@ -61,7 +60,7 @@ def test_state_dirs(config: Config) -> list[Path]:
 
 def pooled(engine: Engine) -> Callable[[], set[str]]:
     """The sandboxes ``engine``'s pool holds or boots now: idle, they are no execution's leftovers."""
-    return lambda: engine.pool.sandbox_ids() if engine.pool is not None else set()
+    return engine.pooled_sandbox_ids
 
 
 async def find_leftovers(
@@ -230,7 +229,7 @@ async def server(config: Config, api_key: str, containerd: ContainerdClient) -> 
     test_server = TestServer(app, host="127.0.0.1")
     await test_server.start_server()
     yield test_server
-    await drain_cleanups()
+    await app[ENGINE].drain()
     await test_server.close()
     leftovers = await find_leftovers(containerd, config)
     assert leftovers.is_empty(), f"the suite left resources behind: {leftovers}"

@@ -18,7 +18,6 @@ from aiohttp.test_utils import TestClient
 from sandboxd.api.state import ENGINE
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.engine.cleanups import drain_cleanups
 from tests.conftest import find_leftovers, pooled
 
 Client = TestClient[Any, Any]
@@ -52,7 +51,7 @@ async def recovers(
     assert health.status == 200
     after = await run(http, headers, "print('next run is normal')")
     assert (after["status"], after["stdout"]) == ("completed", "next run is normal\n")
-    await drain_cleanups()
+    await http.app[ENGINE].drain()
     leftovers = await find_leftovers(containerd, config, keep=pooled(http.app[ENGINE]))
     assert leftovers.is_empty(), leftovers
 
@@ -226,7 +225,7 @@ async def test_daemonized_child_goes_with_the_sandbox(
     result = await run(http, headers, code, timeout=timeout)
     assert result["status"] == ("timeout" if timeout else "completed")
     assert time.monotonic() - started < 10
-    await drain_cleanups()
+    await http.app[ENGINE].drain()
     assert (await find_leftovers(containerd, config, keep=pooled(http.app[ENGINE]))).tasks == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,7 +24,9 @@ from sandboxd.models import ExecutionRequest
 pytestmark = pytest.mark.integration
 
 
-async def test_runtime_without_image_is_unavailable(engine: Engine, containerd: ContainerdClient) -> None:
+async def test_runtime_without_image_is_unavailable(
+    engine: Engine, containerd: ContainerdClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A runtime whose image is not in containerd is listed as unavailable and refuses to run."""
     python = engine.runtimes.get("python")
     assert python is not None
@@ -33,14 +36,11 @@ async def test_runtime_without_image_is_unavailable(engine: Engine, containerd: 
     assert state.reason is not None
     assert "sandboxd images build python" in state.reason
     plan = engine.plan(ExecutionRequest(code="print(1)", language="python"))
-    previous = engine.images["python"]
-    engine.images["python"] = state
-    try:
-        with pytest.raises(RuntimeUnavailableError, match="Runtime python is not available"):
-            await engine.execute(plan)
-        assert not {info.language: info for info in engine.languages()}["python"].available
-    finally:
-        engine.images["python"] = previous
+    # As an inspection after the image was removed would leave it.
+    monkeypatch.setitem(engine._images, "python", state)
+    with pytest.raises(RuntimeUnavailableError, match="Runtime python is not available"):
+        await engine.execute(plan, str(uuid.uuid4()))
+    assert not {info.language: info for info in engine.languages()}["python"].available
 
 
 async def test_current_image_is_not_rebuilt(

@@ -6,6 +6,7 @@ file, building its image and running this suite.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ COMPILED = [r for r in RUNTIMES if r.compiled]
 async def run(engine: Engine, runtime: Runtime, code: str, **extra: object) -> ExecutionResult:
     """Execute a snippet in ``runtime``."""
     request = ExecutionRequest(code=code, language=runtime.name, **extra)  # type: ignore[arg-type]
-    return await engine.execute(engine.plan(request))
+    result, _ = await engine.execute(engine.plan(request), str(uuid.uuid4()))
+    return result
 
 
 @ALL

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ async def test_memory_limit(engine: Engine) -> None:
     """Allocating 1 GiB under a 128 MiB limit ends with status memory_limit."""
     plan = engine.plan(ExecutionRequest(code="x = bytearray(1 << 30)\nprint('survived')", language="python"))
     small = attrs.evolve(plan.runtime, limits=attrs.evolve(plan.runtime.limits, memory_mib=128))
-    result = await engine.execute(attrs.evolve(plan, runtime=small))
+    result, _ = await engine.execute(attrs.evolve(plan, runtime=small), str(uuid.uuid4()))
     assert (result.status, result.exit_code) == (ExecutionStatus.MEMORY_LIMIT, -1)
     assert "survived" not in result.stdout
     assert result.stderr.endswith("sandboxd: memory limit of 128 MiB exceeded\n")

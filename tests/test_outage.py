@@ -18,7 +18,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sandboxd.api.state import ENGINE, HEALTH_PORT
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.engine.cleanups import drain_cleanups
 from tests.conftest import find_leftovers, pooled
 
 pytestmark = pytest.mark.integration
@@ -135,6 +134,6 @@ async def test_containerd_outage(
             break
         await asyncio.sleep(0.5)
     assert (status, body["stdout"]) == (200, "containerd is back\n"), body
-    await drain_cleanups()
+    await http.app[ENGINE].drain()
     leftovers = await find_leftovers(containerd, config, keep=pooled(http.app[ENGINE]))
     assert leftovers.is_empty(), leftovers

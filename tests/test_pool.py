@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from sandboxd.api.state import METRICS
 from sandboxd.config import PoolConfig, PoolSizeConfig
-from sandboxd.engine.cleanups import drain_cleanups
+from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.engine import Engine, Plan, Timings
 from sandboxd.engine.housekeeping import Housekeeping
 from sandboxd.engine.pool import SandboxPool
@@ -44,6 +45,10 @@ class Clock:
         return self.now
 
 
+async def no_quiet_needed(at_most: float) -> None:
+    """Housekeeping never waits in these tests."""
+
+
 def make_pool(
     config: PoolConfig, clock: Clock, chain: str = "sha256:a", cost: int = 50 << 20
 ) -> tuple[SandboxPool, list[FakeSandbox]]:
@@ -58,7 +63,17 @@ def make_pool(
     async def measure(sandbox: Sandbox) -> int | None:
         return cost
 
-    return SandboxPool(config, ["python", "go"], boot, measure, clock=clock), booted
+    pool = SandboxPool(
+        config,
+        ["python", "go"],
+        boot,
+        measure,
+        Cleanups(),
+        quiet=no_quiet_needed,
+        on_take=lambda _runtime, _hit: None,
+        clock=clock,
+    )
+    return pool, booted
 
 
 async def settle(pool: SandboxPool) -> None:
@@ -66,7 +81,7 @@ async def settle(pool: SandboxPool) -> None:
     for _ in range(5):
         pool._adjust()
         await asyncio.gather(*pool._boots)
-    await drain_cleanups()
+    await pool._cleanups.drain()
 
 
 async def test_unused_runtimes_keep_their_minimum() -> None:
@@ -123,7 +138,7 @@ async def test_a_sandbox_of_an_older_image_or_dead_is_never_handed_out() -> None
     await settle(pool)
     booted[0].alive = False
     assert pool.take("python", "sha256:newer") is None
-    await drain_cleanups()
+    await pool._cleanups.drain()
     assert all(sandbox.destroyed for sandbox in booted[:2])
 
 
@@ -139,9 +154,8 @@ async def execute(http: Client, headers: dict[str, str], code: str) -> Any:
 
 async def wait_for_idle(engine: Engine, runtime: str) -> None:
     """Wait until the pool has a sandbox of ``runtime`` ready."""
-    assert engine.pool is not None
     for _ in range(200):
-        if engine.pool.idle_count(runtime):
+        if engine.idle_sandboxes(runtime):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"the pool did not refill {runtime}")
@@ -152,28 +166,22 @@ async def test_pooled_sandboxes_serve_one_execution_each(
     http: Client, headers: dict[str, str], engine: Engine
 ) -> None:
     """Executions run in pre-booted sandboxes; none sees what an earlier one left in /tmp or /workspace."""
-    assert engine.pool is not None
-    takes: list[bool] = []
-    original = engine.pool.on_take
+    registry = http.app[METRICS].registry
 
-    def record(hit: bool) -> None:
-        takes.append(hit)
-        original(hit)
+    def hits() -> float:
+        return registry.get_sample_value("sandboxd_pool_takes_total", {"result": "hit"}) or 0.0
 
-    engine.pool.on_take = record
     code = (
         "import os\nfor path in ('/tmp/left-behind', '/workspace/left-behind'):\n"
         "    print(os.path.exists(path))\n    open(path, 'w').write('x')\n"
     )
-    try:
-        await execute(http, headers, "print('demand')")
-        for _ in range(3):
-            await wait_for_idle(engine, "python")
-            result = await execute(http, headers, code)
-            assert result["stdout"] == "False\nFalse\n"
-    finally:
-        engine.pool.on_take = original
-    assert takes[1:] == [True, True, True]
+    await execute(http, headers, "print('demand')")
+    for _ in range(3):
+        await wait_for_idle(engine, "python")
+        before = hits()
+        result = await execute(http, headers, code)
+        assert result["stdout"] == "False\nFalse\n"
+        assert hits() == before + 1, "the execution did not take a pooled sandbox"
 
 
 @pytest.mark.integration
@@ -182,13 +190,13 @@ async def test_a_batch_is_one_busy_stretch_for_housekeeping(
 ) -> None:
     """No item of a batch starts in a quiet moment: removals and boots wait until the whole batch ran."""
     quiet_at_start: list[bool] = []
-    original = engine.execute_timed
+    original = engine.execute
 
     async def observed(plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
-        quiet_at_start.append(engine.housekeeping.is_quiet)
+        quiet_at_start.append(engine._housekeeping.is_quiet)
         return await original(plan, execution_id)
 
-    monkeypatch.setattr(engine, "execute_timed", observed)
+    monkeypatch.setattr(engine, "execute", observed)
     body = [{"code": f"print({i})", "language": "python"} for i in range(3)]
     response = await http.post("/api/v1/execute/batch", data=json.dumps(body), headers=headers)
     assert response.status == 200

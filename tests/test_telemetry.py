@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from sandboxd.engine.cleanups import drain_cleanups
+from sandboxd.api.state import ENGINE
 from sandboxd.engine.engine import Timings
-from sandboxd.models import ExecutionResult, ExecutionStatus
+from sandboxd.models import ExecutionResult, ExecutionStatus, Kind
 from sandboxd.ops.logging import EXECUTION_FIELDS, JsonFormatter, TextFormatter
-from sandboxd.ops.metrics import Telemetry
+from sandboxd.ops.metrics import Metrics
 
 Client = TestClient[Any, Any]
 
@@ -32,7 +32,7 @@ async def test_metrics_count_executions(http: Client, headers: dict[str, str]) -
     body = json.dumps({"code": "print('measured')", "language": "python"})
     response = await http.post("/api/v1/execute", data=body, headers=headers)
     assert response.status == 200
-    await drain_cleanups()  # the sandbox is removed after the response: its teardown is timed then
+    await http.app[ENGINE].drain()  # the sandbox is removed after the response: its teardown is timed then
     after_response = await http.get("/metrics")
     assert after_response.headers["Content-Type"].startswith("text/plain")
     after = await after_response.text()
@@ -61,9 +61,9 @@ def result(status: ExecutionStatus = ExecutionStatus.COMPLETED) -> ExecutionResu
 def test_one_log_line_per_execution_without_code(caplog: pytest.LogCaptureFixture) -> None:
     """INFO: id, language, status and durations; never code, stdin or output."""
     caplog.set_level(logging.INFO, logger="sandboxd.executions")
-    Telemetry().finished(
+    Metrics().finished(
         result(),
-        "sync",
+        Kind.SYNC,
         Timings(0.01, 0.3, 0.2),
         debug_fields={"code": "SECRET-CODE", "stdin": "SECRET-IN"},
     )
@@ -84,8 +84,8 @@ def test_one_log_line_per_execution_without_code(caplog: pytest.LogCaptureFixtur
 def test_debug_logging_includes_code_and_output(caplog: pytest.LogCaptureFixture) -> None:
     """At DEBUG, and only then, the line carries code, stdin and output."""
     caplog.set_level(logging.DEBUG, logger="sandboxd.executions")
-    Telemetry().finished(
-        result(), "async", Timings(), debug_fields={"code": "SECRET-CODE", "stdout": "SECRET-OUTPUT"}
+    Metrics().finished(
+        result(), Kind.ASYNC, Timings(), debug_fields={"code": "SECRET-CODE", "stdout": "SECRET-OUTPUT"}
     )
     fields = getattr(caplog.records[0], EXECUTION_FIELDS)
     assert (fields["code"], fields["stdout"]) == ("SECRET-CODE", "SECRET-OUTPUT")
@@ -93,7 +93,7 @@ def test_debug_logging_includes_code_and_output(caplog: pytest.LogCaptureFixture
 
 def test_containerd_errors_are_counted_by_method() -> None:
     """A failed containerd call counts under its service and method."""
-    telemetry = Telemetry()
+    telemetry = Metrics()
     telemetry.containerd_error("/containerd.services.tasks.v1.Tasks/Kill")
     exposition = telemetry.exposition().decode()
     assert (

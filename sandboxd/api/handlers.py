@@ -9,8 +9,8 @@ from aiohttp import web
 
 from sandboxd.api.middleware import charge
 from sandboxd.api.openapi import documented
-from sandboxd.api.state import ENGINE, IDENTITY, SERVICE, TELEMETRY
-from sandboxd.engine.engine import Plan, UnsupportedLanguageError
+from sandboxd.api.state import IDENTITY, METRICS, SERVICE
+from sandboxd.engine.engine import Plan
 from sandboxd.models import (
     AsyncAccepted,
     ExecutionRequest,
@@ -21,11 +21,9 @@ from sandboxd.models import (
     LanguageInfo,
     SessionPage,
 )
-from sandboxd.service.executions import ExecutionService
 from sandboxd.service.store import StoredExecution
 from sandboxd.validation import InvalidFieldError, ValidationError, converter, structure
 
-MAX_BATCH: Final = 10
 MAX_PAGE: Final = 200
 # What can go wrong for a route that takes an execution request in its body.
 BODY_ERRORS: Final = (400, 401, 413, 415, 429, 503)
@@ -76,32 +74,6 @@ async def execute(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICE].run(_owner(request), plan))
 
 
-def plan_batch(service: ExecutionService, body: object) -> list[Plan]:
-    """Validate a whole batch before anything runs; problems name the item's index and field."""
-    if not isinstance(body, list):
-        raise ValidationError(["Request body must be a JSON array of execution requests"])
-    if not body:
-        raise ValidationError(["Batch must contain at least one execution"])
-    if len(body) > MAX_BATCH:
-        raise ValidationError([f"Maximum {MAX_BATCH} executions allowed in a batch"])
-    for item in body:
-        language = item.get("language") if isinstance(item, dict) else None
-        if isinstance(language, str) and service.engine.runtimes.get(language) is None:
-            raise UnsupportedLanguageError(language)
-    problems: list[str] = []
-    plans: list[Plan] = []
-    for index, item in enumerate(body):
-        try:
-            plans.append(service.plan(structure(item, ExecutionRequest)))
-        except ValidationError as error:
-            problems.extend(f"item {index}: {problem}" for problem in error.problems)
-        except InvalidFieldError as error:
-            problems.append(f"item {index}: {error.field}: {error.message}")
-    if problems:
-        raise ValidationError(problems)
-    return plans
-
-
 @documented(
     "Run up to 10 snippets in order",
     ok=(200, ExecutionResult),
@@ -113,7 +85,7 @@ def plan_batch(service: ExecutionService, body: object) -> list[Plan]:
 async def execute_batch(request: web.Request) -> web.Response:
     """POST /api/v1/execute/batch: run up to 10 snippets in order; one result per item."""
     service = request.app[SERVICE]
-    plans = plan_batch(service, await read_json(request))
+    plans = service.plan_batch(await read_json(request))
     charge(request, len(plans))
     return json_response(await service.run_batch(_owner(request), plans))
 
@@ -204,13 +176,13 @@ async def session_executions(request: web.Request) -> web.Response:
 @documented("Runtimes and their availability", ok=(200, LanguageInfo), response_is_list=True, errors=(401,))
 async def languages(request: web.Request) -> web.Response:
     """GET /api/v1/languages: every runtime, its version and whether it is available."""
-    return json_response(request.app[ENGINE].languages())
+    return json_response(request.app[SERVICE].languages())
 
 
 @documented("Prometheus metrics (text exposition format)", ok=(200, None), errors=())
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: executions, queue, sandbox timings, rate limiting and containerd errors."""
-    body = request.app[TELEMETRY].exposition()
+    body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

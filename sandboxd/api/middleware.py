@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from sandboxd.api.ratelimit import Decision
-from sandboxd.api.state import CONFIG, IDENTITY, KEYS, LIMITER, RATE, TELEMETRY
+from sandboxd.api.state import CONFIG, IDENTITY, KEY_RING, LIMITER, METRICS, RATE
 from sandboxd.engine.engine import RuntimeUnavailableError, UnsupportedLanguageError
 from sandboxd.engine.watch import ContainerdUnavailableError
 from sandboxd.service.admission import QueueFullError
@@ -93,7 +93,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     presented = request.headers.get(API_KEY_HEADER)
     if not presented:
         return error_response(401, f"Missing {API_KEY_HEADER} header")
-    identity = request.app[KEYS].identify(presented)
+    identity = request.app[KEY_RING].identify(presented)
     if identity is None:
         return error_response(401, "Invalid API key")
     request[IDENTITY] = identity
@@ -110,5 +110,5 @@ def charge(request: web.Request, cost: int) -> None:
     decision = request.app[LIMITER].take(identity.name, identity.rate_limit, cost)
     request[RATE] = decision
     if not decision.allowed:
-        request.app[TELEMETRY].rate_limited.inc()
+        request.app[METRICS].rate_limited.inc()
         raise RateLimitedError(decision)

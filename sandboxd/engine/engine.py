@@ -1,28 +1,39 @@
-"""The execution engine: a validated request in, a result out, one fresh sandbox per execution."""
+"""The execution engine: a validated request in, a result out, one fresh sandbox per execution.
+
+The engine owns its parts (pool, containerd watch, housekeeping, cleanup tracker),
+all built by its constructor; the service above talks to it through ``plan``,
+``check_available``, ``execute``, ``batch`` and ``languages`` only.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import secrets
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Final, Protocol
 
 import attrs
 
-from sandboxd.containerd import ContainerdError, UnavailableError
+from sandboxd.config import Config, LimitsConfig, PoolConfig
+from sandboxd.containerd import ContainerdClient, ContainerdError
 from sandboxd.engine.cgroups import CgroupUsage
-from sandboxd.engine.cleanups import destroy_in_background
+from sandboxd.engine.cleanups import Cleanups
+from sandboxd.engine.host import StartupError, prepare_host
 from sandboxd.engine.housekeeping import Housekeeping
 from sandboxd.engine.oci import SandboxLimits
+from sandboxd.engine.orphans import SWEEP_INTERVAL, reap_forever, reap_orphaned_shims
 from sandboxd.engine.pool import SandboxPool
+from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.sandbox import ProcessOutcome, Sandbox, SandboxHost
 from sandboxd.engine.watch import ContainerdUnavailableError, ContainerdWatch
 from sandboxd.images.inspect import ImageState, inspect_image
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, LanguageInfo
-from sandboxd.runtimes import Runtime, RuntimeRegistry
+from sandboxd.runtimes import Runtime, RuntimeRegistry, load_runtimes
+from sandboxd.supervisor import Supervised, Supervisor
 from sandboxd.validation import InvalidFieldError
 
 log = logging.getLogger(__name__)
@@ -31,6 +42,8 @@ log = logging.getLogger(__name__)
 _TEARDOWN_DEFERRAL: Final = 3.0
 # Exit statuses of a process killed with the sandbox when the kernel's OOM killer ended it.
 _OOM_EXIT_CODES: Final = frozenset({128, 137, 143})
+# How often shims that outlived their task are looked for (besides start-up and outages).
+SHIM_REAP_INTERVAL = SWEEP_INTERVAL
 LANGUAGE_LABEL: Final = "sandboxd.io/language"
 POOL_LABEL: Final = "sandboxd.io/pool"
 
@@ -58,15 +71,28 @@ class Timings:
 
 @attrs.frozen
 class EngineSettings:
-    """Limits that apply to every execution, whatever its runtime."""
+    """Limits that apply to every execution, whatever its runtime (their defaults are the config's)."""
 
-    output_limit_bytes: int = 1 << 20
-    code_bytes: int = 64 << 10
-    stdin_bytes: int = 1 << 20
-    workspace_bytes: int = 32 << 20
-    tmp_bytes: int = 64 << 20
-    file_size_bytes: int = 32 << 20
-    open_files: int = 256
+    output_limit_bytes: int
+    code_bytes: int
+    stdin_bytes: int
+    workspace_bytes: int
+    tmp_bytes: int
+    file_size_bytes: int
+    open_files: int
+
+    @classmethod
+    def from_limits(cls, limits: LimitsConfig) -> EngineSettings:
+        """The settings the configuration's ``[limits]`` give, in bytes."""
+        return cls(
+            output_limit_bytes=limits.output_bytes,
+            code_bytes=limits.code_bytes,
+            stdin_bytes=limits.stdin_bytes,
+            workspace_bytes=limits.workspace_mib << 20,
+            tmp_bytes=limits.tmp_mib << 20,
+            file_size_bytes=limits.file_size_mib << 20,
+            open_files=limits.open_files,
+        )
 
 
 @attrs.frozen
@@ -79,105 +105,136 @@ class Plan:
     environment: Mapping[str, str]
 
 
+class EngineObserver(Protocol):
+    """What the engine tells an observer (metrics) as it works."""
+
+    def sandbox_removed(self, seconds: float) -> None:
+        """A used sandbox was removed, in ``seconds``."""
+
+    def pool_take(self, runtime: str, hit: bool) -> None:
+        """An execution of ``runtime`` found an idle sandbox (``hit``) or had to boot one."""
+
+
+class _Unobserved:
+    """An observer that does nothing (the CLI's engines)."""
+
+    def sandbox_removed(self, seconds: float) -> None:
+        """Nothing."""
+
+    def pool_take(self, runtime: str, hit: bool) -> None:
+        """Nothing."""
+
+
+def failed_result(execution_id: str, plan: Plan, status: ExecutionStatus, note: str) -> ExecutionResult:
+    """A result for an execution that ended without its program running to the end."""
+    return _result(execution_id, plan, _Ending(b"", b"", -1, 0.0, status, note), None)
+
+
+def _sandbox_failed(execution_id: str, plan: Plan, error: Exception) -> ExecutionResult:
+    log.error("execution %s failed in the sandbox layer", execution_id, exc_info=error)
+    note = f"internal error: the sandbox failed ({type(error).__name__}); execution {execution_id}"
+    return failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
+
+
 class Engine:
     """Runs executions in sandboxes and knows which runtimes can serve."""
 
     def __init__(
-        self, host: SandboxHost, runtimes: RuntimeRegistry, settings: EngineSettings, watch: ContainerdWatch
+        self,
+        host: SandboxHost,
+        runtimes: RuntimeRegistry,
+        settings: EngineSettings,
+        pool: PoolConfig,
+        observer: EngineObserver | None = None,
     ) -> None:
-        self.host = host
-        self.runtimes = runtimes
-        self.settings = settings
-        self.watch = watch
-        self.images: dict[str, ImageState] = {}
+        unknown = sorted(set(pool.runtimes) - {runtime.name for runtime in runtimes})
+        if unknown:
+            raise StartupError(f"pool.runtimes: no such runtime: {', '.join(unknown)}")
+        self._host = host
+        self._runtimes = runtimes
+        self._settings = settings
+        self._observer: EngineObserver = observer or _Unobserved()
+        self._images: dict[str, ImageState] = {}
         # Sandboxes in use, which reconciliation after an outage must leave alone.
-        self.active: set[str] = set()
-        self.pool: SandboxPool | None = None
-        self.on_teardown: Callable[[float], None] | None = None
-        self.housekeeping = Housekeeping()
-
-    def expect(self, plans: Sequence[Plan]) -> None:
-        """Tell the pool that these executions are coming (a batch), so that it boots ahead."""
-        if self.pool is None:
-            return
-        for name, count in collections.Counter(plan.runtime.name for plan in plans).items():
-            self.pool.expect(name, count)
-
-    def sandbox_limits(self, runtime: Runtime) -> SandboxLimits:
-        """The limits every sandbox of ``runtime`` runs under."""
-        return SandboxLimits(
-            memory_bytes=runtime.limits.memory_mib << 20,
-            pids=runtime.limits.pids,
-            cpus=runtime.limits.cpus,
-            tmp_bytes=self.settings.tmp_bytes,
-            file_size_bytes=self.settings.file_size_bytes,
-            open_files=self.settings.open_files,
-        )
-
-    async def boot(self, runtime: Runtime, sandbox_id: str, chain_id: str, *, pooled: bool) -> Sandbox:
-        """Boot a sandbox for ``runtime`` running image ``chain_id``."""
-        labels = {LANGUAGE_LABEL: runtime.name}
-        if pooled:
-            labels[POOL_LABEL] = "true"
-        return await Sandbox.create(
-            self.host,
-            sandbox_id,
-            image=runtime.image,
-            chain_id=chain_id,
-            limits=self.sandbox_limits(runtime),
-            workspace_bytes=self.settings.workspace_bytes,
-            labels=labels,
-        )
-
-    async def boot_for_pool(self, name: str, sandbox_id: str) -> tuple[Sandbox, str] | None:
-        """A sandbox for the pool, or None while the runtime or containerd cannot serve."""
-        runtime = self.runtimes.get(name)
-        state = self.images.get(name)
-        if runtime is None or state is None or state.chain_id is None or not state.available:
-            return None
-        if not self.watch.available:
-            return None
-        return await self.boot(runtime, sandbox_id, state.chain_id, pooled=True), state.chain_id
-
-    async def sandbox_memory(self, sandbox: Sandbox) -> int | None:
-        """What ``sandbox`` uses now (an idle one: what keeping it costs)."""
-        return (await sandbox.usage()).memory_bytes
-
-    async def refresh_images(self) -> None:
-        """Look up every runtime's image in containerd."""
-        for runtime in self.runtimes:
-            try:
-                self.images[runtime.name] = await inspect_image(self.host.client, runtime)
-            except ContainerdError as error:
-                self.images[runtime.name] = ImageState(
-                    runtime=runtime.name, reference=runtime.image, available=False, reason=str(error)
-                )
-
-    def languages(self) -> list[LanguageInfo]:
-        """Every runtime with its version and whether it can run now."""
-        listed = []
-        for runtime in self.runtimes:
-            state = self.images.get(runtime.name)
-            listed.append(
-                LanguageInfo(
-                    language=runtime.name,
-                    version=state.version if state else None,
-                    aliases=runtime.aliases,
-                    available=bool(state and state.available),
-                    reason=state.reason if state else "not inspected yet",
-                )
+        self._active: set[str] = set()
+        self._cleanups = Cleanups()
+        self._housekeeping = Housekeeping()
+        self._watch = ContainerdWatch(host.client, self._after_outage)
+        self._pool = (
+            SandboxPool(
+                pool,
+                [runtime.name for runtime in runtimes],
+                self._boot_for_pool,
+                self._sandbox_memory,
+                self._cleanups,
+                quiet=self._housekeeping.quiet,
+                on_take=self._observer.pool_take,
             )
-        return listed
+            if pool.enabled
+            else None
+        )
+        self._loops: list[Supervised] = []
+
+    @classmethod
+    async def open(
+        cls,
+        config: Config,
+        client: ContainerdClient,
+        observer: EngineObserver | None = None,
+        *,
+        reconcile_leftovers: bool,
+    ) -> Engine:
+        """An engine for this host: state directories made, runtimes loaded, images inspected.
+
+        Only the daemon reconciles (removes sandboxes its state directory's earlier run left):
+        a command run beside a serving daemon must never touch that daemon's sandboxes.
+        """
+        host = await asyncio.to_thread(prepare_host, config, client)
+        runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
+        engine = cls(host, runtimes, EngineSettings.from_limits(config.limits), config.pool, observer)
+        if reconcile_leftovers:
+            await reconcile(host)
+        await engine.refresh_images()
+        return engine
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Start the engine's background loops: the containerd watch, the pool, the shim reaper."""
+        namespace = self._host.client.namespace
+        self._loops.append(supervisor.start("containerd watch", self._watch.run_forever))
+        if self._pool is not None:
+            self._loops.append(supervisor.start("sandbox pool", self._pool.run_forever))
+        self._loops.append(
+            supervisor.start("orphaned shim reaper", lambda: reap_forever(namespace, SHIM_REAP_INTERVAL))
+        )
+
+    async def close(self) -> None:
+        """Stop the loops, remove the pool's sandboxes, and wait for every removal under way."""
+        for loop in self._loops:
+            await loop.stop()
+        if self._pool is not None:
+            await self._cleanups.complete_even_if_cancelled(self._pool.close())
+        await self._cleanups.drain()
+        await asyncio.to_thread(reap_orphaned_shims, self._host.client.namespace)
+
+    async def drain(self) -> None:
+        """Wait until every sandbox removal under way has finished."""
+        await self._cleanups.drain()
+
+    # -- what the service uses -------------------------------------------------------------
+
+    def supports(self, language: str) -> bool:
+        """True when a runtime has ``language`` as its name or alias."""
+        return self._runtimes.get(language) is not None
 
     def plan(self, request: ExecutionRequest) -> Plan:
         """Check a request against its runtime; raise on an unknown language or a limit above the maximum."""
-        runtime = self.runtimes.get(request.language)
+        runtime = self._runtimes.get(request.language)
         if runtime is None:
             raise UnsupportedLanguageError(request.language)
-        if len(request.code.encode()) > self.settings.code_bytes:
-            raise InvalidFieldError("code", f"must be at most {self.settings.code_bytes} bytes")
-        if request.stdin is not None and len(request.stdin.encode()) > self.settings.stdin_bytes:
-            raise InvalidFieldError("stdin", f"must be at most {self.settings.stdin_bytes} bytes")
+        if len(request.code.encode()) > self._settings.code_bytes:
+            raise InvalidFieldError("code", f"must be at most {self._settings.code_bytes} bytes")
+        if request.stdin is not None and len(request.stdin.encode()) > self._settings.stdin_bytes:
+            raise InvalidFieldError("stdin", f"must be at most {self._settings.stdin_bytes} bytes")
         limits = runtime.limits
         if request.timeout is not None and request.timeout > limits.max_timeout:
             raise InvalidFieldError(
@@ -192,78 +249,203 @@ class Engine:
         )
 
     def check_available(self, plan: Plan) -> str:
-        """The chain ID of the plan's runtime image; raise when the runtime cannot run now."""
-        state = self.images.get(plan.runtime.name)
+        """The chain ID of the plan's runtime image; raise when it cannot run now.
+
+        The one availability check: ``RuntimeUnavailableError`` for a runtime whose image is not
+        ready, ``ContainerdUnavailableError`` while containerd does not answer.
+        """
+        state = self._images.get(plan.runtime.name)
         if state is None or not state.available or state.chain_id is None:
             reason = state.reason if state else "its image has not been inspected"
             raise RuntimeUnavailableError(f"Runtime {plan.runtime.name} is not available: {reason}")
+        self._watch.require()
         return state.chain_id
 
-    async def execute(self, plan: Plan, execution_id: str | None = None) -> ExecutionResult:
-        """Run a planned execution in a fresh sandbox; sandbox failures become ``internal_error`` results."""
-        result, _ = await self.execute_timed(plan, execution_id or str(uuid.uuid4()))
-        return result
+    @contextlib.contextmanager
+    def batch(self, plans: Sequence[Plan]) -> Iterator[None]:
+        """Run a batch's executions in the block, one after another.
 
-    async def execute_timed(self, plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
-        """Like ``execute``, and say how long getting the sandbox ready and the run took."""
+        The pool boots ahead for all of them, and the moments between two programs are no
+        time for housekeeping.
+        """
+        if self._pool is not None:
+            for name, count in collections.Counter(plan.runtime.name for plan in plans).items():
+                self._pool.expect(name, count)
+        with self._housekeeping.program_running():
+            yield
+
+    async def execute(self, plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
+        """Run a planned execution in a fresh sandbox; say how long getting it ready and the run took.
+
+        Raises ``ContainerdUnavailableError`` (and ``RuntimeUnavailableError``) when nothing ran,
+        so the caller may retry; once the program started, every failure of the sandbox layer is
+        an ``internal_error`` result.
+        """
         chain_id = self.check_available(plan)
-        self.watch.require()
-        try:
-            return await self._execute(execution_id, plan, chain_id)
-        except UnavailableError as error:
-            self.watch.report(error)
-            note = "internal error: containerd became unavailable during the execution"
-            return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note), Timings()
-        except (ContainerdError, OSError) as error:
-            log.exception("execution %s failed in the sandbox layer", execution_id)
-            note = f"internal error: the sandbox failed ({type(error).__name__}); execution {execution_id}"
-            return self.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note), Timings()
-
-    async def _execute(self, execution_id: str, plan: Plan, chain_id: str) -> tuple[ExecutionResult, Timings]:
-        runtime, request = plan.runtime, plan.request
-        limits = self.sandbox_limits(runtime)
+        runtime = plan.runtime
         started = time.monotonic()
-        pooled = self.pool.take(runtime.name, chain_id) if self.pool is not None else None
+        pooled = self._pool.take(runtime.name, chain_id) if self._pool is not None else None
         try:
-            if pooled is not None:
-                sandbox = pooled
-            else:
-                sandbox = await self._boot_on_demand(execution_id, runtime, chain_id)
-            self.active.add(sandbox.id)
             try:
-                await sandbox.write_files({runtime.source_file: request.code.encode()})
-                setup = time.monotonic() - started
-                with self.housekeeping.program_running():
-                    ending = await self._run_steps(sandbox, plan, limits)
-                usage = await sandbox.usage()
-                result = self._result(execution_id, plan, ending, usage)
+                sandbox = pooled or await self._boot_on_demand(execution_id, runtime, chain_id)
+            except (ContainerdError, OSError) as error:
+                return _sandbox_failed(execution_id, plan, error), Timings()
+            self._active.add(sandbox.id)
+            try:
+                with self._watch.translating():
+                    await sandbox.write_files({runtime.source_file: plan.request.code.encode()})
+                    setup = time.monotonic() - started
+                    with self._housekeeping.program_running():
+                        ending = await self._run_steps(sandbox, plan, self.sandbox_limits(runtime))
+                    usage = await sandbox.usage()
+            except ContainerdUnavailableError:
+                note = "internal error: containerd became unavailable during the execution"
+                return failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note), Timings()
+            except (ContainerdError, OSError) as error:
+                return _sandbox_failed(execution_id, plan, error), Timings()
             finally:
-                self.active.discard(sandbox.id)
+                self._active.discard(sandbox.id)
                 # The caller has its result as soon as it is known; removal goes on in the background.
-                destroy_in_background(sandbox, self.on_teardown, self._quiet_for_teardown)
+                self._cleanups.destroy_in_background(
+                    sandbox, self._observer.sandbox_removed, self._quiet_for_teardown
+                )
         finally:
-            if self.pool is not None:
-                self.pool.release(runtime.name)
-        return result, Timings(setup=setup, run=ending.elapsed)
+            if self._pool is not None:
+                self._pool.release(runtime.name)
+        return _result(execution_id, plan, ending, usage), Timings(setup=setup, run=ending.elapsed)
+
+    async def wait_available(self) -> None:
+        """Return once containerd answers again."""
+        await self._watch.wait_available()
+
+    def languages(self) -> list[LanguageInfo]:
+        """Every runtime with its version and whether it can run now."""
+        listed = []
+        for runtime in self._runtimes:
+            state = self._images.get(runtime.name)
+            listed.append(
+                LanguageInfo(
+                    language=runtime.name,
+                    version=state.version if state else None,
+                    aliases=runtime.aliases,
+                    available=bool(state and state.available),
+                    reason=state.reason if state else "not inspected yet",
+                )
+            )
+        return listed
+
+    # -- what operators and tests read -----------------------------------------------------
+
+    @property
+    def containerd_available(self) -> bool:
+        """Whether containerd answered at the last look."""
+        return self._watch.available
+
+    @property
+    def runtimes(self) -> RuntimeRegistry:
+        """The runtimes this engine serves."""
+        return self._runtimes
+
+    @property
+    def host(self) -> SandboxHost:
+        """Where this engine makes its sandboxes."""
+        return self._host
+
+    @property
+    def cleanups(self) -> Cleanups:
+        """The engine's removals under way."""
+        return self._cleanups
+
+    def image(self, runtime: str) -> ImageState | None:
+        """What containerd held for ``runtime`` at the last inspection."""
+        return self._images.get(runtime)
+
+    def pool_runtimes(self) -> list[str]:
+        """The runtimes the pool keeps sandboxes for (none when the pool is off)."""
+        return list(self._pool.runtimes) if self._pool is not None else []
+
+    def idle_sandboxes(self, runtime: str) -> int:
+        """Idle sandboxes of ``runtime`` the pool holds now."""
+        return self._pool.idle_count(runtime) if self._pool is not None else 0
+
+    def pooled_sandbox_ids(self) -> set[str]:
+        """Every sandbox the pool holds or is booting: idle, they are no execution's."""
+        return self._pool.sandbox_ids() if self._pool is not None else set()
+
+    # -- the parts' work -------------------------------------------------------------------
+
+    def sandbox_limits(self, runtime: Runtime) -> SandboxLimits:
+        """The limits every sandbox of ``runtime`` runs under."""
+        return SandboxLimits(
+            memory_bytes=runtime.limits.memory_mib << 20,
+            pids=runtime.limits.pids,
+            cpus=runtime.limits.cpus,
+            tmp_bytes=self._settings.tmp_bytes,
+            file_size_bytes=self._settings.file_size_bytes,
+            open_files=self._settings.open_files,
+        )
+
+    async def boot(self, runtime: Runtime, sandbox_id: str, chain_id: str, *, pooled: bool) -> Sandbox:
+        """Boot a sandbox for ``runtime`` running image ``chain_id``."""
+        labels = {LANGUAGE_LABEL: runtime.name}
+        if pooled:
+            labels[POOL_LABEL] = "true"
+        return await Sandbox.create(
+            self._host,
+            sandbox_id,
+            image=runtime.image,
+            chain_id=chain_id,
+            limits=self.sandbox_limits(runtime),
+            workspace_bytes=self._settings.workspace_bytes,
+            labels=labels,
+            cleanups=self._cleanups,
+        )
+
+    async def _boot_for_pool(self, name: str, sandbox_id: str) -> tuple[Sandbox, str] | None:
+        """A sandbox for the pool, or None while the runtime or containerd cannot serve."""
+        runtime = self._runtimes.get(name)
+        state = self._images.get(name)
+        if runtime is None or state is None or state.chain_id is None or not state.available:
+            return None
+        if not self._watch.available:
+            return None
+        return await self.boot(runtime, sandbox_id, state.chain_id, pooled=True), state.chain_id
+
+    async def _sandbox_memory(self, sandbox: Sandbox) -> int | None:
+        """What ``sandbox`` uses now (an idle one: what keeping it costs)."""
+        return (await sandbox.usage()).memory_bytes
+
+    async def refresh_images(self) -> None:
+        """Look up every runtime's image in containerd."""
+        for runtime in self._runtimes:
+            try:
+                self._images[runtime.name] = await inspect_image(self._host.client, runtime)
+            except ContainerdError as error:
+                self._images[runtime.name] = ImageState(
+                    runtime=runtime.name, reference=runtime.image, available=False, reason=str(error)
+                )
+
+    async def _after_outage(self) -> None:
+        # Idle sandboxes outlive a containerd restart (their agents answer through FIFOs); one
+        # that died meanwhile is never handed out. Flushing them here only delayed recovery.
+        keep: Collection[str] = self._active | self.pooled_sandbox_ids()
+        await reconcile(self._host, keep=keep)
+        await self.refresh_images()
 
     async def _quiet_for_teardown(self) -> None:
-        await self.housekeeping.quiet(_TEARDOWN_DEFERRAL)
+        await self._housekeeping.quiet(_TEARDOWN_DEFERRAL)
 
     async def _boot_on_demand(self, execution_id: str, runtime: Runtime, chain_id: str) -> Sandbox:
         # Never the execution's id alone: a retried execution (after a restart) must not meet
         # the remains of its first sandbox, which containerd may still be removing.
         sandbox_id = f"{execution_id}.{secrets.token_hex(4)}"
-        self.active.add(sandbox_id)  # reconciliation after an outage leaves it alone while it boots
+        self._active.add(sandbox_id)  # reconciliation after an outage leaves it alone while it boots
         try:
-            return await self.boot(runtime, sandbox_id, chain_id, pooled=False)
-        except UnavailableError as error:
-            # Nothing ran: the caller gets 503 and may retry, rather than a failed result.
-            self.watch.report(error)
-            raise ContainerdUnavailableError(
-                f"containerd is unavailable ({error.detail}); retry later"
-            ) from error
+            # Nothing ran yet: the caller gets 503 and may retry, rather than a failed result.
+            with self._watch.translating():
+                return await self.boot(runtime, sandbox_id, chain_id, pooled=False)
         finally:
-            self.active.discard(sandbox_id)  # the caller marks the booted sandbox active itself
+            self._active.discard(sandbox_id)  # the caller marks the booted sandbox active itself
 
     async def _run_steps(self, sandbox: Sandbox, plan: Plan, limits: SandboxLimits) -> _Ending:
         """Compile (if the runtime does) and run; say how it ended."""
@@ -300,7 +482,7 @@ class Engine:
             environment=plan.environment,
             stdin=stdin,
             timeout=timeout,
-            output_cap=self.settings.output_limit_bytes,
+            output_cap=self._settings.output_limit_bytes,
         )
 
     async def _failure(
@@ -310,7 +492,7 @@ class Engine:
         if outcome.timed_out:
             return ExecutionStatus.TIMEOUT, f"execution timed out after {plan.timeout:g} s"
         if outcome.output_exceeded:
-            limit = self.settings.output_limit_bytes
+            limit = self._settings.output_limit_bytes
             return (
                 ExecutionStatus.OUTPUT_LIMIT,
                 f"output limit of {limit} bytes per stream exceeded; output truncated",
@@ -327,29 +509,24 @@ class Engine:
             return ExecutionStatus.INTERNAL_ERROR, "internal error: the sandbox stopped unexpectedly"
         return None
 
-    def failed(self, execution_id: str, plan: Plan, status: ExecutionStatus, note: str) -> ExecutionResult:
-        """A result for an execution that ended without its program running to the end."""
-        return self._result(execution_id, plan, _Ending(b"", b"", -1, 0.0, status, note), None)
 
-    def _result(
-        self, execution_id: str, plan: Plan, ending: _Ending, usage: CgroupUsage | None
-    ) -> ExecutionResult:
-        text = ending.stderr.decode(errors="replace")
-        if ending.note is not None:
-            text += ("" if not text or text.endswith("\n") else "\n") + f"sandboxd: {ending.note}\n"
-        cpu_ns = usage.cpu_time_ns if usage else None
-        return ExecutionResult(
-            execution_id=execution_id,
-            stdout=ending.stdout.decode(errors="replace"),
-            stderr=text,
-            exit_code=ending.exit_code,
-            execution_time=round(ending.elapsed, 4),
-            language=plan.runtime.name,
-            session_id=plan.request.session_id,
-            status=ending.status,
-            cpu_time=None if cpu_ns is None else round(cpu_ns / 1e9, 4),
-            memory_peak=usage.peak_memory_bytes if usage else None,
-        )
+def _result(execution_id: str, plan: Plan, ending: _Ending, usage: CgroupUsage | None) -> ExecutionResult:
+    text = ending.stderr.decode(errors="replace")
+    if ending.note is not None:
+        text += ("" if not text or text.endswith("\n") else "\n") + f"sandboxd: {ending.note}\n"
+    cpu_ns = usage.cpu_time_ns if usage else None
+    return ExecutionResult(
+        execution_id=execution_id,
+        stdout=ending.stdout.decode(errors="replace"),
+        stderr=text,
+        exit_code=ending.exit_code,
+        execution_time=round(ending.elapsed, 4),
+        language=plan.runtime.name,
+        session_id=plan.request.session_id,
+        status=ending.status,
+        cpu_time=None if cpu_ns is None else round(cpu_ns / 1e9, 4),
+        memory_peak=usage.peak_memory_bytes if usage else None,
+    )
 
 
 @attrs.frozen

@@ -13,11 +13,7 @@ from pathlib import Path
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient, ContainerdError
 from sandboxd.engine.agent import AGENT_NAME, build_agent
-from sandboxd.engine.engine import Engine, EngineSettings
-from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.sandbox import SandboxHost
-from sandboxd.engine.watch import ContainerdWatch
-from sandboxd.runtimes import load_runtimes
 
 log = logging.getLogger(__name__)
 
@@ -95,36 +91,3 @@ async def connect(client: ContainerdClient) -> None:
         else:
             log.info("containerd %s at %s, namespace %s", version.version, client.address, client.namespace)
             return
-
-
-async def build_engine(config: Config, client: ContainerdClient, *, reconcile_leftovers: bool) -> Engine:
-    """An engine for this host: state directories, runtimes, images inspected.
-
-    Only the daemon reconciles (removes sandboxes its state directory's earlier run left):
-    a command run beside a serving daemon must never touch that daemon's sandboxes.
-    """
-    host = await asyncio.to_thread(prepare_host, config, client)
-    limits = config.limits
-    settings = EngineSettings(
-        output_limit_bytes=limits.output_bytes,
-        code_bytes=limits.code_bytes,
-        stdin_bytes=limits.stdin_bytes,
-        workspace_bytes=limits.workspace_mib << 20,
-        tmp_bytes=limits.tmp_mib << 20,
-        file_size_bytes=limits.file_size_mib << 20,
-        open_files=limits.open_files,
-    )
-    runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
-
-    async def after_outage() -> None:
-        # Idle sandboxes outlive a containerd restart (their agents answer through FIFOs); one
-        # that died meanwhile is never handed out. Flushing them here only delayed recovery.
-        keep = engine.active | (engine.pool.sandbox_ids() if engine.pool is not None else set())
-        await reconcile(host, keep=keep)
-        await engine.refresh_images()
-
-    engine = Engine(host, runtimes, settings, ContainerdWatch(client, after_outage))
-    if reconcile_leftovers:
-        await reconcile(host)
-    await engine.refresh_images()
-    return engine

@@ -2,8 +2,8 @@
 
 Both compete with running programs for the CPU; a request's latency is that of
 its program plus whatever else the host does meanwhile. Housekeeping waits for
-a moment when no program runs, but never longer than its deadline, so that it
-still happens under constant load.
+a moment when no program runs, but never longer than it may be put off, so
+that it still happens under constant load.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Housekeeping:
         """True while no program runs."""
         return self._quiet.is_set()
 
-    async def quiet(self, deadline: float) -> None:
-        """Return when no program runs, or after ``deadline`` seconds, whichever comes first."""
+    async def quiet(self, at_most: float) -> None:
+        """Return when no program runs, or after ``at_most`` seconds, whichever comes first."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._quiet.wait(), deadline)
+            await asyncio.wait_for(self._quiet.wait(), at_most)

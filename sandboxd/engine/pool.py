@@ -24,7 +24,7 @@ import attrs
 
 from sandboxd.config import PoolConfig, PoolSizeConfig
 from sandboxd.containerd import ContainerdError
-from sandboxd.engine.cleanups import complete_even_if_cancelled, destroy_in_background
+from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.sandbox import Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
@@ -77,15 +77,19 @@ class SandboxPool:
         runtimes: list[str],
         boot: BootFunction,
         measure: MeasureFunction,
+        cleanups: Cleanups,
         *,
-        quiet: Callable[[float], Awaitable[None]] | None = None,
+        quiet: Callable[[float], Awaitable[None]],
+        on_take: Callable[[str, bool], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.runtimes = runtimes
         self._boot = boot
         self._measure = measure
+        self._cleanups = cleanups
         self._quiet = quiet
+        self._on_take = on_take
         self._clock = clock
         self._idle: dict[str, collections.deque[_Idle]] = {name: collections.deque() for name in runtimes}
         self._booting: dict[str, int] = dict.fromkeys(runtimes, 0)
@@ -94,7 +98,6 @@ class SandboxPool:
         self._boots: set[asyncio.Task[None]] = set()
         self._boot_slots = asyncio.Semaphore(_PARALLEL_BOOTS)
         self._wake = asyncio.Event()
-        self.on_take: Callable[[bool], None] = lambda _hit: None
 
     # -- what executions use ------------------------------------------------------------
 
@@ -110,11 +113,11 @@ class SandboxPool:
         while idle:
             found = idle.popleft()
             if found.chain_id == chain_id and found.sandbox.alive:
-                self.on_take(True)
+                self._on_take(runtime, True)
                 return found.sandbox
             # Its image was rebuilt, or its sandbox died while idle.
-            destroy_in_background(found.sandbox)
-        self.on_take(False)
+            self._cleanups.destroy_in_background(found.sandbox)
+        self._on_take(runtime, False)
         return None
 
     def expect(self, runtime: str, count: int) -> None:
@@ -162,14 +165,11 @@ class SandboxPool:
 
     async def run_forever(self) -> None:
         """Boot and retire idle sandboxes as demand changes, until cancelled."""
-        try:
-            while True:
-                self._adjust()
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _TICK)
-        finally:
-            await complete_even_if_cancelled(self._empty())
+        while True:
+            self._adjust()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _TICK)
 
     def _adjust(self) -> None:
         now = self._clock()
@@ -177,7 +177,7 @@ class SandboxPool:
             wanted = self.desired(runtime)
             idle = self._idle[runtime]
             while len(idle) > wanted:
-                destroy_in_background(idle.popleft().sandbox)
+                self._cleanups.destroy_in_background(idle.popleft().sandbox)
             demand = self._demand[runtime]
             if now - demand.failed_at < _RETRY_AFTER_FAILURE:
                 continue
@@ -194,7 +194,7 @@ class SandboxPool:
         sandbox_id = f"pool-{uuid.uuid4()}"
         self._booting_ids.add(sandbox_id)
         try:
-            if self._idle[runtime] and self._quiet is not None:
+            if self._idle[runtime]:
                 # Not urgent while one is ready: boot once no program runs, or soon anyway.
                 await self._quiet(_BOOT_DEFERRAL)
             async with self._boot_slots:
@@ -212,12 +212,17 @@ class SandboxPool:
         except (ContainerdError, SandboxError, OSError) as error:
             demand.failed_at = self._clock()
             log.warning("pool: booting a %s sandbox failed: %s", runtime, error)
+        except Exception:
+            # A boot is one-shot work the pool retries by itself: log the unexpected, never lose it.
+            demand.failed_at = self._clock()
+            log.exception("pool: booting a %s sandbox failed unexpectedly", runtime)
         finally:
             self._booting[runtime] -= 1
             self._booting_ids.discard(sandbox_id)
             self._wake.set()
 
-    async def _empty(self) -> None:
+    async def close(self) -> None:
+        """Stop booting and remove every idle sandbox (at shutdown; the loop is stopped already)."""
         for task in list(self._boots):
             task.cancel()
         await asyncio.gather(*self._boots, return_exceptions=True)

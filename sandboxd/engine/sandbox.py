@@ -27,7 +27,7 @@ from sandboxd.containerd import ContainerdClient, ContainerdError, ExitStatus, N
 from sandboxd.containerd._pb.containerd.runc.v1 import options_pb2
 from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput
 from sandboxd.engine.cgroups import CgroupUsage, read_usage
-from sandboxd.engine.cleanups import complete_even_if_cancelled
+from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.oci import NOBODY, WORKSPACE, SandboxLimits, sandbox_spec
 from sandboxd.engine.workspace import Workspace
 
@@ -138,14 +138,18 @@ class Sandbox:
         limits: SandboxLimits,
         workspace_bytes: int,
         labels: Mapping[str, str],
+        cleanups: Cleanups,
     ) -> Sandbox:
-        """Boot a sandbox of ``image`` with an empty /workspace; return once its agent is ready."""
+        """Boot a sandbox of ``image`` with an empty /workspace; return once its agent is ready.
+
+        A boot that fails or is cancelled is undone whole, in ``cleanups`` (which shutdown waits for).
+        """
         sandbox = cls(host, sandbox_id)
         boot = asyncio.ensure_future(sandbox._boot(image, chain_id, limits, workspace_bytes, labels))
         try:
             await asyncio.shield(boot)
         except BaseException:
-            await complete_even_if_cancelled(sandbox._destroy_after(boot))
+            await cleanups.complete_even_if_cancelled(sandbox._destroy_after(boot))
             raise
         return sandbox
 

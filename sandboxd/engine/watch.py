@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final
 
-from sandboxd.containerd import ContainerdClient, ContainerdError
+from sandboxd.containerd import ContainerdClient, ContainerdError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,31 @@ class ContainerdWatch:
         self.reason = error.detail
         self._back.clear()
 
+    @contextlib.contextmanager
+    def translating(self) -> Iterator[None]:
+        """Turn containerd's ``UnavailableError`` in the block into ``ContainerdUnavailableError``.
+
+        The one place where the client's error becomes the engine's: containerd is marked
+        unavailable at once (before the next ping notices), and callers see a retryable 503.
+        """
+        try:
+            yield
+        except UnavailableError as error:
+            self.report(error)
+            detail = f"containerd is unavailable ({error.detail}); retry later"
+            raise ContainerdUnavailableError(detail) from error
+
     async def wait_available(self) -> None:
         """Return once containerd answers again."""
         await self._back.wait()
 
     async def run_forever(self) -> None:
-        """Ping containerd every second; on the way back, reconcile before reporting it available."""
+        """Ping containerd every second; on the way back, reconcile before reporting it available.
+
+        A recovery step that fails for a reason other than containerd (a workspace that cannot be
+        unmounted, an image that cannot be read) raises: the supervisor logs it and restarts the watch,
+        which tries the recovery again.
+        """
         while True:
             try:
                 await self.client.version(timeout=PING_TIMEOUT)

@@ -11,7 +11,6 @@ from typing import Final
 
 import attrs
 
-from sandboxd.api.auth import KeyRing
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdError
 from sandboxd.engine.host import client_for
@@ -90,9 +89,9 @@ def _free_space(name: str, path: Path, minimum: int) -> Check:
 
 async def checks(config: Config) -> AsyncIterator[Check]:
     """Every check, in the order an operator would fix them."""
-    keys = KeyRing.from_config(config)
+    keys = len(config.api_keys) + len(config.dev_keys)
     yield (
-        Check("api keys", True, f"{len(keys.keys)} configured")
+        Check("api keys", True, f"{keys} configured")
         if keys
         else Check("api keys", False, "none configured", "sandboxd --config FILE keys add NAME")
     )

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Final
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sandboxd.engine.engine import Engine
+from sandboxd.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
 
 EXECUTOR_SERVICE: Final = "sandboxd.v1.Executor"
 RUNTIME_SERVICE_PREFIX: Final = "sandboxd.runtime."
@@ -21,24 +25,40 @@ NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 class HealthReporter:
     """Publishes the daemon's state as health statuses; Watch streams see every change."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, supervisor: Supervisor) -> None:
+        self._engine = engine
+        self._supervisor = supervisor
         # health.aio is the package's public asyncio servicer; its type stubs do not list it.
         self.servicer: health_pb2_grpc.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._published: dict[str, int] = {}
+        self._down_reported: dict[str, str] = {}
 
     def statuses(self) -> dict[str, int]:
-        """The status of every service: the whole server, the executor, and each runtime."""
-        up = self.engine.watch.available
+        """The status of every service: the whole server, the executor, and each runtime.
+
+        The server is NOT_SERVING while no runtime can run, and while a background task is down
+        (it failed and waits to be restarted).
+        """
+        up = self._engine.containerd_available
         runtimes = {
             f"{RUNTIME_SERVICE_PREFIX}{info.language}": SERVING if up and info.available else NOT_SERVING
-            for info in self.engine.languages()
+            for info in self._engine.languages()
         }
-        overall = SERVING if SERVING in runtimes.values() else NOT_SERVING
+        down = self._supervisor.down
+        overall = SERVING if SERVING in runtimes.values() and not down else NOT_SERVING
         return {"": overall, EXECUTOR_SERVICE: overall, **runtimes}
+
+    def _report_down(self) -> None:
+        """Log, once per failure, why the server is NOT_SERVING because of a background task."""
+        down = self._supervisor.down
+        for name, reason in down.items():
+            if self._down_reported.get(name) != reason:
+                log.error("health: NOT_SERVING while background task %r is down: %s", name, reason)
+        self._down_reported = dict(down)
 
     async def publish(self) -> None:
         """Set the statuses that changed since the last publication."""
+        self._report_down()
         for service, status in self.statuses().items():
             if self._published.get(service) != status:
                 await self.servicer.set(service, status)

@@ -1,4 +1,4 @@
-"""Prometheus metrics and the one log line per execution, fed by the engine, the service and the API."""
+"""Prometheus metrics and the one log line per execution: the engine's and the service's observer."""
 
 from __future__ import annotations
 
@@ -11,17 +11,21 @@ import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from sandboxd.engine.engine import Timings
-from sandboxd.engine.pool import SandboxPool
-from sandboxd.models import ExecutionResult
+from sandboxd.models import ExecutionResult, Kind
 from sandboxd.ops.logging import EXECUTION_FIELDS
+from sandboxd.supervisor import Supervisor
 
 log = logging.getLogger("sandboxd.executions")
 
 _SECONDS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class Telemetry:
-    """The daemon's metrics, in a registry of its own (several apps may live in one process)."""
+class Metrics:
+    """The daemon's metrics, in a registry of its own (several apps may live in one process).
+
+    It observes the engine (``sandbox_removed``, ``pool_take``) and the service (``finished``);
+    gauges read their state when scraped.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -63,6 +67,12 @@ class Telemetry:
         self.rate_limited = Counter(
             "sandboxd_rate_limited_requests", "Requests refused by a key's rate limit", registry=registry
         )
+        self.pool_takes = Counter(
+            "sandboxd_pool_takes",
+            "Executions by whether a pre-booted sandbox was ready (hit) or one was booted (miss)",
+            ["result"],
+            registry=registry,
+        )
         self.containerd_errors = Counter(
             "sandboxd_containerd_errors", "Failed containerd calls by method", ["method"], registry=registry
         )
@@ -72,20 +82,30 @@ class Telemetry:
         self.in_flight.set_function(lambda: float(running()))
         self.queue_depth.set_function(lambda: float(waiting()))
 
-    def track_pool(self, pool: SandboxPool) -> None:
-        """Count pooled and booted takes, and read each runtime's idle sandboxes when scraped."""
-        idle = Gauge(
+    def track_pool(self, runtimes: list[str], idle: Callable[[str], int]) -> None:
+        """Read each pooled runtime's idle sandboxes (``idle(runtime)``) when scraped."""
+        gauge = Gauge(
             "sandboxd_pool_idle_sandboxes", "Pre-booted sandboxes ready", ["language"], registry=self.registry
         )
-        for language in pool.runtimes:
-            idle.labels(language=language).set_function(functools.partial(pool.idle_count, language))
-        takes = Counter(
-            "sandboxd_pool_takes",
-            "Executions by whether a pre-booted sandbox was ready (hit) or one was booted (miss)",
-            ["result"],
+        for language in runtimes:
+            gauge.labels(language=language).set_function(functools.partial(idle, language))
+
+    def track_supervisor(self, supervisor: Supervisor) -> None:
+        """Read how many background tasks are down (waiting to be restarted) when scraped."""
+        down = Gauge(
+            "sandboxd_background_tasks_down",
+            "Background tasks that failed and wait to be restarted",
             registry=self.registry,
         )
-        pool.on_take = lambda hit: takes.labels(result="hit" if hit else "miss").inc()
+        down.set_function(lambda: float(len(supervisor.down)))
+
+    def pool_take(self, runtime: str, hit: bool) -> None:
+        """Count an execution that found a pre-booted sandbox (hit) or had to boot one (miss)."""
+        self.pool_takes.labels(result="hit" if hit else "miss").inc()
+
+    def sandbox_removed(self, seconds: float) -> None:
+        """Observe how long removing a used sandbox took."""
+        self.teardown.observe(seconds)
 
     def containerd_error(self, method: str) -> None:
         """Count a failed containerd call."""
@@ -94,7 +114,7 @@ class Telemetry:
         ).inc()
 
     def finished(
-        self, result: ExecutionResult, kind: str, timings: Timings, *, debug_fields: dict[str, Any]
+        self, result: ExecutionResult, kind: Kind, timings: Timings, *, debug_fields: dict[str, Any]
     ) -> None:
         """Count an execution and log its one line (code, stdin and output only at debug level)."""
         self.executions.labels(language=result.language, status=result.status).inc()
@@ -104,7 +124,7 @@ class Telemetry:
             self.run.observe(timings.run)
         fields: dict[str, Any] = {
             "execution_id": result.execution_id,
-            "kind": kind,
+            "kind": str(kind),
             "language": result.language,
             "status": str(result.status),
             "exit_code": result.exit_code,

@@ -8,17 +8,23 @@ again under the same id when it starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final, Protocol
 
 import attrs
 
-from sandboxd.engine.engine import Engine, Plan, RuntimeUnavailableError, Timings, UnsupportedLanguageError
+from sandboxd.engine.engine import (
+    Engine,
+    Plan,
+    RuntimeUnavailableError,
+    Timings,
+    UnsupportedLanguageError,
+    failed_result,
+)
 from sandboxd.engine.watch import ContainerdUnavailableError
 from sandboxd.models import (
     ExecutionRequest,
@@ -26,15 +32,17 @@ from sandboxd.models import (
     ExecutionStatus,
     ExecutionSummary,
     Kind,
+    LanguageInfo,
     SessionPage,
 )
-from sandboxd.ops.metrics import Telemetry
 from sandboxd.service.admission import Admission, QueueFullError
 from sandboxd.service.store import ExecutionStore, StoredExecution
-from sandboxd.validation import InvalidFieldError
+from sandboxd.supervisor import Supervised, Supervisor
+from sandboxd.validation import InvalidFieldError, ValidationError, structure
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH: Final = 10
 _PURGE_INTERVAL: Final = 600.0
 
 
@@ -49,6 +57,15 @@ class AlreadyFinishedError(Exception):
     """The execution to cancel has already finished."""
 
 
+class ExecutionObserver(Protocol):
+    """What the service tells an observer (metrics, the execution log) about each execution."""
+
+    def finished(
+        self, result: ExecutionResult, kind: Kind, timings: Timings, *, debug_fields: dict[str, Any]
+    ) -> None:
+        """An execution has its result; ``debug_fields`` (code, output) may be logged at debug level."""
+
+
 class ExecutionService:
     """Runs executions for API keys and keeps their records."""
 
@@ -57,79 +74,116 @@ class ExecutionService:
         engine: Engine,
         store: ExecutionStore,
         admission: Admission,
+        supervisor: Supervisor,
+        observer: ExecutionObserver,
         *,
         async_queue: int,
         retention: dt.timedelta,
-        telemetry: Telemetry,
     ) -> None:
-        self.engine = engine
-        self.telemetry = telemetry
-        self.store = store
-        self.admission = admission
-        self.async_queue = async_queue
-        self.retention = retention
-        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._engine = engine
+        self._store = store
+        self._admission = admission
+        self._supervisor = supervisor
+        self._observer = observer
+        self._async_queue = async_queue
+        self._retention = retention
+        self._jobs: dict[str, Supervised] = {}
         self._running: set[str] = set()
         self._cancelled_by_owner: set[str] = set()
         self._shutting_down = False
         self._shutdown_deadline: float | None = None
 
+    # -- checking requests -----------------------------------------------------------------
+
     def plan(self, request: ExecutionRequest) -> Plan:
-        """Validate a request against its runtime (400s happen here, before anything runs)."""
-        plan = self.engine.plan(request)
-        self.engine.check_available(plan)
-        self.engine.watch.require()
+        """Validate a request against its runtime (400s and 503s happen here, before anything runs)."""
+        plan = self._engine.plan(request)
+        self._engine.check_available(plan)
         return plan
+
+    def plan_batch(self, body: object) -> list[Plan]:
+        """Validate a whole batch before anything runs; problems name the item's index and field."""
+        if not isinstance(body, list):
+            raise ValidationError(["Request body must be a JSON array of execution requests"])
+        if not body:
+            raise ValidationError(["Batch must contain at least one execution"])
+        if len(body) > MAX_BATCH:
+            raise ValidationError([f"Maximum {MAX_BATCH} executions allowed in a batch"])
+        for item in body:
+            language = item.get("language") if isinstance(item, dict) else None
+            if isinstance(language, str) and not self._engine.supports(language):
+                raise UnsupportedLanguageError(language)
+        problems: list[str] = []
+        plans: list[Plan] = []
+        for index, item in enumerate(body):
+            try:
+                plans.append(self.plan(structure(item, ExecutionRequest)))
+            except ValidationError as error:
+                problems.extend(f"item {index}: {problem}" for problem in error.problems)
+            except InvalidFieldError as error:
+                problems.append(f"item {index}: {error.field}: {error.message}")
+        if problems:
+            raise ValidationError(problems)
+        return plans
+
+    def languages(self) -> list[LanguageInfo]:
+        """Every runtime, its version and whether it can run now."""
+        return self._engine.languages()
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the service's background work: the retention purge."""
+        self._supervisor.start("retention purge", self._purge_forever)
 
     async def run(self, owner: str, plan: Plan) -> ExecutionResult:
         """Run one execution now, in a slot of its own."""
         asked = time.monotonic()
-        async with self.admission.slot():
+        async with self._admission.slot():
             return await self._run_recorded(owner, Kind.SYNC, plan, time.monotonic() - asked)
 
     async def run_batch(self, owner: str, plans: Sequence[Plan]) -> list[ExecutionResult]:
         """Run a batch in order, holding one slot for all of it; each item fails on its own."""
         asked = time.monotonic()
-        self.engine.expect(plans)
-        async with self.admission.slot():
-            waited = time.monotonic() - asked
-            # Its programs run back to back: the moments between two are no time for housekeeping.
-            with self.engine.housekeeping.program_running():
+        with self._engine.batch(plans):
+            async with self._admission.slot():
+                waited = time.monotonic() - asked
                 return [await self._run_recorded(owner, Kind.BATCH, plan, waited if i == 0 else 0.0)
                         for i, plan in enumerate(plans)]  # fmt: skip
 
     async def _run_recorded(self, owner: str, kind: Kind, plan: Plan, queue_wait: float) -> ExecutionResult:
         execution_id = str(uuid.uuid4())
-        await self.store.insert(
+        await self._store.insert(
             execution_id, owner, kind, plan.request, plan.runtime.name, ExecutionStatus.RUNNING
         )
         try:
             result = await self._execute(execution_id, plan, kind, queue_wait)
         except ContainerdUnavailableError as error:
-            failed = self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
-            await self.store.finish(failed)
+            failed = failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
+            await self._store.finish(failed)
             if kind is Kind.BATCH:
                 return failed  # one item's failure is that item's result, never a failed batch
             raise
         except asyncio.CancelledError:
             note = "cancelled: the client went away or the daemon stopped"
-            await self._finish_shielded(
-                self.engine.failed(execution_id, plan, ExecutionStatus.CANCELLED, note)
-            )
+            await self._finish_shielded(failed_result(execution_id, plan, ExecutionStatus.CANCELLED, note))
             raise
-        await self.store.finish(result)
+        except Exception:
+            # A defect, answered with a 500: the record still gets a result, never stays "running".
+            note = f"internal error; execution {execution_id}"
+            await self._store.finish(failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note))
+            raise
+        await self._store.finish(result)
         return result
 
     async def _execute(self, execution_id: str, plan: Plan, kind: Kind, queue_wait: float) -> ExecutionResult:
         try:
-            result, timings = await self.engine.execute_timed(plan, execution_id)
+            result, timings = await self._engine.execute(plan, execution_id)
         except RuntimeUnavailableError as error:
-            result, timings = (
-                self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error)),
-                Timings(),
-            )
+            result = failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
+            timings = Timings()
         request = plan.request
-        self.telemetry.finished(
+        self._observer.finished(
             result,
             kind,
             attrs.evolve(timings, queue_wait=queue_wait),
@@ -143,23 +197,28 @@ class ExecutionService:
         return result
 
     async def _finish_shielded(self, result: ExecutionResult) -> None:
-        await asyncio.shield(asyncio.ensure_future(self.store.finish(result)))
+        await asyncio.shield(asyncio.ensure_future(self._store.finish(result)))
 
     async def submit(self, owner: str, plan: Plan) -> str:
         """Record an asynchronous execution and start it in the background; return its id."""
-        if len(self._jobs) >= self.async_queue:
+        if len(self._jobs) >= self._async_queue:
             raise QueueFullError(f"{len(self._jobs)} asynchronous executions pending")
         execution_id = str(uuid.uuid4())
-        await self.store.insert(
+        await self._store.insert(
             execution_id, owner, Kind.ASYNC, plan.request, plan.runtime.name, ExecutionStatus.QUEUED
         )
-        self._start(execution_id, plan)
+        self._start_job(execution_id, plan)
         return execution_id
 
-    def _start(self, execution_id: str, plan: Plan) -> None:
-        job = asyncio.create_task(self._run_async(execution_id, plan), name=f"execution {execution_id}")
-        self._jobs[execution_id] = job
-        job.add_done_callback(lambda _: self._forget(execution_id))
+    def _start_job(self, execution_id: str, plan: Plan) -> None:
+        # Supervised: a job that fails unexpectedly (the store refused a write, say) is logged and
+        # run again after a pause; its record stays unfinished until then, so nothing is lost.
+        self._jobs[execution_id] = self._supervisor.start(
+            f"execution {execution_id}",
+            lambda: self._run_async(execution_id, plan),
+            forever=False,
+            on_done=lambda: self._forget(execution_id),
+        )
 
     def _forget(self, execution_id: str) -> None:
         self._jobs.pop(execution_id, None)
@@ -168,40 +227,42 @@ class ExecutionService:
     async def _run_async(self, execution_id: str, plan: Plan) -> None:
         try:
             asked = time.monotonic()
-            async with self.admission.slot(wait=True):
+            async with self._admission.slot(wait=True):
                 if self._shutting_down:
                     return  # stays queued in the store for the next start
                 waited = time.monotonic() - asked
                 self._running.add(execution_id)
                 while True:
-                    await self.store.set_status(execution_id, ExecutionStatus.RUNNING)
+                    await self._store.set_status(execution_id, ExecutionStatus.RUNNING)
                     try:
                         result = await self._execute(execution_id, plan, Kind.ASYNC, waited)
                         break
                     except ContainerdUnavailableError:
                         # Accepted work is durable: wait for containerd instead of failing.
-                        await self.store.set_status(execution_id, ExecutionStatus.QUEUED)
-                        await self.engine.watch.wait_available()
-            await self.store.finish(result)
+                        await self._store.set_status(execution_id, ExecutionStatus.QUEUED)
+                        await self._engine.wait_available()
+                    except Exception:
+                        # A defect of this one execution: it fails, and the next one runs. (A failing
+                        # store raises elsewhere in this job, and the supervisor runs it again.)
+                        log.exception("asynchronous execution %s failed", execution_id)
+                        note = f"internal error; execution {execution_id}"
+                        result = failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
+                        break
+            await self._store.finish(result)
         except asyncio.CancelledError:
             if execution_id in self._cancelled_by_owner:
                 self._cancelled_by_owner.discard(execution_id)
                 note = "cancelled at the client's request"
-                await self._finish_shielded(
-                    self.engine.failed(execution_id, plan, ExecutionStatus.CANCELLED, note)
-                )
+                cancelled = failed_result(execution_id, plan, ExecutionStatus.CANCELLED, note)
+                await self._finish_shielded(cancelled)
             # Otherwise the daemon is stopping: the record stays unfinished and runs again at the next start.
             raise
-        except Exception:
-            log.exception("asynchronous execution %s failed", execution_id)
-            note = f"internal error; execution {execution_id}"
-            await self.store.finish(
-                self.engine.failed(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
-            )
+        finally:
+            self._running.discard(execution_id)
 
     async def get(self, owner: str, execution_id: str) -> StoredExecution:
         """The caller's execution with that id."""
-        found = await self.store.get(execution_id, owner)
+        found = await self._store.get(execution_id, owner)
         if found is None:
             raise ExecutionNotFoundError(execution_id)
         return found
@@ -213,14 +274,12 @@ class ExecutionService:
         if found.status.finished or job is None:
             raise AlreadyFinishedError(f"Execution {execution_id} has already finished ({found.status})")
         self._cancelled_by_owner.add(execution_id)
-        job.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await job
+        await job.stop()
         return await self.get(owner, execution_id)
 
     async def session(self, owner: str, session_id: str, limit: int, offset: int) -> SessionPage:
         """A page of the caller's executions in a session, newest first."""
-        found = await self.store.in_session(owner, session_id, limit + 1, offset)
+        found = await self._store.in_session(owner, session_id, limit + 1, offset)
         summaries = tuple(
             ExecutionSummary(
                 execution_id=item.execution_id,
@@ -240,16 +299,16 @@ class ExecutionService:
     async def recover(self) -> int:
         """Settle what a previous run left unfinished: asynchronous ones run again, others are failed."""
         settled = 0
-        for record in await self.store.unfinished():
+        for record in await self._store.unfinished():
             settled += 1
             if record.kind is Kind.ASYNC and record.request is not None:
                 try:
-                    plan = self.engine.plan(record.request)
+                    plan = self._engine.plan(record.request)
                 except (UnsupportedLanguageError, InvalidFieldError) as error:
                     await self._fail_record(record, f"cannot run after restart: {error}")
                     continue
-                await self.store.set_status(record.execution_id, ExecutionStatus.QUEUED)
-                self._start(record.execution_id, plan)
+                await self._store.set_status(record.execution_id, ExecutionStatus.QUEUED)
+                self._start_job(record.execution_id, plan)
             else:
                 await self._fail_record(record, "interrupted: the daemon stopped while it ran")
         if settled:
@@ -257,7 +316,7 @@ class ExecutionService:
         return settled
 
     async def _fail_record(self, record: StoredExecution, note: str) -> None:
-        await self.store.finish(
+        await self._store.finish(
             ExecutionResult(
                 execution_id=record.execution_id,
                 stdout="",
@@ -270,12 +329,12 @@ class ExecutionService:
             )
         )
 
-    async def purge_forever(self) -> None:
+    async def _purge_forever(self) -> None:
         """Delete finished results older than the retention period, every few minutes."""
         while True:
-            removed = await self.store.purge(time.time() - self.retention.total_seconds())
+            removed = await self._store.purge(time.time() - self._retention.total_seconds())
             if removed:
-                log.info("purged %d execution records older than %s", removed, self.retention)
+                log.info("purged %d execution records older than %s", removed, self._retention)
             await asyncio.sleep(_PURGE_INTERVAL)
 
     def begin_shutdown(self, grace: float) -> None:
@@ -296,7 +355,6 @@ class ExecutionService:
         deadline = self._shutdown_deadline or time.monotonic()
         jobs = list(self._jobs.values())
         if jobs:
-            _, late = await asyncio.wait(jobs, timeout=max(deadline - time.monotonic(), 0))
-            for job in late:
-                job.cancel()
-            await asyncio.gather(*jobs, return_exceptions=True)
+            waiting = [asyncio.ensure_future(job.wait()) for job in jobs]
+            await asyncio.wait(waiting, timeout=max(deadline - time.monotonic(), 0))
+            await asyncio.gather(*(job.stop() for job in jobs))

@@ -1,0 +1,305 @@
+"""Supervision: background tasks that fail are logged and restarted, and the daemon serves on."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import attrs
+import grpc
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sandboxd.api.app import create_app
+from sandboxd.api.state import ENGINE, HEALTH_PORT, SERVICE, SUPERVISOR
+from sandboxd.config import Config
+from sandboxd.containerd import UnavailableError, Version
+from sandboxd.engine import engine as engine_module
+from sandboxd.engine import orphans
+from sandboxd.engine.watch import ContainerdWatch
+from sandboxd.models import ExecutionStatus
+from sandboxd.ops.health import HealthReporter
+from sandboxd.ops.notify import Notifier
+from sandboxd.service.store import ExecutionStore
+from sandboxd.supervisor import Backoff, Supervisor
+
+FAST = Backoff(first=0.01, most=0.05)
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Wait until ``condition()`` holds, checking every 20 ms; fail after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_failing_loop_is_logged_restarted_and_reported_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected exception is logged with its traceback; the loop is down with its reason, then runs."""
+    supervisor = Supervisor(Backoff(first=0.2, most=0.2))
+    runs: list[int] = []
+    release = asyncio.Event()
+
+    async def loop() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise OSError("the disk is gone")
+        await release.wait()
+        await asyncio.Event().wait()
+
+    caplog.set_level(logging.ERROR, logger="sandboxd.supervisor")
+    handle = supervisor.start("probe", loop)
+    await eventually(lambda: "probe" in supervisor.down)
+    assert supervisor.down == {"probe": "OSError: the disk is gone"}
+    (record,) = [r for r in caplog.records if "probe" in r.getMessage()]
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], OSError)
+    await eventually(lambda: len(runs) == 2)
+    assert supervisor.down == {}
+    assert supervisor.restarts("probe") == 1
+    await handle.stop()
+    assert handle.done
+
+
+async def test_a_loop_that_returns_is_restarted_but_one_off_work_is_done() -> None:
+    """A loop must run until stopped, so its return is a failure; work with forever=False just ends."""
+    supervisor = Supervisor(FAST)
+    loops: list[int] = []
+    finished: list[str] = []
+
+    async def returns() -> None:
+        loops.append(1)
+
+    looping = supervisor.start("loop", returns)
+    await eventually(lambda: len(loops) >= 3)
+    await looping.stop()
+
+    async def once() -> None:
+        finished.append("work")
+
+    done = supervisor.start("once", once, forever=False, on_done=lambda: finished.append("done"))
+    await done.wait()
+    assert finished == ["work", "done"]
+    assert supervisor.restarts("once") == 0
+
+
+async def test_backoff_doubles_up_to_its_limit() -> None:
+    """Each restart waits twice as long as the previous one, up to the limit."""
+    backoff = Backoff(first=0.5, most=4.0)
+    waits = [backoff.after(None)]
+    for _ in range(5):
+        waits.append(backoff.after(waits[-1]))
+    assert waits == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+async def test_stop_cancels_a_pending_restart() -> None:
+    """Stopping the supervisor ends every task, those waiting to be restarted too."""
+    supervisor = Supervisor(Backoff(first=60, most=60))
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    handle = supervisor.start("fails", fails)
+    await eventually(lambda: "fails" in supervisor.down)
+    await supervisor.stop()
+    assert handle.done
+    assert supervisor.down == {}
+
+
+class RecoveringContainerd:
+    """A containerd that always answers (the outage is reported by hand)."""
+
+    async def version(self, *, timeout: float) -> Version:
+        """Answer."""
+        return Version(version="1.6", revision="test")
+
+
+async def test_an_oserror_in_recovery_restarts_the_watch_until_it_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recovery that raises OSError ends the watch's loop; supervised, the watch comes back and recovers."""
+    monkeypatch.setattr("sandboxd.engine.watch.PING_INTERVAL", 0.01)
+    attempts: list[int] = []
+
+    async def recovery() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("umount: target is busy")
+
+    watch = ContainerdWatch(RecoveringContainerd(), recovery)  # type: ignore[arg-type]
+    watch.report(UnavailableError("Version", "connection refused"))
+    supervisor = Supervisor(FAST)
+    handle = supervisor.start("containerd watch", watch.run_forever)
+    await eventually(lambda: watch.available)
+    assert len(attempts) == 2
+    assert supervisor.restarts("containerd watch") == 1
+    await handle.stop()
+
+
+class Flaky:
+    """Wraps a callable: the ``fail_on``-th counted call raises an unexpected error.
+
+    Only calls whose arguments ``counts`` accepts are counted. Set on a class, it wraps a method.
+    """
+
+    def __init__(
+        self,
+        original: Callable[..., Any],
+        fail_on: int = 1,
+        counts: Callable[..., bool] = lambda *args, **kwargs: True,
+    ) -> None:
+        self.original = original
+        self.fail_on = fail_on
+        self.counts = counts
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the original, but fail once."""
+        if self.counts(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.fail_on:
+                raise RuntimeError(f"injected failure of {getattr(self.original, '__name__', self.original)}")
+        return self.original(*args, **kwargs)
+
+    def __get__(self, instance: object, owner: type) -> Callable[..., Any]:
+        return functools.partial(self, instance)
+
+
+@attrs.frozen
+class Daemon:
+    """An in-process daemon of this test's own and an HTTP client for it."""
+
+    server: TestServer
+    http: TestClient[Any, Any]
+    headers: dict[str, str]
+
+
+@pytest.fixture
+async def flaky_daemon(
+    separate_daemon: Callable[[], Config], api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Daemon, dict[str, Flaky]]]:
+    """A daemon whose every background loop fails once, at a step it takes early."""
+    flaky = {
+        "orphaned shim reaper": Flaky(orphans.reap_orphaned_shims),
+        "retention purge": Flaky(ExecutionStore.purge),
+        # The first publication is the health server's start, before the loop.
+        "health": Flaky(HealthReporter.publish, fail_on=2),
+        "watchdog": Flaky(Notifier.send, counts=lambda _notifier, *fields: fields == ("WATCHDOG=1",)),
+    }
+    monkeypatch.setattr(orphans, "reap_orphaned_shims", flaky["orphaned shim reaper"])
+    monkeypatch.setattr(engine_module, "SHIM_REAP_INTERVAL", 0.05)
+    monkeypatch.setattr(ExecutionStore, "purge", flaky["retention purge"])
+    monkeypatch.setattr(HealthReporter, "publish", flaky["health"])
+    monkeypatch.setattr(Notifier, "send", flaky["watchdog"])
+    monkeypatch.setitem(os.environ, "WATCHDOG_USEC", "200000")
+    app = create_app(attrs.evolve(separate_daemon(), dev_keys=(api_key,)))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    http: TestClient[Any, Any] = TestClient(server)
+    await http.start_server()
+    try:
+        yield Daemon(server, http, {"X-API-Key": api_key, "Content-Type": "application/json"}), flaky
+    finally:
+        await http.close()
+        await server.close()
+
+
+def _restarted_and_ran(supervisor: Supervisor, name: str, injected: Flaky) -> bool:
+    return supervisor.restarts(name) >= 1 and injected.calls > injected.fail_on
+
+
+@pytest.mark.integration
+async def test_every_background_loop_is_restarted_after_an_unexpected_exception(
+    flaky_daemon: tuple[Daemon, dict[str, Flaky]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reaper, purge, health, watchdog, pool, watch and an async job each fail once, then go on."""
+    daemon, flaky = flaky_daemon
+    app = daemon.server.app
+    supervisor, engine = app[SUPERVISOR], app[ENGINE]
+    pool = engine._pool
+    assert pool is not None
+    flaky["sandbox pool"] = Flaky(pool._adjust)
+    monkeypatch.setattr(pool, "_adjust", flaky["sandbox pool"])
+    flaky["containerd watch"] = Flaky(engine.host.client.version)
+    monkeypatch.setattr(engine.host.client, "version", flaky["containerd watch"])
+    for name, injected in flaky.items():
+        await eventually(functools.partial(_restarted_and_ran, supervisor, name, injected))
+
+    # An asynchronous execution whose job fails once (the store refused a write) runs again and completes.
+    store_write = Flaky(ExecutionStore.set_status)
+    monkeypatch.setattr(ExecutionStore, "set_status", store_write)
+    body = json.dumps({"code": "print('supervised')", "language": "python"})
+    accepted = await daemon.http.post("/api/v1/execute/async", data=body, headers=daemon.headers)
+    assert accepted.status == 202
+    execution_id = (await accepted.json())["execution_id"]
+    await eventually(lambda: supervisor.restarts(f"execution {execution_id}") == 1)
+    for _ in range(300):
+        record = await app[SERVICE].get("dev-1", execution_id)
+        if record.result is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert record.result is not None
+    assert (record.result.status, record.result.stdout) == (ExecutionStatus.COMPLETED, "supervised\n")
+
+
+async def _health(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        return int(response.status)
+
+
+async def _until_health(port: int, status: int) -> None:
+    for _ in range(300):
+        if await _health(port) == status:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"health never became {status}")
+
+
+@pytest.mark.integration
+async def test_health_is_not_serving_while_a_task_is_down_and_the_daemon_recovers(
+    http: TestClient[Any, Any],
+    headers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OSError in containerd recovery: NOT_SERVING while the watch is down, then serving again by itself."""
+    app = http.app
+    engine, supervisor = app[ENGINE], app[SUPERVISOR]
+    failing = asyncio.Event()
+    failing.set()
+    original: Callable[..., Awaitable[int]] = engine_module.reconcile  # type: ignore[attr-defined]
+
+    async def reconcile(*args: Any, **kwargs: Any) -> int:
+        if failing.is_set():
+            raise OSError("umount /run/sandboxd/workspaces/x: target is busy")
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "reconcile", reconcile)
+    caplog.set_level(logging.ERROR, logger="sandboxd.ops.health")
+    engine._watch.report(UnavailableError("Version", "connection refused (simulated outage)"))
+    await eventually(lambda: "containerd watch" in supervisor.down)
+    assert supervisor.down["containerd watch"].startswith("OSError: umount")
+    await _until_health(app[HEALTH_PORT], health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert "NOT_SERVING while background task 'containerd watch' is down: OSError: umount" in caplog.text
+    refused = await http.post("/api/v1/execute", data=json.dumps({"code": "print(1)", "language": "python"}),
+                              headers=headers)  # fmt: skip
+    assert refused.status == 503
+
+    failing.clear()
+    await eventually(lambda: engine.containerd_available, seconds=60)
+    await _until_health(app[HEALTH_PORT], health_pb2.HealthCheckResponse.SERVING)
+    served = await http.post("/api/v1/execute", data=json.dumps({"code": "print(2)", "language": "python"}),
+                             headers=headers)  # fmt: skip
+    assert served.status == 200
+    assert (await served.json())["stdout"] == "2\n"
