@@ -193,7 +193,7 @@ async def test_a_batch_is_one_busy_stretch_for_housekeeping(
     original = engine.execute
 
     async def observed(plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
-        quiet_at_start.append(engine._housekeeping.is_quiet)
+        quiet_at_start.append(engine._housekeeping._quiet.is_set())
         return await original(plan, execution_id)
 
     monkeypatch.setattr(engine, "execute", observed)
