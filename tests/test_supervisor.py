@@ -288,18 +288,21 @@ async def test_health_is_not_serving_while_a_task_is_down_and_the_daemon_recover
     monkeypatch.setattr(engine_module, "reconcile", reconcile)
     caplog.set_level(logging.ERROR, logger="sandboxd.ops.health")
     engine._watch.report(UnavailableError("Version", "connection refused (simulated outage)"))
-    await eventually(lambda: "containerd watch" in supervisor.down)
-    assert supervisor.down["containerd watch"].startswith("OSError: umount")
-    await _until_health(app[HEALTH_PORT], health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert "NOT_SERVING while background task 'containerd watch' is down: OSError: umount" in caplog.text
-    refused = await http.post("/api/v1/execute", data=json.dumps({"code": "print(1)", "language": "python"}),
-                              headers=headers)  # fmt: skip
-    assert refused.status == 503
-
-    failing.clear()
-    await eventually(lambda: engine.containerd_available, seconds=60)
+    try:
+        await eventually(lambda: "containerd watch" in supervisor.down)
+        assert supervisor.down["containerd watch"].startswith("OSError: umount")
+        await _until_health(app[HEALTH_PORT], health_pb2.HealthCheckResponse.NOT_SERVING)
+        reason = "NOT_SERVING while background task 'containerd watch' is down: OSError: umount"
+        await eventually(lambda: reason in caplog.text)
+        body = json.dumps({"code": "print(1)", "language": "python"})
+        refused = await http.post("/api/v1/execute", data=body, headers=headers)
+        assert refused.status == 503
+    finally:
+        failing.clear()
+        # The next tests need the daemon back, whatever happened above.
+        await eventually(lambda: engine.containerd_available, seconds=120)
     await _until_health(app[HEALTH_PORT], health_pb2.HealthCheckResponse.SERVING)
-    served = await http.post("/api/v1/execute", data=json.dumps({"code": "print(2)", "language": "python"}),
-                             headers=headers)  # fmt: skip
+    body = json.dumps({"code": "print(2)", "language": "python"})
+    served = await http.post("/api/v1/execute", data=body, headers=headers)
     assert served.status == 200
     assert (await served.json())["stdout"] == "2\n"
