@@ -8,7 +8,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -84,10 +84,62 @@ class Conformance:
     runtime_error: str
     infinite_loop: str
     compile_error: str | None = None
+    # Programs that print "hello" under an entry name other than the default (see EntryPoint).
+    named_entry: tuple[str, ...] = ()
 
 
 def _argv(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     check(all(arg for arg in value), attribute.name, "arguments must not be empty strings")
+
+
+ENTRY_PLACEHOLDER: Final = "{entry}"
+# What a name found in the code may be before it names a file or goes into a command: an
+# identifier (dots for module paths), never a path, an option or shell syntax.
+_ENTRY_NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]{0,63}(\.[A-Za-z_$][A-Za-z0-9_$]{0,63}){0,7}$")
+
+
+def _patterns(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    check(bool(value), attribute.name, "must list at least one regular expression")
+    for pattern in value:
+        try:
+            compiled = re.compile(pattern, re.MULTILINE)
+        except re.error as error:
+            check(False, attribute.name, f"{pattern!r} is not a regular expression: {error}")
+            continue
+        check(compiled.groups == 1, attribute.name, f"{pattern!r} must have exactly one group (the name)")
+
+
+@attrs.frozen
+class EntryPoint:
+    """Where a language ties a file or module name to the code: how to read that name from it.
+
+    The first of ``patterns`` that matches gives the name; without a match (or with a name
+    that is no plain identifier) it is ``default``. The name replaces ``{entry}`` in
+    ``source_file``, ``compile`` and ``run``.
+    """
+
+    patterns: tuple[str, ...] = attrs.field(validator=_patterns)
+    default: str
+
+    def __attrs_post_init__(self) -> None:
+        check(bool(_ENTRY_NAME.match(self.default)), "default", "must be an identifier")
+
+    def name_in(self, code: str) -> str:
+        """The entry name ``code`` declares, or the default."""
+        for pattern in self.patterns:
+            found = re.search(pattern, code, re.MULTILINE)
+            if found is not None:
+                return found.group(1) if _ENTRY_NAME.match(found.group(1)) else self.default
+        return self.default
+
+
+@attrs.frozen
+class Program:
+    """How one snippet is written and started: its file name and its commands, names filled in."""
+
+    source_file: str
+    compile: tuple[str, ...]
+    run: tuple[str, ...]
 
 
 @attrs.frozen
@@ -105,12 +157,20 @@ class Runtime:
     aliases: tuple[str, ...] = ()
     compile: tuple[str, ...] = attrs.field(default=(), validator=_argv)
     environment: Mapping[str, str] = attrs.field(factory=dict)
+    entry: EntryPoint | None = None
 
     def __attrs_post_init__(self) -> None:
         check(bool(_NAME.match(self.name)), "name", "must be lower-case letters, digits or +#.- (at most 32)")
         bad_aliases = [a for a in self.aliases if not _NAME.match(a)]
         check(not bad_aliases, "aliases", f"invalid: {', '.join(bad_aliases)}")
-        check(bool(_FILE_NAME.match(self.source_file)), "source_file", "must be a plain file name")
+        placeholders = [name for name, value in self._templates() if ENTRY_PLACEHOLDER in value]
+        check(
+            self.entry is not None or not placeholders,
+            placeholders[0] if placeholders else "entry",
+            f"uses {ENTRY_PLACEHOLDER}, which needs an [entry] table",
+        )
+        source_file = self.program_for("").source_file
+        check(bool(_FILE_NAME.match(source_file)), "source_file", "must be a plain file name")
         check(bool(self.run), "run", "must name the program to run")
         check(bool(self.version_command), "version_command", "must name a command")
         check(bool(self.image) and " " not in self.image, "image", "must be an image reference")
@@ -124,6 +184,21 @@ class Runtime:
     def compiled(self) -> bool:
         """True when the source is compiled before it runs."""
         return bool(self.compile)
+
+    def _templates(self) -> list[tuple[str, str]]:
+        return [("source_file", self.source_file), *(("compile", a) for a in self.compile),
+                *(("run", a) for a in self.run)]  # fmt: skip
+
+    def program_for(self, code: str) -> Program:
+        """The file name and commands for ``code``, with the entry name it declares filled in."""
+        if self.entry is None:
+            return Program(self.source_file, self.compile, self.run)
+        name = self.entry.name_in(code)
+
+        def fill(value: str) -> str:
+            return value.replace(ENTRY_PLACEHOLDER, name)
+
+        return Program(fill(self.source_file), tuple(map(fill, self.compile)), tuple(map(fill, self.run)))
 
 
 class RuntimeConfigError(Exception):

@@ -38,6 +38,18 @@ async def test_hello(engine: Engine, runtime: Runtime) -> None:
     )
 
 
+NAMED = [(r, code) for r in RUNTIMES for code in r.conformance.named_entry]
+
+
+@pytest.mark.parametrize(("runtime", "code"), NAMED, ids=[f"{r.name}-{i}" for i, (r, _) in enumerate(NAMED)])
+async def test_named_entry_runs(engine: Engine, runtime: Runtime, code: str) -> None:
+    """A program whose class or module has its own name (HelloWorld, Solution, -module(anything)) runs."""
+    result = await run(engine, runtime, code)
+    assert (result.status, result.exit_code, result.stdout) == (ExecutionStatus.COMPLETED, 0, "hello\n"), (
+        result
+    )
+
+
 @ALL
 async def test_stdin_echoed(engine: Engine, runtime: Runtime) -> None:
     """Copies standard input to standard output unchanged."""

@@ -118,3 +118,55 @@ def test_build_key_follows_the_recipe() -> None:
     assert python is not None
     assert python.build.build_key() == python.build.build_key()
     assert python.build.build_key() != registry.get("ruby").build.build_key()  # type: ignore[union-attr]
+
+
+def test_java_files_are_named_after_the_public_class() -> None:
+    """Java's file and class names come from the public top-level class; without one, Main."""
+    java = load_runtimes(SHIPPED).get("java")
+    assert java is not None
+    hello_world = java.program_for(
+        "import java.util.*;\npublic final class HelloWorld {\n  public static class X {}\n}"
+    )
+    assert hello_world.source_file == "HelloWorld.java"
+    assert hello_world.compile[-1] == "HelloWorld.java"
+    assert hello_world.run[-1] == "HelloWorld"
+    nested_first = java.program_for(
+        "class A {\n    public static class Inner {}\n}\npublic class Solution {}\n"
+    )
+    assert nested_first.source_file == "Solution.java"
+    assert java.program_for("class Main {}").source_file == "Main.java"
+
+
+def test_an_entry_name_that_is_no_identifier_falls_back_to_the_default(tmp_path: Path) -> None:
+    """A matched name that could be a path or an option never names a file or reaches a command."""
+    (tmp_path / "x.toml").write_text(
+        VALID.replace('source_file = "main.py"', 'source_file = "{entry}.py"')
+        + "[entry]\npatterns = ['^#name: (.+)$']\ndefault = \"main\"\n"
+    )
+    runtime = load_runtimes(tmp_path).get("python")
+    assert runtime is not None
+    assert runtime.program_for("#name: good_name\n").source_file == "good_name.py"
+    for hostile in ("../../etc/passwd", "-rf", "a b", "x;rm", ""):
+        assert runtime.program_for(f"#name: {hostile}\n").source_file == "main.py", hostile
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ('source_file = "{entry}.py"', "source_file: uses {entry}, which needs an [entry] table"),
+        ("[entry]\npatterns = ['no group']\ndefault = \"main\"", "must have exactly one group"),
+        ("[entry]\npatterns = ['(unclosed']\ndefault = \"main\"", "is not a regular expression"),
+        ("[entry]\npatterns = ['(x)']\ndefault = \"../up\"", "entry.default: must be an identifier"),
+    ],
+)
+def test_invalid_entry_points_are_reported(tmp_path: Path, change: str, problem: str) -> None:
+    """A placeholder without an [entry] table, or a bad pattern or default, names the field."""
+    text = (
+        VALID.replace('source_file = "main.py"', change)
+        if change.startswith("source_file")
+        else VALID + change
+    )
+    (tmp_path / "x.toml").write_text(text)
+    with pytest.raises(RuntimeConfigError) as raised:
+        load_runtimes(tmp_path)
+    assert problem in str(raised.value)

@@ -32,7 +32,7 @@ from sandboxd.engine.sandbox import ProcessOutcome, Sandbox, SandboxHost
 from sandboxd.engine.watch import ContainerdUnavailableError, ContainerdWatch
 from sandboxd.images.inspect import ImageState, inspect_image
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, LanguageInfo
-from sandboxd.runtimes import Runtime, RuntimeRegistry, load_runtimes
+from sandboxd.runtimes import Program, Runtime, RuntimeRegistry, load_runtimes
 from sandboxd.supervisor import Supervised, Supervisor
 from sandboxd.validation import InvalidFieldError
 
@@ -101,6 +101,7 @@ class Plan:
 
     request: ExecutionRequest
     runtime: Runtime
+    program: Program
     timeout: float
     environment: Mapping[str, str]
 
@@ -244,6 +245,7 @@ class Engine:
         return Plan(
             request=request,
             runtime=runtime,
+            program=runtime.program_for(request.code),
             timeout=timeout,
             environment={**runtime.environment, **(request.environment or {})},
         )
@@ -293,7 +295,7 @@ class Engine:
             self._active.add(sandbox.id)
             try:
                 with self._watch.translating():
-                    await sandbox.write_files({runtime.source_file: plan.request.code.encode()})
+                    await sandbox.write_files({plan.program.source_file: plan.request.code.encode()})
                     setup = time.monotonic() - started
                     with self._housekeeping.program_running():
                         ending = await self._run_steps(sandbox, plan, self.sandbox_limits(runtime))
@@ -453,7 +455,7 @@ class Engine:
         budget = plan.timeout
         elapsed = 0.0
         if runtime.compiled:
-            built = await self._exec(sandbox, runtime.compile, plan, b"", budget)
+            built = await self._exec(sandbox, plan.program.compile, plan, b"", budget)
             elapsed = built.duration
             failure = await self._failure(sandbox, built, plan, limits)
             if failure is not None or built.exit_code != 0:
@@ -465,7 +467,7 @@ class Engine:
                 return _Ending(b"", stderr, -1, elapsed, status, note)
             budget = max(budget - elapsed, 0.001)
         stdin = (plan.request.stdin or "").encode()
-        ran = await self._exec(sandbox, runtime.run, plan, stdin, budget)
+        ran = await self._exec(sandbox, plan.program.run, plan, stdin, budget)
         elapsed += ran.duration
         failure = await self._failure(sandbox, ran, plan, limits)
         if failure is not None:
