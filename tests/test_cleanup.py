@@ -100,7 +100,7 @@ async def test_task_left_in_created_state_is_removed(
 ) -> None:
     """A sandbox whose start fails (task stuck in CREATED, which runsc will not signal) is still removed."""
 
-    async def failing_start(container_id: str, exec_id: str = "") -> int:
+    async def failing_start(container_id: str) -> int:
         raise ContainerdError("Start", "injected failure before the init process started")
 
     monkeypatch.setattr(engine.host.client.tasks, "start", failing_start)

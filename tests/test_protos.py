@@ -24,4 +24,5 @@ def test_service_paths_are_containerds() -> None:
     """The generated descriptors carry containerd's own package names (the wire contract)."""
     service = tasks_pb2.DESCRIPTOR.services_by_name["Tasks"]
     assert service.full_name == "containerd.services.tasks.v1.Tasks"
-    assert tasks_pb2.ExecProcessRequest.DESCRIPTOR.fields_by_name["exec_id"].number == 7
+    # containerd's field numbers, even where a field sandboxd never sends (exec_id = 2) was left out.
+    assert tasks_pb2.KillRequest.DESCRIPTOR.fields_by_name["signal"].number == 3

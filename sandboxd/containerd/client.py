@@ -64,7 +64,6 @@ class ExitStatus:
     """How a process ended: its status as containerd reports it (128+N for signal N)."""
 
     code: int
-    exited_at: dt.datetime | None
 
 
 @attrs.frozen
@@ -72,7 +71,6 @@ class ProcessInfo:
     """A task's init process as containerd lists it."""
 
     container_id: str
-    pid: int
     status: str
 
 
@@ -160,12 +158,6 @@ class Images(_Service[images_pb2.Image]):
         response = await self._channel.unary(self._method("Get"), request, images_pb2.GetImageResponse)
         return response.image
 
-    async def list(self, filters: Sequence[str] = ()) -> list[images_pb2.Image]:
-        """Return every image record matching the filters."""
-        request = images_pb2.ListImagesRequest(filters=filters)
-        response = await self._channel.unary(self._method("List"), request, images_pb2.ListImagesResponse)
-        return list(response.images)
-
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> images_pb2.Image:
         """Set the given labels on an image, leaving its other labels as they are."""
         image = images_pb2.Image(name=name, labels=labels)
@@ -173,11 +165,6 @@ class Images(_Service[images_pb2.Image]):
         request = images_pb2.UpdateImageRequest(image=image, update_mask=mask)
         response = await self._channel.unary(self._method("Update"), request, images_pb2.UpdateImageResponse)
         return response.image
-
-    async def delete(self, name: str) -> None:
-        """Delete the image record (its content is garbage-collected)."""
-        request = images_pb2.DeleteImageRequest(name=name)
-        await self._channel.unary(self._method("Delete"), request, empty_pb2.Empty)
 
 
 class Content(_Service[content_pb2.ReadContentResponse]):
@@ -314,7 +301,7 @@ class Containers(_Service[containers_pb2.Container]):
 
 
 class Tasks(_Service[task_pb2.Process]):
-    """Running process trees: a container's init process and the processes exec'd into it."""
+    """Running process trees: a container's init process and everything it starts."""
 
     PREFIX = "containerd.services.tasks.v1.Tasks"
 
@@ -338,35 +325,29 @@ class Tasks(_Service[task_pb2.Process]):
         response = await self._channel.unary(self._method("Create"), request, tasks_pb2.CreateTaskResponse)
         return response.pid
 
-    async def start(self, container_id: str, exec_id: str = "") -> int:
-        """Start the init process, or an exec'd process when ``exec_id`` is given; return its pid."""
-        request = tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id)
+    async def start(self, container_id: str) -> int:
+        """Start the init process; return its pid."""
+        request = tasks_pb2.StartRequest(container_id=container_id)
         response = await self._channel.unary(self._method("Start"), request, tasks_pb2.StartResponse)
         return response.pid
 
-    async def wait(self, container_id: str, exec_id: str = "") -> ExitStatus:
-        """Wait, without deadline, until the process exits."""
-        request = tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id)
+    async def wait(self, container_id: str) -> ExitStatus:
+        """Wait, without deadline, until the init process exits."""
+        request = tasks_pb2.WaitRequest(container_id=container_id)
         response = await self._channel.unary(
             self._method("Wait"), request, tasks_pb2.WaitResponse, timeout=None
         )
-        exited_at = response.exited_at.ToDatetime(dt.UTC) if response.HasField("exited_at") else None
-        return ExitStatus(code=response.exit_status, exited_at=exited_at)
+        return ExitStatus(code=response.exit_status)
 
-    async def kill(
-        self, container_id: str, signal: int, *, exec_id: str = "", all_processes: bool = False
-    ) -> None:
-        """Send a signal to the init process (or an exec'd one); ``all_processes`` signals every process."""
-        request = tasks_pb2.KillRequest(
-            container_id=container_id, exec_id=exec_id, signal=signal, all=all_processes
-        )
+    async def kill(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
+        """Send a signal to the init process; ``all_processes`` signals every process of the task."""
+        request = tasks_pb2.KillRequest(container_id=container_id, signal=signal, all=all_processes)
         await self._channel.unary(self._method("Kill"), request, empty_pb2.Empty)
 
-    async def delete(self, container_id: str) -> ExitStatus:
+    async def delete(self, container_id: str) -> None:
         """Delete a stopped task, which tears the sandbox down."""
         request = tasks_pb2.DeleteTaskRequest(container_id=container_id)
-        response = await self._channel.unary(self._method("Delete"), request, tasks_pb2.DeleteResponse)
-        return ExitStatus(code=response.exit_status, exited_at=None)
+        await self._channel.unary(self._method("Delete"), request, tasks_pb2.DeleteResponse)
 
     async def get(self, container_id: str) -> ProcessInfo:
         """Return the state of a task's init process."""
@@ -386,7 +367,6 @@ def _process_info(process: task_pb2.Process) -> ProcessInfo:
     # ListTasks names a task's container in ``id`` and leaves ``container_id`` empty.
     return ProcessInfo(
         container_id=process.container_id or process.id,
-        pid=process.pid,
         status=task_pb2.Status.Name(process.status),
     )
 
