@@ -1,8 +1,10 @@
-"""The committed protobuf stubs match proto/."""
+"""The committed protobuf stubs match proto/, and protobuf stays inside sandboxd/containerd/."""
 
 from __future__ import annotations
 
+import ast
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -11,6 +13,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import generate_protos  # noqa: E402
 
 from sandboxd.containerd._pb.containerd.services.tasks.v1 import tasks_pb2  # noqa: E402
+
+# Modules of these names are protobuf; only the containerd client may import them.
+_PROTOBUF = ("sandboxd.containerd._pb", "google.protobuf")
 
 
 def test_stubs_are_current(tmp_path: Path) -> None:
@@ -26,3 +31,31 @@ def test_service_paths_are_containerds() -> None:
     assert service.full_name == "containerd.services.tasks.v1.Tasks"
     # containerd's field numbers, even where a field sandboxd never sends (exec_id = 2) was left out.
     assert tasks_pb2.KillRequest.DESCRIPTOR.fields_by_name["signal"].number == 3
+
+
+def _imports(path: Path) -> Iterator[str]:
+    """Every module ``path`` imports, and for ``from X import Y`` also ``X.Y`` (Y may be a module)."""
+    package = list(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            yield module
+            yield from (f"{module}.{alias.name}" for alias in node.names)
+
+
+def test_protobuf_does_not_leave_the_containerd_package() -> None:
+    """Outside sandboxd/containerd/ nothing imports the stubs or protobuf: callers get attrs values."""
+    inside = ROOT / "sandboxd" / "containerd"
+    this_file = Path(__file__).resolve()  # checks the stubs themselves
+    offenders = sorted(
+        f"{path.relative_to(ROOT)}: {module}"
+        for folder in ("sandboxd", "tests", "bench", "tools")
+        for path in (ROOT / folder).rglob("*.py")
+        if not path.is_relative_to(inside) and path != this_file
+        for module in set(_imports(path))
+        if any(module == name or module.startswith(f"{name}.") for name in _PROTOBUF)
+    )
+    assert offenders == []

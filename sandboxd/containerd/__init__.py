@@ -1,6 +1,18 @@
-"""sandboxd's containerd client: typed services over gRPC, typed errors."""
+"""sandboxd's containerd client: typed services over gRPC, typed values and errors (no protobuf leaves it)."""
 
-from sandboxd.containerd.client import ContainerdClient, ExitStatus, Mount, ProcessInfo, Version
+from sandboxd.containerd.client import (
+    Container,
+    ContainerdClient,
+    Descriptor,
+    ExitStatus,
+    Image,
+    Lease,
+    Mount,
+    ProcessInfo,
+    RuncOptions,
+    Snapshot,
+    Version,
+)
 from sandboxd.containerd.errors import (
     AlreadyExistsError,
     ContainerdError,
@@ -13,15 +25,21 @@ from sandboxd.containerd.errors import (
 
 __all__ = [
     "AlreadyExistsError",
+    "Container",
     "ContainerdClient",
     "ContainerdError",
     "DeadlineExceededError",
+    "Descriptor",
     "ExitStatus",
     "FailedPreconditionError",
+    "Image",
     "InvalidArgumentError",
+    "Lease",
     "Mount",
     "NotFoundError",
     "ProcessInfo",
+    "RuncOptions",
+    "Snapshot",
     "UnavailableError",
     "Version",
 ]

@@ -23,8 +23,7 @@ from typing import Any, Final
 
 import attrs
 
-from sandboxd.containerd import ContainerdClient, ContainerdError, ExitStatus, NotFoundError
-from sandboxd.containerd._pb.containerd.runc.v1 import options_pb2
+from sandboxd.containerd import ContainerdClient, ContainerdError, ExitStatus, NotFoundError, RuncOptions
 from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput
 from sandboxd.engine.cgroups import CgroupUsage, read_usage
 from sandboxd.engine.cleanups import complete_even_if_cancelled
@@ -69,9 +68,9 @@ class SandboxHost:
         """The mark this daemon puts on its sandboxes."""
         return host_id_for(self.workspaces.parent)
 
-    def runtime_options(self) -> options_pb2.Options:
+    def runtime_options(self) -> RuncOptions:
         """Runc shim options that make it drive runsc through the wrapper."""
-        return options_pb2.Options(binary_name=str(self.runsc_wrapper), root=str(self.runsc_root))
+        return RuncOptions(binary_name=str(self.runsc_wrapper), root=str(self.runsc_root))
 
     async def force_delete(self, sandbox_id: str) -> None:
         """Remove a runsc container directly; containerd cannot kill one left in CREATED state."""
