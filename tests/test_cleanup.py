@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from sandboxd.config import Config
-from sandboxd.containerd import ContainerdClient, ContainerdError, Mount
+from sandboxd.containerd import ContainerdClient, ContainerdError, Mount, TaskStatus
 from sandboxd.engine.cleanups import drain_cleanups
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.oci import SandboxLimits
@@ -84,7 +84,7 @@ async def test_cancelled_execution_cleans_up(
     )
     running = asyncio.ensure_future(engine.execute(plan))
     await asyncio.sleep(1.5)  # boot takes well under a second: the program is sleeping now
-    assert any(task.status == "RUNNING" for task in await containerd.tasks.list())
+    assert any(task.status is TaskStatus.RUNNING for task in await containerd.tasks.list())
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running

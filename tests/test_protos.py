@@ -12,7 +12,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import generate_protos  # noqa: E402
 
+from sandboxd.containerd import TaskStatus  # noqa: E402
 from sandboxd.containerd._pb.containerd.services.tasks.v1 import tasks_pb2  # noqa: E402
+from sandboxd.containerd._pb.containerd.types.task import task_pb2  # noqa: E402
+from sandboxd.containerd.client import _process_info  # noqa: E402
 
 # Modules of these names are protobuf; only the containerd client may import them.
 _PROTOBUF = ("sandboxd.containerd._pb", "google.protobuf")
@@ -31,6 +34,15 @@ def test_service_paths_are_containerds() -> None:
     assert service.full_name == "containerd.services.tasks.v1.Tasks"
     # containerd's field numbers, even where a field sandboxd never sends (exec_id = 2) was left out.
     assert tasks_pb2.KillRequest.DESCRIPTOR.fields_by_name["signal"].number == 3
+
+
+def test_task_states_become_the_clients_enum() -> None:
+    """Every state of containerd's enum has its TaskStatus; a state it adds later reads as UNKNOWN."""
+    assert {status.name for status in TaskStatus} == set(task_pb2.Status.keys())
+    for status in TaskStatus:
+        assert _process_info(task_pb2.Process(id="c", status=status.name)).status is status
+    later = task_pb2.Process(container_id="c", status=99)  # type: ignore[arg-type]
+    assert _process_info(later).status is TaskStatus.UNKNOWN
 
 
 def _imports(path: Path) -> Iterator[str]:

@@ -11,6 +11,7 @@ from sandboxd.containerd.client import (
     ProcessInfo,
     RuncOptions,
     Snapshot,
+    TaskStatus,
     Version,
 )
 from sandboxd.containerd.errors import (
@@ -40,6 +41,7 @@ __all__ = [
     "ProcessInfo",
     "RuncOptions",
     "Snapshot",
+    "TaskStatus",
     "UnavailableError",
     "Version",
 ]

@@ -9,6 +9,7 @@ crashed daemon left behind once the lease expires.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -115,12 +116,33 @@ class ExitStatus:
     code: int
 
 
+class TaskStatus(enum.Enum):
+    """The state of a task's init process."""
+
+    UNKNOWN = "unknown"
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    PAUSING = "pausing"
+
+
+_TASK_STATUS: Final = {
+    task_pb2.UNKNOWN: TaskStatus.UNKNOWN,
+    task_pb2.CREATED: TaskStatus.CREATED,
+    task_pb2.RUNNING: TaskStatus.RUNNING,
+    task_pb2.STOPPED: TaskStatus.STOPPED,
+    task_pb2.PAUSED: TaskStatus.PAUSED,
+    task_pb2.PAUSING: TaskStatus.PAUSING,
+}
+
+
 @attrs.frozen
 class ProcessInfo:
     """A task's init process as containerd lists it."""
 
     container_id: str
-    status: str
+    status: TaskStatus
 
 
 def _serialize(request: message.Message) -> bytes:
@@ -422,7 +444,7 @@ def _process_info(process: task_pb2.Process) -> ProcessInfo:
     # ListTasks names a task's container in ``id`` and leaves ``container_id`` empty.
     return ProcessInfo(
         container_id=process.container_id or process.id,
-        status=task_pb2.Status.Name(process.status),
+        status=_TASK_STATUS.get(process.status, TaskStatus.UNKNOWN),
     )
 
 
@@ -506,5 +528,6 @@ __all__ = [
     "ProcessInfo",
     "RuncOptions",
     "Snapshot",
+    "TaskStatus",
     "Version",
 ]

@@ -23,7 +23,14 @@ from typing import Any, Final
 
 import attrs
 
-from sandboxd.containerd import ContainerdClient, ContainerdError, ExitStatus, NotFoundError, RuncOptions
+from sandboxd.containerd import (
+    ContainerdClient,
+    ContainerdError,
+    ExitStatus,
+    NotFoundError,
+    RuncOptions,
+    TaskStatus,
+)
 from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput
 from sandboxd.engine.cgroups import CgroupUsage, read_usage
 from sandboxd.engine.cleanups import complete_even_if_cancelled
@@ -361,7 +368,9 @@ class Sandbox:
                 status = (await tasks.get(self.id)).status
             except NotFoundError:
                 return
-            self._init_exit = asyncio.ensure_future(tasks.wait(self.id)) if status != "STOPPED" else None
+            self._init_exit = (
+                asyncio.ensure_future(tasks.wait(self.id)) if status is not TaskStatus.STOPPED else None
+            )
         if self._init_exit is not None and not self._init_exit.done():
             try:
                 await tasks.kill(self.id, signal.SIGKILL, all_processes=True)
@@ -369,7 +378,7 @@ class Sandbox:
                 self._stop_watching()
                 return
             except ContainerdError as error:
-                if (await tasks.get(self.id)).status == "CREATED":
+                if (await tasks.get(self.id)).status is TaskStatus.CREATED:
                     # runsc refuses to signal a container that never started.
                     log.info("sandbox %s: forcing deletion of a CREATED task (%s)", self.id, error.detail)
                     await self.host.force_delete(self.id)
