@@ -24,7 +24,7 @@ from sandboxd.engine.engine import RuntimeUnavailableError, UnsupportedLanguageE
 from sandboxd.engine.host import StartupError, build_engine, client_for, connect, engine_work_dir
 from sandboxd.images.build import ImageBuilder, ImageBuildError
 from sandboxd.images.inspect import inspect_image
-from sandboxd.models import ExecutionRequest
+from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.ops.doctor import checks
 from sandboxd.ops.logging import configure_logging
 from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
@@ -156,7 +156,7 @@ async def _run_file(config: Config, args: argparse.Namespace) -> int:
         await drain_cleanups()
         await client.close()
     print(json.dumps(converter.unstructure(result), indent=2))
-    return 0 if result.status == "completed" and result.exit_code == 0 else 1
+    return 0 if result.status is ExecutionStatus.COMPLETED and result.exit_code == 0 else 1
 
 
 def _keys_add(args: argparse.Namespace) -> int:
