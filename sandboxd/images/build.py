@@ -17,23 +17,32 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
 from sandboxd.containerd import ContainerdClient
-from sandboxd.images.inspect import (
-    ARCH,
-    BUILD_KEY_LABEL,
-    RUNTIME_LABEL,
-    VERSION_LABEL,
-    ImageState,
-    inspect_image,
-)
+from sandboxd.images.inspect import BUILD_KEY_LABEL, RUNTIME_LABEL, VERSION_LABEL, ImageState, inspect_image
 from sandboxd.images.layers import add_whiteouts, diff_trees
+from sandboxd.images.oci_image import (
+    CONFIG_TYPE,
+    HOST_PLATFORM,
+    IMAGE_NAME_ANNOTATION,
+    INDEX_TYPE,
+    LAYER_TYPE,
+    MANIFEST_TYPE,
+    ContainerConfig,
+    Descriptor,
+    History,
+    ImageConfig,
+    ImageLayout,
+    Index,
+    Manifest,
+    RootFS,
+)
 from sandboxd.runtimes import IMAGE_RECIPE_VERSION, Runtime
+from sandboxd.validation import converter
 
-_LAYER_TYPE: Final = "application/vnd.oci.image.layer.v1.tar"
 # Left out of every image: documentation, manual pages and translations nobody reads in a sandbox.
 _DPKG_EXCLUDES: Final = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*")
 
@@ -174,36 +183,34 @@ class ImageBuilder:
         # every image. Not a hard link: another build linking it changes its ctime, and tar,
         # reading it meanwhile, would fail ("file changed as we read it").
         (blobs / base.digest.removeprefix("sha256:")).symlink_to(base.blob)
-        config = {
-            "architecture": ARCH,
-            "os": "linux",
-            "config": {"Labels": {RUNTIME_LABEL: runtime.name, VERSION_LABEL: version}},
-            "rootfs": {"type": "layers", "diff_ids": [base.digest, layer_digest]},
-            "history": [
-                {"created_by": f"mmdebstrap --variant=essential {runtime.build.suite}"},
-                {"created_by": f"sandboxd images build {runtime.name}"},
-            ],
-        }
-        config_desc = _write_blob(blobs, "application/vnd.oci.image.config.v1+json", config)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": config_desc,
-            "layers": [
-                {"mediaType": _LAYER_TYPE, "digest": base.digest, "size": base.size},
-                {"mediaType": _LAYER_TYPE, "digest": layer_digest, "size": layer_size},
-            ],
-        }
-        manifest_desc = _write_blob(blobs, "application/vnd.oci.image.manifest.v1+json", manifest)
-        manifest_desc["platform"] = {"architecture": ARCH, "os": "linux"}
-        manifest_desc["annotations"] = {"io.containerd.image.name": runtime.image}
-        index = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [manifest_desc],
-        }
-        (oci_dir / "index.json").write_text(json.dumps(index))
-        (oci_dir / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        config = ImageConfig(
+            architecture=HOST_PLATFORM.architecture,
+            os=HOST_PLATFORM.os,
+            config=ContainerConfig(labels={RUNTIME_LABEL: runtime.name, VERSION_LABEL: version}),
+            rootfs=RootFS(type="layers", diff_ids=(base.digest, layer_digest)),
+            history=(
+                History(created_by=f"mmdebstrap --variant=essential {runtime.build.suite}"),
+                History(created_by=f"sandboxd images build {runtime.name}"),
+            ),
+        )
+        manifest = Manifest(
+            schema_version=2,
+            media_type=MANIFEST_TYPE,
+            config=_write_blob(blobs, CONFIG_TYPE, config),
+            layers=(
+                Descriptor(media_type=LAYER_TYPE, digest=base.digest, size=base.size),
+                Descriptor(media_type=LAYER_TYPE, digest=layer_digest, size=layer_size),
+            ),
+        )
+        manifest_desc = attrs.evolve(
+            _write_blob(blobs, MANIFEST_TYPE, manifest),
+            platform=HOST_PLATFORM,
+            annotations={IMAGE_NAME_ANNOTATION: runtime.image},
+        )
+        index = Index(schema_version=2, media_type=INDEX_TYPE, manifests=(manifest_desc,))
+        (oci_dir / "index.json").write_text(json.dumps(converter.unstructure(index)))
+        layout = ImageLayout(image_layout_version="1.0.0")
+        (oci_dir / "oci-layout").write_text(json.dumps(converter.unstructure(layout)))
 
     async def _pack_layer(
         self, name: str, rootfs: Path, target: Path, members: Sequence[str] | None = None
@@ -317,8 +324,8 @@ def write_into_rootfs(rootfs: Path, path: str, content: bytes) -> None:
         os.close(directory)
 
 
-def _write_blob(blobs: Path, media_type: str, document: Any) -> dict[str, Any]:
-    data = json.dumps(document, sort_keys=True).encode()
+def _write_blob(blobs: Path, media_type: str, document: ImageConfig | Manifest) -> Descriptor:
+    data = json.dumps(converter.unstructure(document), sort_keys=True).encode()
     digest = hashlib.sha256(data).hexdigest()
     (blobs / digest).write_bytes(data)
-    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+    return Descriptor(media_type=media_type, digest=f"sha256:{digest}", size=len(data))
