@@ -15,26 +15,18 @@ from sandboxd.containerd.client import (
     Version,
 )
 from sandboxd.containerd.errors import (
-    AlreadyExistsError,
     ContainerdError,
-    DeadlineExceededError,
-    FailedPreconditionError,
-    InvalidArgumentError,
     NotFoundError,
     UnavailableError,
 )
 
 __all__ = [
-    "AlreadyExistsError",
     "Container",
     "ContainerdClient",
     "ContainerdError",
-    "DeadlineExceededError",
     "Descriptor",
     "ExitStatus",
-    "FailedPreconditionError",
     "Image",
-    "InvalidArgumentError",
     "Lease",
     "Mount",
     "NotFoundError",

@@ -10,6 +10,7 @@ and the runtime's own layer, which holds what its packages add or change.
 """
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -96,7 +97,7 @@ class ImageBuilder:
         if packages:
             argv.append("--include=" + ",".join(packages))
         argv += [f"--dpkgopt=path-exclude={pattern}" for pattern in _DPKG_EXCLUDES]
-        await self._run(name, [*argv, suite, str(rootfs)])
+        await self._run_with_progress(name, [*argv, suite, str(rootfs)])
         # The sandbox's root is read-only, so mount points must exist in the image.
         (rootfs / "workspace").mkdir(mode=0o755, exist_ok=True)
 
@@ -269,21 +270,21 @@ class ImageBuilder:
             detail = (ctr_out + tar_err).decode(errors="replace")[-2000:]
             raise ImageBuildError(f"[{name}] import failed: {detail}")
 
-    async def _run(self, name: str, argv: Sequence[str]) -> str:
+    async def _run_with_progress(self, name: str, argv: Sequence[str]) -> None:
+        """Run ``argv``, passing each line it prints to ``progress``; fail with its last lines."""
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         if process.stdout is None:
             raise ImageBuildError(f"[{name}] {argv[0]} gave no output pipe")
-        lines: list[str] = []
+        lines: collections.deque[str] = collections.deque(maxlen=20)
         async for raw in process.stdout:
             line = raw.decode(errors="replace").rstrip()
             lines.append(line)
             self.progress(f"[{name}]   {line}")
         if await process.wait() != 0:
-            tail = "\n".join(lines[-20:])
+            tail = "\n".join(lines)
             raise ImageBuildError(f"[{name}] {argv[0]} exited with status {process.returncode}:\n{tail}")
-        return "\n".join(lines)
 
 
 async def _feed(stream: asyncio.StreamWriter, data: bytes) -> None:
