@@ -21,8 +21,8 @@ from sandboxd.config import Config, ConfigError, load_config
 from sandboxd.containerd import ContainerdError
 from sandboxd.engine.cleanups import drain_cleanups
 from sandboxd.engine.engine import RuntimeUnavailableError, UnsupportedLanguageError
-from sandboxd.engine.host import StartupError, build_engine, client_for, connect, engine_work_dir
-from sandboxd.images.build import ImageBuilder, ImageBuildError
+from sandboxd.engine.host import StartupError, build_engine, client_for, connect
+from sandboxd.images.build import ImageBuilder, ImageBuildError, image_build_dir
 from sandboxd.images.inspect import inspect_image
 from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.ops.doctor import checks
@@ -93,7 +93,7 @@ async def _images_build(config: Config, names: Sequence[str], force: bool, jobs:
 
     try:
         await connect(client)
-        builder = ImageBuilder(client, engine_work_dir(config), lambda line: print(line, flush=True))
+        builder = ImageBuilder(client, image_build_dir(config), lambda line: print(line, flush=True))
         started = time.monotonic()
         await asyncio.gather(*(build(runtime) for runtime in runtimes))
         ready, took = len(runtimes) - len(failed), time.monotonic() - started

@@ -22,6 +22,7 @@ from typing import Final
 
 import attrs
 
+from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
 from sandboxd.images.inspect import BUILD_KEY_LABEL, RUNTIME_LABEL, VERSION_LABEL, ImageState, inspect_image
 from sandboxd.images.layers import add_whiteouts, diff_trees
@@ -46,6 +47,11 @@ from sandboxd.validation import converter
 
 # Left out of every image: documentation, manual pages and translations nobody reads in a sandbox.
 _DPKG_EXCLUDES: Final = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*")
+
+
+def image_build_dir(config: Config) -> Path:
+    """Where image builds make their root filesystems and keep the shared base layer."""
+    return config.paths.data / "build"
 
 
 @attrs.frozen
