@@ -22,9 +22,9 @@ from sandboxd.api.state import NOTIFIER
 from sandboxd.config import Config, ConfigError, load_config
 from sandboxd.containerd import ContainerdError
 from sandboxd.engine.engine import Engine, RuntimeUnavailableError, UnsupportedLanguageError
-from sandboxd.engine.host import StartupError, client_for, connect, engine_work_dir
+from sandboxd.engine.host import StartupError, client_for, connect
 from sandboxd.images.inspect import inspect_image
-from sandboxd.models import ExecutionRequest
+from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.ops.doctor import checks
 from sandboxd.ops.logging import configure_logging
 from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
@@ -79,7 +79,7 @@ def _select(runtimes: Sequence[Runtime], names: Sequence[str]) -> list[Runtime]:
 async def _images_build(config: Config, names: Sequence[str], force: bool, jobs: int) -> int:
     # Imported here, not at the top: `sandboxd serve` runs this module too, and the daemon
     # never builds images (it only inspects them).
-    from sandboxd.images.build import ImageBuilder, ImageBuildError  # noqa: PLC0415
+    from sandboxd.images.build import ImageBuilder, ImageBuildError, image_build_dir  # noqa: PLC0415
 
     runtimes = _select(load_runtimes(config.paths.runtimes).runtimes, names)
     client = client_for(config)
@@ -97,7 +97,7 @@ async def _images_build(config: Config, names: Sequence[str], force: bool, jobs:
 
     try:
         await connect(client)
-        builder = ImageBuilder(client, engine_work_dir(config), lambda line: print(line, flush=True))
+        builder = ImageBuilder(client, image_build_dir(config), lambda line: print(line, flush=True))
         started = time.monotonic()
         await asyncio.gather(*(build(runtime) for runtime in runtimes))
         ready, took = len(runtimes) - len(failed), time.monotonic() - started
@@ -165,7 +165,7 @@ async def _run_file(config: Config, args: argparse.Namespace) -> int:
     finally:
         await client.close()
     print(json.dumps(converter.unstructure(result), indent=2))
-    return 0 if result.status == "completed" and result.exit_code == 0 else 1
+    return 0 if result.status is ExecutionStatus.COMPLETED and result.exit_code == 0 else 1
 
 
 def _keys_add(args: argparse.Namespace) -> int:

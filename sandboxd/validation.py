@@ -2,20 +2,25 @@
 
 Everything that comes from outside (HTTP bodies, runtime TOML files, the daemon's
 configuration) is structured into attrs classes here. Primitives are not
-coerced: ``1`` is not a string and ``"ab"`` is not a list.
+coerced: ``1`` is not a string and ``"ab"`` is not a list. Classes marked
+``external_document`` (JSON other programs write: OCI images) keep the keys
+that format spells its own way (``json_key``) and ignore keys sandboxd does not model.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, get_args
+from typing import Any, Final, TypeVar, get_args
 
 import attrs
 import cattrs
 from cattrs.errors import ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 _T = TypeVar("_T")
+_JSON_KEY: Final = "sandboxd.json_key"
+_EXTERNAL_DOCUMENT: Final = "__sandboxd_external_document__"
 
 
 class InvalidFieldError(ValueError):
@@ -33,6 +38,32 @@ class ValidationError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+def json_key(key: str) -> dict[str, str]:
+    """Field metadata: the field's key in JSON, where it is not the field's name (``mediaType``)."""
+    return {_JSON_KEY: key}
+
+
+def external_document(cls: type[_T]) -> type[_T]:
+    """Class decorator: ``cls`` models JSON another program writes.
+
+    Its fields are read from and written to the keys ``json_key`` names, keys it
+    does not model are ignored (the format may grow), and fields at their
+    default are left out when it is unstructured (the format's optional fields).
+    """
+    setattr(cls, _EXTERNAL_DOCUMENT, True)
+    return cls
+
+
+def _document_keys(cls: type[Any]) -> dict[str, Any]:
+    """Per-field overrides (cattrs ``override``) for an external document's fields."""
+    return {
+        field.name: override(
+            rename=field.metadata.get(_JSON_KEY), omit_if_default=field.default is not attrs.NOTHING
+        )
+        for field in attrs.fields(cls)
+    }
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
@@ -79,6 +110,19 @@ def _make_converter() -> cattrs.Converter:
         return dict(value)
 
     converter.register_structure_hook_func(is_str_mapping, structure_str_mapping)
+
+    def is_external_document(cls: Any) -> bool:
+        return isinstance(cls, type) and cls.__dict__.get(_EXTERNAL_DOCUMENT) is True
+
+    converter.register_structure_hook_factory(
+        is_external_document,
+        lambda cls: make_dict_structure_fn(
+            cls, converter, _cattrs_forbid_extra_keys=False, **_document_keys(cls)
+        ),
+    )
+    converter.register_unstructure_hook_factory(
+        is_external_document, lambda cls: make_dict_unstructure_fn(cls, converter, **_document_keys(cls))
+    )
     return converter
 
 

@@ -16,8 +16,7 @@ from sandboxd.api.app import create_app
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine.engine import Engine, RuntimeUnavailableError
-from sandboxd.engine.host import engine_work_dir
-from sandboxd.images.build import ImageBuilder
+from sandboxd.images.build import ImageBuilder, image_build_dir
 from sandboxd.images.inspect import inspect_image
 from sandboxd.models import ExecutionRequest
 
@@ -50,7 +49,7 @@ async def test_current_image_is_not_rebuilt(
     python = engine.runtimes.get("python")
     assert python is not None
     said: list[str] = []
-    builder = ImageBuilder(containerd, engine_work_dir(config), said.append)
+    builder = ImageBuilder(containerd, image_build_dir(config), said.append)
     state = await builder.build(python)
     assert state.available
     assert state.version is not None

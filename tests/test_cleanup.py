@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from sandboxd.config import Config
-from sandboxd.containerd import ContainerdClient, ContainerdError, Mount
+from sandboxd.containerd import ContainerdClient, ContainerdError, Mount, TaskStatus
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.oci import SandboxLimits
 from sandboxd.engine.sandbox import Sandbox
@@ -84,7 +84,7 @@ async def test_cancelled_execution_cleans_up(
     )
     running = asyncio.ensure_future(engine.execute(plan, str(uuid.uuid4())))
     await asyncio.sleep(1.5)  # boot takes well under a second: the program is sleeping now
-    assert any(task.status == "RUNNING" for task in await containerd.tasks.list())
+    assert any(task.status is TaskStatus.RUNNING for task in await containerd.tasks.list())
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
@@ -100,7 +100,7 @@ async def test_task_left_in_created_state_is_removed(
 ) -> None:
     """A sandbox whose start fails (task stuck in CREATED, which runsc will not signal) is still removed."""
 
-    async def failing_start(container_id: str, exec_id: str = "") -> int:
+    async def failing_start(container_id: str) -> int:
         raise ContainerdError("Start", "injected failure before the init process started")
 
     monkeypatch.setattr(engine.host.client.tasks, "start", failing_start)

@@ -9,9 +9,10 @@ crashed daemon left behind once the lease expires.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
 import grpc
@@ -29,9 +30,9 @@ from sandboxd.containerd._pb.containerd.types import mount_pb2
 from sandboxd.containerd._pb.containerd.types.task import task_pb2
 from sandboxd.containerd.errors import ContainerdError, translate
 
-SPEC_TYPE_URL: Final = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
-RUNC_OPTIONS_TYPE_URL: Final = "containerd.runc.v1.Options"
-GC_EXPIRE_LABEL: Final = "containerd.io/gc.expire"
+_SPEC_TYPE_URL: Final = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+_RUNC_OPTIONS_TYPE_URL: Final = "containerd.runc.v1.Options"
+_GC_EXPIRE_LABEL: Final = "containerd.io/gc.expire"
 
 _Response = TypeVar("_Response", bound=message.Message)
 
@@ -49,14 +50,63 @@ class Mount:
     target: str = ""
     options: tuple[str, ...] = ()
 
-    def to_pb(self) -> mount_pb2.Mount:
-        """Return the wire form."""
-        return mount_pb2.Mount(type=self.type, source=self.source, target=self.target, options=self.options)
 
-    @classmethod
-    def from_pb(cls, mount: mount_pb2.Mount) -> Mount:
-        """Build from the wire form."""
-        return cls(type=mount.type, source=mount.source, target=mount.target, options=tuple(mount.options))
+def _mount_to_pb(mount: Mount) -> mount_pb2.Mount:
+    return mount_pb2.Mount(type=mount.type, source=mount.source, target=mount.target, options=mount.options)
+
+
+def _mount_from_pb(mount: mount_pb2.Mount) -> Mount:
+    return Mount(type=mount.type, source=mount.source, target=mount.target, options=tuple(mount.options))
+
+
+@attrs.frozen
+class RuncOptions:
+    """Options of containerd's runc shim: the OCI runtime binary it drives, and that runtime's state root."""
+
+    binary_name: str
+    root: str
+
+
+@attrs.frozen
+class Descriptor:
+    """Content as containerd points at it: media type, digest and size of a blob."""
+
+    media_type: str
+    digest: str
+    size: int
+
+
+@attrs.frozen
+class Image:
+    """An image record: a name and labels pointing at its root blob (a manifest or an index)."""
+
+    name: str
+    labels: Mapping[str, str]
+    target: Descriptor
+
+
+@attrs.frozen
+class Snapshot:
+    """A snapshot as its snapshotter lists it."""
+
+    name: str
+    labels: Mapping[str, str]
+
+
+@attrs.frozen
+class Container:
+    """A container record as containerd lists it."""
+
+    id: str
+    labels: Mapping[str, str]
+
+
+@attrs.frozen
+class Lease:
+    """A lease as containerd lists it."""
+
+    id: str
+    labels: Mapping[str, str]
 
 
 @attrs.frozen
@@ -64,7 +114,27 @@ class ExitStatus:
     """How a process ended: its status as containerd reports it (128+N for signal N)."""
 
     code: int
-    exited_at: dt.datetime | None
+
+
+class TaskStatus(enum.Enum):
+    """The state of a task's init process."""
+
+    UNKNOWN = "unknown"
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    PAUSING = "pausing"
+
+
+_TASK_STATUS: Final = {
+    task_pb2.UNKNOWN: TaskStatus.UNKNOWN,
+    task_pb2.CREATED: TaskStatus.CREATED,
+    task_pb2.RUNNING: TaskStatus.RUNNING,
+    task_pb2.STOPPED: TaskStatus.STOPPED,
+    task_pb2.PAUSED: TaskStatus.PAUSED,
+    task_pb2.PAUSING: TaskStatus.PAUSING,
+}
 
 
 @attrs.frozen
@@ -72,8 +142,7 @@ class ProcessInfo:
     """A task's init process as containerd lists it."""
 
     container_id: str
-    pid: int
-    status: str
+    status: TaskStatus
 
 
 def _serialize(request: message.Message) -> bytes:
@@ -137,7 +206,7 @@ class _Channel:
             raise translate(method, error) from error
 
 
-class _Service(Generic[_Response]):
+class _Service:
     """Base of the per-service wrappers: holds the channel and the RPC path prefix."""
 
     PREFIX: str = ""
@@ -149,38 +218,31 @@ class _Service(Generic[_Response]):
         return f"/{self.PREFIX}/{name}"
 
 
-class Images(_Service[images_pb2.Image]):
+class Images(_Service):
     """containerd's image metadata store: names pointing at content descriptors."""
 
     PREFIX = "containerd.services.images.v1.Images"
 
-    async def get(self, name: str) -> images_pb2.Image:
+    async def get(self, name: str) -> Image:
         """Return the image record called ``name``."""
         request = images_pb2.GetImageRequest(name=name)
         response = await self._channel.unary(self._method("Get"), request, images_pb2.GetImageResponse)
-        return response.image
+        image, target = response.image, response.image.target
+        return Image(
+            name=image.name,
+            labels=dict(image.labels),
+            target=Descriptor(media_type=target.media_type, digest=target.digest, size=target.size),
+        )
 
-    async def list(self, filters: Sequence[str] = ()) -> list[images_pb2.Image]:
-        """Return every image record matching the filters."""
-        request = images_pb2.ListImagesRequest(filters=filters)
-        response = await self._channel.unary(self._method("List"), request, images_pb2.ListImagesResponse)
-        return list(response.images)
-
-    async def set_labels(self, name: str, labels: Mapping[str, str]) -> images_pb2.Image:
+    async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         """Set the given labels on an image, leaving its other labels as they are."""
         image = images_pb2.Image(name=name, labels=labels)
         mask = field_mask_pb2.FieldMask(paths=[f"labels.{key}" for key in labels])
         request = images_pb2.UpdateImageRequest(image=image, update_mask=mask)
-        response = await self._channel.unary(self._method("Update"), request, images_pb2.UpdateImageResponse)
-        return response.image
-
-    async def delete(self, name: str) -> None:
-        """Delete the image record (its content is garbage-collected)."""
-        request = images_pb2.DeleteImageRequest(name=name)
-        await self._channel.unary(self._method("Delete"), request, empty_pb2.Empty)
+        await self._channel.unary(self._method("Update"), request, images_pb2.UpdateImageResponse)
 
 
-class Content(_Service[content_pb2.ReadContentResponse]):
+class Content(_Service):
     """containerd's content-addressed blob store."""
 
     PREFIX = "containerd.services.content.v1.Content"
@@ -207,7 +269,11 @@ class Content(_Service[content_pb2.ReadContentResponse]):
         return json.loads(await self.read(digest))
 
 
-class Snapshots(_Service[snapshots_pb2.Info]):
+def _snapshot(info: snapshots_pb2.Info) -> Snapshot:
+    return Snapshot(name=info.name, labels=dict(info.labels))
+
+
+class Snapshots(_Service):
     """One snapshotter's snapshots (overlayfs by default)."""
 
     PREFIX = "containerd.services.snapshots.v1.Snapshots"
@@ -226,7 +292,7 @@ class Snapshots(_Service[snapshots_pb2.Info]):
         response = await self._channel.unary(
             self._method("Prepare"), request, snapshots_pb2.PrepareSnapshotResponse, lease=lease
         )
-        return [Mount.from_pb(m) for m in response.mounts]
+        return [_mount_from_pb(m) for m in response.mounts]
 
     async def view(self, key: str, parent: str, *, lease: str | None) -> list[Mount]:
         """Create a read-only view of ``parent`` and return its mounts."""
@@ -234,33 +300,33 @@ class Snapshots(_Service[snapshots_pb2.Info]):
         response = await self._channel.unary(
             self._method("View"), request, snapshots_pb2.ViewSnapshotResponse, lease=lease
         )
-        return [Mount.from_pb(m) for m in response.mounts]
+        return [_mount_from_pb(m) for m in response.mounts]
 
-    async def stat(self, key: str) -> snapshots_pb2.Info:
+    async def stat(self, key: str) -> Snapshot:
         """Return a snapshot's metadata."""
         request = snapshots_pb2.StatSnapshotRequest(snapshotter=self.snapshotter, key=key)
         response = await self._channel.unary(
             self._method("Stat"), request, snapshots_pb2.StatSnapshotResponse
         )
-        return response.info
+        return _snapshot(response.info)
 
     async def remove(self, key: str) -> None:
         """Remove a snapshot."""
         request = snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=key)
         await self._channel.unary(self._method("Remove"), request, empty_pb2.Empty)
 
-    async def list(self, filters: Sequence[str] = ()) -> list[snapshots_pb2.Info]:
+    async def list(self, filters: Sequence[str] = ()) -> list[Snapshot]:
         """Return every snapshot matching the filters."""
         request = snapshots_pb2.ListSnapshotsRequest(snapshotter=self.snapshotter, filters=filters)
-        found: list[snapshots_pb2.Info] = []
+        found: list[Snapshot] = []
         async for page in self._channel.stream(
             self._method("List"), request, snapshots_pb2.ListSnapshotsResponse
         ):
-            found.extend(page.info)
+            found.extend(_snapshot(info) for info in page.info)
         return found
 
 
-class Containers(_Service[containers_pb2.Container]):
+class Containers(_Service):
     """Container metadata: id, OCI spec, runtime and snapshot key. Nothing runs here."""
 
     PREFIX = "containerd.services.containers.v1.Containers"
@@ -271,41 +337,39 @@ class Containers(_Service[containers_pb2.Container]):
         *,
         spec: Mapping[str, Any],
         runtime: str,
-        runtime_options: options_pb2.Options,
+        runtime_options: RuncOptions,
         snapshotter: str,
         snapshot_key: str,
         image: str,
         labels: Mapping[str, str],
         lease: str | None,
-    ) -> containers_pb2.Container:
+    ) -> None:
         """Store a new container record."""
+        options = options_pb2.Options(binary_name=runtime_options.binary_name, root=runtime_options.root)
         container = containers_pb2.Container(
             id=container_id,
             labels=labels,
             image=image,
             runtime=containers_pb2.Container.Runtime(
                 name=runtime,
-                options=any_pb2.Any(
-                    type_url=RUNC_OPTIONS_TYPE_URL, value=runtime_options.SerializeToString()
-                ),
+                options=any_pb2.Any(type_url=_RUNC_OPTIONS_TYPE_URL, value=options.SerializeToString()),
             ),
-            spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()),
+            spec=any_pb2.Any(type_url=_SPEC_TYPE_URL, value=json.dumps(spec).encode()),
             snapshotter=snapshotter,
             snapshot_key=snapshot_key,
         )
         request = containers_pb2.CreateContainerRequest(container=container)
-        response = await self._channel.unary(
+        await self._channel.unary(
             self._method("Create"), request, containers_pb2.CreateContainerResponse, lease=lease
         )
-        return response.container
 
-    async def list(self, filters: Sequence[str] = ()) -> list[containers_pb2.Container]:
+    async def list(self, filters: Sequence[str] = ()) -> list[Container]:
         """Return every container matching the filters."""
         request = containers_pb2.ListContainersRequest(filters=filters)
         response = await self._channel.unary(
             self._method("List"), request, containers_pb2.ListContainersResponse
         )
-        return list(response.containers)
+        return [Container(id=c.id, labels=dict(c.labels)) for c in response.containers]
 
     async def delete(self, container_id: str) -> None:
         """Delete a container record (its task must be gone)."""
@@ -313,8 +377,8 @@ class Containers(_Service[containers_pb2.Container]):
         await self._channel.unary(self._method("Delete"), request, empty_pb2.Empty)
 
 
-class Tasks(_Service[task_pb2.Process]):
-    """Running process trees: a container's init process and the processes exec'd into it."""
+class Tasks(_Service):
+    """Running process trees: a container's init process and everything it starts."""
 
     PREFIX = "containerd.services.tasks.v1.Tasks"
 
@@ -330,7 +394,7 @@ class Tasks(_Service[task_pb2.Process]):
         """Create the task (the sandbox boots; the init process is not started yet); return its pid."""
         request = tasks_pb2.CreateTaskRequest(
             container_id=container_id,
-            rootfs=[m.to_pb() for m in rootfs],
+            rootfs=[_mount_to_pb(m) for m in rootfs],
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
@@ -338,35 +402,29 @@ class Tasks(_Service[task_pb2.Process]):
         response = await self._channel.unary(self._method("Create"), request, tasks_pb2.CreateTaskResponse)
         return response.pid
 
-    async def start(self, container_id: str, exec_id: str = "") -> int:
-        """Start the init process, or an exec'd process when ``exec_id`` is given; return its pid."""
-        request = tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id)
+    async def start(self, container_id: str) -> int:
+        """Start the init process; return its pid."""
+        request = tasks_pb2.StartRequest(container_id=container_id)
         response = await self._channel.unary(self._method("Start"), request, tasks_pb2.StartResponse)
         return response.pid
 
-    async def wait(self, container_id: str, exec_id: str = "") -> ExitStatus:
-        """Wait, without deadline, until the process exits."""
-        request = tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id)
+    async def wait(self, container_id: str) -> ExitStatus:
+        """Wait, without deadline, until the init process exits."""
+        request = tasks_pb2.WaitRequest(container_id=container_id)
         response = await self._channel.unary(
             self._method("Wait"), request, tasks_pb2.WaitResponse, timeout=None
         )
-        exited_at = response.exited_at.ToDatetime(dt.UTC) if response.HasField("exited_at") else None
-        return ExitStatus(code=response.exit_status, exited_at=exited_at)
+        return ExitStatus(code=response.exit_status)
 
-    async def kill(
-        self, container_id: str, signal: int, *, exec_id: str = "", all_processes: bool = False
-    ) -> None:
-        """Send a signal to the init process (or an exec'd one); ``all_processes`` signals every process."""
-        request = tasks_pb2.KillRequest(
-            container_id=container_id, exec_id=exec_id, signal=signal, all=all_processes
-        )
+    async def kill(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
+        """Send a signal to the init process; ``all_processes`` signals every process of the task."""
+        request = tasks_pb2.KillRequest(container_id=container_id, signal=signal, all=all_processes)
         await self._channel.unary(self._method("Kill"), request, empty_pb2.Empty)
 
-    async def delete(self, container_id: str) -> ExitStatus:
+    async def delete(self, container_id: str) -> None:
         """Delete a stopped task, which tears the sandbox down."""
         request = tasks_pb2.DeleteTaskRequest(container_id=container_id)
-        response = await self._channel.unary(self._method("Delete"), request, tasks_pb2.DeleteResponse)
-        return ExitStatus(code=response.exit_status, exited_at=None)
+        await self._channel.unary(self._method("Delete"), request, tasks_pb2.DeleteResponse)
 
     async def get(self, container_id: str) -> ProcessInfo:
         """Return the state of a task's init process."""
@@ -386,12 +444,11 @@ def _process_info(process: task_pb2.Process) -> ProcessInfo:
     # ListTasks names a task's container in ``id`` and leaves ``container_id`` empty.
     return ProcessInfo(
         container_id=process.container_id or process.id,
-        pid=process.pid,
-        status=task_pb2.Status.Name(process.status),
+        status=_TASK_STATUS.get(process.status, TaskStatus.UNKNOWN),
     )
 
 
-class Leases(_Service[leases_pb2.Lease]):
+class Leases(_Service):
     """Leases keep resources from garbage collection until they are deleted or expire."""
 
     PREFIX = "containerd.services.leases.v1.Leases"
@@ -399,7 +456,7 @@ class Leases(_Service[leases_pb2.Lease]):
     async def create(self, lease_id: str, *, expires_in: dt.timedelta, labels: Mapping[str, str]) -> None:
         """Create a lease that containerd's garbage collector drops after ``expires_in``."""
         expiry = (dt.datetime.now(dt.UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%SZ")
-        request = leases_pb2.CreateRequest(id=lease_id, labels={**labels, GC_EXPIRE_LABEL: expiry})
+        request = leases_pb2.CreateRequest(id=lease_id, labels={**labels, _GC_EXPIRE_LABEL: expiry})
         await self._channel.unary(self._method("Create"), request, leases_pb2.CreateResponse)
 
     async def delete(self, lease_id: str) -> None:
@@ -407,11 +464,11 @@ class Leases(_Service[leases_pb2.Lease]):
         request = leases_pb2.DeleteRequest(id=lease_id)
         await self._channel.unary(self._method("Delete"), request, empty_pb2.Empty)
 
-    async def list(self, filters: Sequence[str] = ()) -> list[leases_pb2.Lease]:
+    async def list(self, filters: Sequence[str] = ()) -> list[Lease]:
         """Return every lease matching the filters."""
         request = leases_pb2.ListRequest(filters=filters)
         response = await self._channel.unary(self._method("List"), request, leases_pb2.ListResponse)
-        return list(response.leases)
+        return [Lease(id=lease.id, labels=dict(lease.labels)) for lease in response.leases]
 
 
 @attrs.frozen
@@ -460,10 +517,17 @@ class ContainerdClient:
 
 
 __all__ = [
+    "Container",
     "ContainerdClient",
     "ContainerdError",
+    "Descriptor",
     "ExitStatus",
+    "Image",
+    "Lease",
     "Mount",
     "ProcessInfo",
+    "RuncOptions",
+    "Snapshot",
+    "TaskStatus",
     "Version",
 ]

@@ -18,33 +18,13 @@ class NotFoundError(ContainerdError):
     """The object the RPC names does not exist."""
 
 
-class AlreadyExistsError(ContainerdError):
-    """An object with that id already exists."""
-
-
-class FailedPreconditionError(ContainerdError):
-    """The object is not in a state that allows the operation."""
-
-
-class InvalidArgumentError(ContainerdError):
-    """containerd rejected the request as malformed."""
-
-
 class UnavailableError(ContainerdError):
     """containerd cannot be reached (socket missing, daemon down or restarting)."""
 
 
-class DeadlineExceededError(ContainerdError):
-    """The RPC did not finish within its deadline."""
-
-
 _BY_CODE: dict[grpc.StatusCode, type[ContainerdError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
 }
 
 

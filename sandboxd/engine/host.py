@@ -8,7 +8,6 @@ import logging
 import os
 import shlex
 from collections.abc import Callable
-from pathlib import Path
 
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient, ContainerdError
@@ -62,11 +61,6 @@ def client_for(config: Config, on_error: Callable[[str], None] | None = None) ->
         snapshotter=config.containerd.snapshotter,
         on_error=on_error,
     )
-
-
-def engine_work_dir(config: Config) -> Path:
-    """Where image builds unpack their root filesystems."""
-    return config.paths.data / "build"
 
 
 _CONNECT_ATTEMPTS = 20

@@ -1,6 +1,6 @@
 """OCI runtime specs for sandboxes.
 
-A sandbox's init process is the agent (sandboxd.agent), which starts the
+A sandbox's init process is the agent (sandboxd.engine.agent), which starts the
 program (and its compile step) inside the sandbox, so one sandbox runs both
 steps under the same limits.
 """

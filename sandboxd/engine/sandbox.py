@@ -23,8 +23,14 @@ from typing import Any, Final
 
 import attrs
 
-from sandboxd.containerd import ContainerdClient, ContainerdError, ExitStatus, NotFoundError
-from sandboxd.containerd._pb.containerd.runc.v1 import options_pb2
+from sandboxd.containerd import (
+    ContainerdClient,
+    ContainerdError,
+    ExitStatus,
+    NotFoundError,
+    RuncOptions,
+    TaskStatus,
+)
 from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput
 from sandboxd.engine.cgroups import CgroupUsage, read_usage
 from sandboxd.engine.cleanups import Cleanups
@@ -69,9 +75,9 @@ class SandboxHost:
         """The mark this daemon puts on its sandboxes."""
         return host_id_for(self.workspaces.parent)
 
-    def runtime_options(self) -> options_pb2.Options:
+    def runtime_options(self) -> RuncOptions:
         """Runc shim options that make it drive runsc through the wrapper."""
-        return options_pb2.Options(binary_name=str(self.runsc_wrapper), root=str(self.runsc_root))
+        return RuncOptions(binary_name=str(self.runsc_wrapper), root=str(self.runsc_root))
 
     async def force_delete(self, sandbox_id: str) -> None:
         """Remove a runsc container directly; containerd cannot kill one left in CREATED state."""
@@ -366,7 +372,9 @@ class Sandbox:
                 status = (await tasks.get(self.id)).status
             except NotFoundError:
                 return
-            self._init_exit = asyncio.ensure_future(tasks.wait(self.id)) if status != "STOPPED" else None
+            self._init_exit = (
+                asyncio.ensure_future(tasks.wait(self.id)) if status is not TaskStatus.STOPPED else None
+            )
         if self._init_exit is not None and not self._init_exit.done():
             try:
                 await tasks.kill(self.id, signal.SIGKILL, all_processes=True)
@@ -374,7 +382,7 @@ class Sandbox:
                 self._stop_watching()
                 return
             except ContainerdError as error:
-                if (await tasks.get(self.id)).status == "CREATED":
+                if (await tasks.get(self.id)).status is TaskStatus.CREATED:
                     # runsc refuses to signal a container that never started.
                     log.info("sandbox %s: forcing deletion of a CREATED task (%s)", self.id, error.detail)
                     await self.host.force_delete(self.id)

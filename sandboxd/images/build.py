@@ -10,6 +10,7 @@ and the runtime's own layer, which holds what its packages add or change.
 """
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -17,25 +18,40 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
+from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.images.inspect import (
-    ARCH,
-    BUILD_KEY_LABEL,
-    RUNTIME_LABEL,
-    VERSION_LABEL,
-    ImageState,
-    inspect_image,
-)
+from sandboxd.images.inspect import BUILD_KEY_LABEL, RUNTIME_LABEL, VERSION_LABEL, ImageState, inspect_image
 from sandboxd.images.layers import add_whiteouts, diff_trees
+from sandboxd.images.oci_image import (
+    CONFIG_TYPE,
+    HOST_PLATFORM,
+    IMAGE_NAME_ANNOTATION,
+    INDEX_TYPE,
+    LAYER_TYPE,
+    MANIFEST_TYPE,
+    ContainerConfig,
+    Descriptor,
+    History,
+    ImageConfig,
+    ImageLayout,
+    Index,
+    Manifest,
+    RootFS,
+)
 from sandboxd.runtimes import IMAGE_RECIPE_VERSION, Runtime
+from sandboxd.validation import converter
 
-_LAYER_TYPE: Final = "application/vnd.oci.image.layer.v1.tar"
 # Left out of every image: documentation, manual pages and translations nobody reads in a sandbox.
 _DPKG_EXCLUDES: Final = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*")
+
+
+def image_build_dir(config: Config) -> Path:
+    """Where image builds make their root filesystems and keep the shared base layer."""
+    return config.paths.data / "build"
 
 
 @attrs.frozen
@@ -87,7 +103,7 @@ class ImageBuilder:
         if packages:
             argv.append("--include=" + ",".join(packages))
         argv += [f"--dpkgopt=path-exclude={pattern}" for pattern in _DPKG_EXCLUDES]
-        await self._run(name, [*argv, suite, str(rootfs)])
+        await self._run_with_progress(name, [*argv, suite, str(rootfs)])
         # The sandbox's root is read-only, so mount points must exist in the image.
         (rootfs / "workspace").mkdir(mode=0o755, exist_ok=True)
 
@@ -174,36 +190,34 @@ class ImageBuilder:
         # every image. Not a hard link: another build linking it changes its ctime, and tar,
         # reading it meanwhile, would fail ("file changed as we read it").
         (blobs / base.digest.removeprefix("sha256:")).symlink_to(base.blob)
-        config = {
-            "architecture": ARCH,
-            "os": "linux",
-            "config": {"Labels": {RUNTIME_LABEL: runtime.name, VERSION_LABEL: version}},
-            "rootfs": {"type": "layers", "diff_ids": [base.digest, layer_digest]},
-            "history": [
-                {"created_by": f"mmdebstrap --variant=essential {runtime.build.suite}"},
-                {"created_by": f"sandboxd images build {runtime.name}"},
-            ],
-        }
-        config_desc = _write_blob(blobs, "application/vnd.oci.image.config.v1+json", config)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": config_desc,
-            "layers": [
-                {"mediaType": _LAYER_TYPE, "digest": base.digest, "size": base.size},
-                {"mediaType": _LAYER_TYPE, "digest": layer_digest, "size": layer_size},
-            ],
-        }
-        manifest_desc = _write_blob(blobs, "application/vnd.oci.image.manifest.v1+json", manifest)
-        manifest_desc["platform"] = {"architecture": ARCH, "os": "linux"}
-        manifest_desc["annotations"] = {"io.containerd.image.name": runtime.image}
-        index = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [manifest_desc],
-        }
-        (oci_dir / "index.json").write_text(json.dumps(index))
-        (oci_dir / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        config = ImageConfig(
+            architecture=HOST_PLATFORM.architecture,
+            os=HOST_PLATFORM.os,
+            config=ContainerConfig(labels={RUNTIME_LABEL: runtime.name, VERSION_LABEL: version}),
+            rootfs=RootFS(type="layers", diff_ids=(base.digest, layer_digest)),
+            history=(
+                History(created_by=f"mmdebstrap --variant=essential {runtime.build.suite}"),
+                History(created_by=f"sandboxd images build {runtime.name}"),
+            ),
+        )
+        manifest = Manifest(
+            schema_version=2,
+            media_type=MANIFEST_TYPE,
+            config=_write_blob(blobs, CONFIG_TYPE, config),
+            layers=(
+                Descriptor(media_type=LAYER_TYPE, digest=base.digest, size=base.size),
+                Descriptor(media_type=LAYER_TYPE, digest=layer_digest, size=layer_size),
+            ),
+        )
+        manifest_desc = attrs.evolve(
+            _write_blob(blobs, MANIFEST_TYPE, manifest),
+            platform=HOST_PLATFORM,
+            annotations={IMAGE_NAME_ANNOTATION: runtime.image},
+        )
+        index = Index(schema_version=2, media_type=INDEX_TYPE, manifests=(manifest_desc,))
+        (oci_dir / "index.json").write_text(json.dumps(converter.unstructure(index)))
+        layout = ImageLayout(image_layout_version="1.0.0")
+        (oci_dir / "oci-layout").write_text(json.dumps(converter.unstructure(layout)))
 
     async def _pack_layer(
         self, name: str, rootfs: Path, target: Path, members: Sequence[str] | None = None
@@ -262,21 +276,21 @@ class ImageBuilder:
             detail = (ctr_out + tar_err).decode(errors="replace")[-2000:]
             raise ImageBuildError(f"[{name}] import failed: {detail}")
 
-    async def _run(self, name: str, argv: Sequence[str]) -> str:
+    async def _run_with_progress(self, name: str, argv: Sequence[str]) -> None:
+        """Run ``argv``, passing each line it prints to ``progress``; fail with its last lines."""
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         if process.stdout is None:
             raise ImageBuildError(f"[{name}] {argv[0]} gave no output pipe")
-        lines: list[str] = []
+        lines: collections.deque[str] = collections.deque(maxlen=20)
         async for raw in process.stdout:
             line = raw.decode(errors="replace").rstrip()
             lines.append(line)
             self.progress(f"[{name}]   {line}")
         if await process.wait() != 0:
-            tail = "\n".join(lines[-20:])
+            tail = "\n".join(lines)
             raise ImageBuildError(f"[{name}] {argv[0]} exited with status {process.returncode}:\n{tail}")
-        return "\n".join(lines)
 
 
 async def _feed(stream: asyncio.StreamWriter, data: bytes) -> None:
@@ -317,8 +331,8 @@ def write_into_rootfs(rootfs: Path, path: str, content: bytes) -> None:
         os.close(directory)
 
 
-def _write_blob(blobs: Path, media_type: str, document: Any) -> dict[str, Any]:
-    data = json.dumps(document, sort_keys=True).encode()
+def _write_blob(blobs: Path, media_type: str, document: ImageConfig | Manifest) -> Descriptor:
+    data = json.dumps(converter.unstructure(document), sort_keys=True).encode()
     digest = hashlib.sha256(data).hexdigest()
     (blobs / digest).write_bytes(data)
-    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+    return Descriptor(media_type=media_type, digest=f"sha256:{digest}", size=len(data))

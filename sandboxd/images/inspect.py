@@ -1,28 +1,21 @@
 """What containerd holds for each runtime: whether its image is present and unpacked, and its version."""
 
 import hashlib
-import os
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 
-from sandboxd.containerd import ContainerdClient, NotFoundError
+from sandboxd.containerd import ContainerdClient, Image, NotFoundError
+from sandboxd.images.oci_image import HOST_PLATFORM, INDEX_TYPES, MANIFEST_TYPES, ImageConfig, Index, Manifest
 from sandboxd.runtimes import Runtime
+from sandboxd.validation import structure
 
 BUILD_KEY_LABEL: Final = "sandboxd.io/build-key"
 VERSION_LABEL: Final = "sandboxd.io/runtime-version"
 RUNTIME_LABEL: Final = "sandboxd.io/runtime"
 
-_MANIFEST_TYPES = {
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-}
-_INDEX_TYPES = {
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-}
-ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+_Document = TypeVar("_Document", Index, Manifest, ImageConfig)
 
 
 @attrs.frozen
@@ -48,6 +41,36 @@ def chain_id(diff_ids: Sequence[str]) -> str:
     return current
 
 
+class _UnusableImageError(Exception):
+    """The image cannot serve as it is; the message says why."""
+
+
+async def _read(client: ContainerdClient, what: str, digest: str, kind: type[_Document]) -> _Document:
+    try:
+        return structure(await client.content.read_json(digest), kind)
+    except ValueError as error:  # not JSON, too large, or not the document it should be
+        raise _UnusableImageError(f"has an invalid {what} ({digest}): {error}") from error
+
+
+async def _layers(client: ContainerdClient, image: Image) -> tuple[str, ...]:
+    """The image's layers for this host's platform, from its index (if any), manifest and config."""
+    target = image.target
+    if target.media_type in INDEX_TYPES:
+        manifest = (await _read(client, "index", target.digest, Index)).manifest_for(HOST_PLATFORM)
+        if manifest is None:
+            raise _UnusableImageError(f"has no {HOST_PLATFORM.os}/{HOST_PLATFORM.architecture} manifest")
+        manifest_digest = manifest.digest
+    elif target.media_type in MANIFEST_TYPES:
+        manifest_digest = target.digest
+    else:
+        raise _UnusableImageError(f"has unsupported type {target.media_type}")
+    config_digest = (await _read(client, "manifest", manifest_digest, Manifest)).config.digest
+    layers = (await _read(client, "config", config_digest, ImageConfig)).rootfs.diff_ids
+    if not layers:
+        raise _UnusableImageError("has no layers")
+    return layers
+
+
 async def inspect_image(client: ContainerdClient, runtime: Runtime) -> ImageState:
     """Look up a runtime's image in containerd and check that it is unpacked."""
     unavailable = ImageState(runtime=runtime.name, reference=runtime.image, available=False)
@@ -56,27 +79,10 @@ async def inspect_image(client: ContainerdClient, runtime: Runtime) -> ImageStat
         image = await client.images.get(runtime.image)
     except NotFoundError:
         return attrs.evolve(unavailable, reason=f"image {runtime.image} is not in containerd; {hint}")
-    target = image.target
-    if target.media_type in _INDEX_TYPES:
-        index = await client.content.read_json(target.digest)
-        matching = [
-            m
-            for m in index.get("manifests", [])
-            if m.get("platform", {}).get("architecture") == ARCH
-            and m.get("platform", {}).get("os") == "linux"
-        ]
-        if not matching:
-            return attrs.evolve(unavailable, reason=f"image {runtime.image} has no linux/{ARCH} manifest")
-        manifest_digest = matching[0]["digest"]
-    elif target.media_type in _MANIFEST_TYPES:
-        manifest_digest = target.digest
-    else:
-        return attrs.evolve(
-            unavailable, reason=f"image {runtime.image} has unsupported type {target.media_type}"
-        )
-    manifest = await client.content.read_json(manifest_digest)
-    config = await client.content.read_json(manifest["config"]["digest"])
-    layers = tuple(config["rootfs"]["diff_ids"])
+    try:
+        layers = await _layers(client, image)
+    except _UnusableImageError as error:
+        return attrs.evolve(unavailable, reason=f"image {runtime.image} {error}")
     chain = chain_id(layers)
     try:
         await client.snapshots.stat(chain)

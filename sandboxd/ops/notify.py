@@ -23,11 +23,6 @@ class Notifier:
         mine = not watchdog_pid or watchdog_pid == str(os.getpid())
         self.watchdog_interval = int(watchdog_usec) / 2e6 if watchdog_usec.isdigit() and mine else None
 
-    @property
-    def enabled(self) -> bool:
-        """True when systemd (or a test) listens."""
-        return bool(self._address)
-
     def send(self, *assignments: str) -> None:
         """Send one datagram of newline-separated assignments (e.g. "READY=1", "STATUS=...")."""
         if not self._address:

@@ -18,7 +18,7 @@ class AgentBuildError(Exception):
     """The agent could not be compiled."""
 
 
-def agent_source() -> bytes:
+def _agent_source() -> bytes:
     """The agent's C source, as shipped in the package."""
     return resources.files("sandboxd.engine.agent").joinpath("agent.c").read_bytes()
 
@@ -29,7 +29,7 @@ def build_agent(directory: Path, compiler: str = "cc") -> Path:
     Each source gets a directory of its own (named by its digest), so a daemon
     upgraded in place never mounts a binary that another version is writing.
     """
-    source = agent_source()
+    source = _agent_source()
     digest = hashlib.sha256(source + " ".join(_FLAGS).encode()).hexdigest()[:16]
     target = directory / digest
     if (target / AGENT_NAME).is_file():

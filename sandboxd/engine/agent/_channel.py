@@ -22,6 +22,7 @@ from typing import Final
 import attrs
 
 from sandboxd.engine.agent._protocol import (
+    PROTOCOL,
     AgentProtocolError,
     Frame,
     FrameDecoder,
@@ -46,10 +47,9 @@ class AgentLostError(Exception):
 
 @attrs.frozen
 class CapturedOutput:
-    """What one stream delivered: at most the cap, and whether more was discarded."""
+    """What one stream delivered, up to the cap (passing it is reported at once, to ``on_overflow``)."""
 
     data: bytes
-    truncated: bool
 
 
 class _CappedBuffer:
@@ -60,21 +60,21 @@ class _CappedBuffer:
         self._on_overflow = on_overflow
         self._chunks: list[bytes] = []
         self._size = 0
-        self.truncated = False
+        self._overflowed = False
 
     def add(self, data: bytes) -> None:
         room = self._cap - self._size
         if len(data) > room:
             data = data[: max(room, 0)]
-            if not self.truncated:
-                self.truncated = True
+            if not self._overflowed:
+                self._overflowed = True
                 self._on_overflow()
         if data:
             self._chunks.append(data)
             self._size += len(data)
 
     def output(self) -> CapturedOutput:
-        return CapturedOutput(data=b"".join(self._chunks), truncated=self.truncated)
+        return CapturedOutput(data=b"".join(self._chunks))
 
 
 class AgentProcess:
@@ -221,7 +221,7 @@ class AgentChannel:
 
     def _receive(self, frame: Frame) -> None:
         if frame.kind is Reply.READY:
-            if frame.payload != b"sandboxd-agent 1" or self.ready.done():
+            if frame.payload != PROTOCOL or self.ready.done():
                 raise AgentProtocolError(f"unexpected READY {frame.payload!r}")
             self.ready.set_result(None)
             return

@@ -73,20 +73,6 @@ class ViewSnapshotResponse(_message.Message):
     mounts: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
     def __init__(self, mounts: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ...) -> None: ...
 
-class MountsRequest(_message.Message):
-    __slots__ = ("snapshotter", "key")
-    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
-    KEY_FIELD_NUMBER: _ClassVar[int]
-    snapshotter: str
-    key: str
-    def __init__(self, snapshotter: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
-
-class MountsResponse(_message.Message):
-    __slots__ = ("mounts",)
-    MOUNTS_FIELD_NUMBER: _ClassVar[int]
-    mounts: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
-    def __init__(self, mounts: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ...) -> None: ...
-
 class RemoveSnapshotRequest(_message.Message):
     __slots__ = ("snapshotter", "key")
     SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]

@@ -42,12 +42,10 @@ class CreateTaskResponse(_message.Message):
     def __init__(self, container_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class StartRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id")
+    __slots__ = ("container_id",)
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
-    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
-    exec_id: str
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
 
 class StartResponse(_message.Message):
     __slots__ = ("pid",)
@@ -73,21 +71,11 @@ class DeleteResponse(_message.Message):
     exited_at: _timestamp_pb2.Timestamp
     def __init__(self, id: _Optional[str] = ..., pid: _Optional[int] = ..., exit_status: _Optional[int] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
-class DeleteProcessRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id")
-    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
-    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
-    container_id: str
-    exec_id: str
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
-
 class GetRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id")
+    __slots__ = ("container_id",)
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
-    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
-    exec_id: str
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("process",)
@@ -108,52 +96,20 @@ class ListTasksResponse(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Process, _Mapping]]] = ...) -> None: ...
 
 class KillRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id", "signal", "all")
+    __slots__ = ("container_id", "signal", "all")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
-    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     container_id: str
-    exec_id: str
     signal: int
     all: bool
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., signal: _Optional[int] = ..., all: _Optional[bool] = ...) -> None: ...
-
-class ExecProcessRequest(_message.Message):
-    __slots__ = ("container_id", "stdin", "stdout", "stderr", "terminal", "spec", "exec_id")
-    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
-    STDIN_FIELD_NUMBER: _ClassVar[int]
-    STDOUT_FIELD_NUMBER: _ClassVar[int]
-    STDERR_FIELD_NUMBER: _ClassVar[int]
-    TERMINAL_FIELD_NUMBER: _ClassVar[int]
-    SPEC_FIELD_NUMBER: _ClassVar[int]
-    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
-    container_id: str
-    stdin: str
-    stdout: str
-    stderr: str
-    terminal: bool
-    spec: _any_pb2.Any
-    exec_id: str
-    def __init__(self, container_id: _Optional[str] = ..., stdin: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., terminal: _Optional[bool] = ..., spec: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., exec_id: _Optional[str] = ...) -> None: ...
-
-class CloseIORequest(_message.Message):
-    __slots__ = ("container_id", "exec_id", "stdin")
-    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
-    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
-    STDIN_FIELD_NUMBER: _ClassVar[int]
-    container_id: str
-    exec_id: str
-    stdin: bool
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., stdin: _Optional[bool] = ...) -> None: ...
+    def __init__(self, container_id: _Optional[str] = ..., signal: _Optional[int] = ..., all: _Optional[bool] = ...) -> None: ...
 
 class WaitRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id")
+    __slots__ = ("container_id",)
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
-    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
-    exec_id: str
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
 
 class WaitResponse(_message.Message):
     __slots__ = ("exit_status", "exited_at")
