@@ -45,12 +45,13 @@ from sandboxd.api.auth import generate_key
 from sandboxd.config import Config, load_config
 from sandboxd.containerd import NotFoundError
 from sandboxd.engine.cleanups import Cleanups
+from sandboxd.engine.engine import EngineSettings, sandbox_limits
 from sandboxd.engine.host import client_for, prepare_host
-from sandboxd.engine.oci import NOBODY, SandboxLimits
+from sandboxd.engine.oci import NOBODY
 from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.sandbox import Sandbox
 from sandboxd.images.inspect import inspect_image
-from sandboxd.runtimes import Runtime, load_runtimes
+from sandboxd.runtimes import Program, Runtime, load_runtimes
 
 HELLO: Final = {
     "python": "print('hello')",
@@ -227,11 +228,17 @@ def time_runs(runs: int, once: Callable[[], None]) -> list[float]:
     return samples
 
 
+def hello_program(runtime: Runtime) -> Program:
+    """The file name and commands of the runtime's hello, names filled in as sandboxd fills them."""
+    return runtime.program_for(hello(runtime))
+
+
 def shell_script(runtime: Runtime) -> str:
     """The runtime's steps as one command line (the benchmark's own fixed programs only)."""
-    run = shlex.join(runtime.run)
+    program = hello_program(runtime)
+    run = shlex.join(program.run)
     # As in sandboxd, what the compiler prints on stdout is not the program's output.
-    return f"{shlex.join(runtime.compile)} >/dev/null && {run}" if runtime.compiled else run
+    return f"{shlex.join(program.compile)} >/dev/null && {run}" if runtime.compiled else run
 
 
 def checked(name: str, argv: list[str], source: bytes | None = None) -> Callable[[], None]:
@@ -247,10 +254,10 @@ def checked(name: str, argv: list[str], source: bytes | None = None) -> Callable
 
 def host_baseline(runtime: Runtime, runs: int) -> dict[str, float] | None:
     """The program as a bare host process, where the host has the runtime's interpreter."""
-    if runtime.compiled or shutil.which(runtime.run[0]) is None:
+    if runtime.compiled or shutil.which(hello_program(runtime).run[0]) is None:
         return None
     with tempfile.TemporaryDirectory() as directory:
-        (Path(directory) / runtime.source_file).write_text(hello(runtime))
+        (Path(directory) / hello_program(runtime).source_file).write_text(hello(runtime))
         argv = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in runtime.environment.items())]
         argv += ["/bin/sh", "-c", f"cd {directory} && {shell_script(runtime)}"]
         return summary(time_runs(runs, checked(runtime.name, argv)))
@@ -298,7 +305,7 @@ async def image_rootfs(config: Config, runtime: Runtime) -> AsyncIterator[str]:
 async def runsc_do_baseline(config: Config, runtime: Runtime, runs: int) -> dict[str, float]:
     """The same program under `runsc do` on the image's root filesystem (compile step included)."""
     env = [f"{k}={v}" for k, v in runtime.environment.items()]
-    script = f"cd /tmp && cat > {runtime.source_file} && {shell_script(runtime)}"
+    script = f"cd /tmp && cat > {hello_program(runtime).source_file} && {shell_script(runtime)}"
     async with image_rootfs(config, runtime) as rootfs:
         argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}", "do", "-quiet"]
         argv += ["-root", rootfs, "/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]
@@ -316,10 +323,7 @@ async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[st
     state = await inspect_image(client, runtime)
     if state.chain_id is None:
         raise SystemExit(f"{runtime.name}: {state.reason}")
-    limits = SandboxLimits(
-        memory_bytes=runtime.limits.memory_mib << 20, pids=runtime.limits.pids, cpus=runtime.limits.cpus,
-        tmp_bytes=64 << 20, file_size_bytes=32 << 20,
-    )  # fmt: skip
+    limits = sandbox_limits(runtime, EngineSettings.from_limits(config.limits))
     sandbox_id = f"bench-exec-{runtime.name}-{os.getpid()}"
     cleanups = Cleanups()
     sandbox = await Sandbox.create(
@@ -327,7 +331,7 @@ async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[st
         workspace_bytes=32 << 20, labels={}, cleanups=cleanups,
     )  # fmt: skip
     try:
-        await sandbox.write_files({runtime.source_file: hello(runtime).encode()})
+        await sandbox.write_files({hello_program(runtime).source_file: hello(runtime).encode()})
         env = [f"--env={k}={v}" for k, v in runtime.environment.items()]
         argv = [config.runsc.binary, "--root", str(host.runsc_root / client.namespace), "exec"]
         argv += ["--user", f"{NOBODY}:{NOBODY}", "--cwd", "/workspace", *env, sandbox_id]

@@ -28,14 +28,20 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, at any depth of the file (functions and TYPE_CHECKING included)."""
+    """Every module ``path`` imports, at any depth of the file (functions and TYPE_CHECKING included).
+
+    For ``from X import Y`` also ``X.Y`` (Y may be a module); relative imports are made absolute.
+    """
+    package = list(path.relative_to(ROOT).with_suffix("").parts[:-1])
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
 
 
@@ -125,3 +131,22 @@ def test_the_daemon_does_not_import_the_image_builder(entry: str) -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert loaded.stdout.strip() == "False"
+
+
+# Modules of these names are protobuf; only the containerd client may import them.
+_PROTOBUF = ("sandboxd.containerd._pb", "google.protobuf")
+
+
+def test_protobuf_does_not_leave_the_containerd_package() -> None:
+    """Outside sandboxd/containerd/ nothing imports the stubs or protobuf: callers get attrs values."""
+    inside = PACKAGE / "containerd"
+    checks_the_stubs = ROOT / "tests" / "test_protos.py"
+    offenders = sorted(
+        f"{path.relative_to(ROOT)}: {module}"
+        for folder in ("sandboxd", "tests", "bench", "tools")
+        for path in (ROOT / folder).rglob("*.py")
+        if not path.is_relative_to(inside) and path != checks_the_stubs
+        for module in _imports(path)
+        if any(module == name or module.startswith(f"{name}.") for name in _PROTOBUF)
+    )
+    assert offenders == []

@@ -33,7 +33,7 @@ async def boot_small_python_sandbox(engine: Engine) -> Sandbox:
     assert state is not None
     assert state.chain_id is not None
     limits = SandboxLimits(
-        memory_bytes=128 << 20, pids=32, cpus=1, tmp_bytes=1 << 20, file_size_bytes=1 << 20
+        memory_bytes=128 << 20, pids=32, cpus=1, tmp_bytes=1 << 20, file_size_bytes=1 << 20, open_files=64
     )
     return await Sandbox.create(
         engine.host,

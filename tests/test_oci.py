@@ -7,7 +7,9 @@ from pathlib import Path
 from sandboxd.engine.oci import AGENT_DIR, SandboxLimits, sandbox_spec
 from sandboxd.images.inspect import chain_id
 
-LIMITS = SandboxLimits(memory_bytes=128 << 20, pids=64, cpus=0.5, tmp_bytes=1 << 20, file_size_bytes=2 << 20)
+LIMITS = SandboxLimits(
+    memory_bytes=128 << 20, pids=64, cpus=0.5, tmp_bytes=1 << 20, file_size_bytes=2 << 20, open_files=256
+)
 
 
 def test_init_is_the_agent_with_four_capabilities() -> None:

@@ -126,6 +126,18 @@ class _Unobserved:
         """Nothing."""
 
 
+def sandbox_limits(runtime: Runtime, settings: EngineSettings) -> SandboxLimits:
+    """The limits every sandbox of ``runtime`` runs under: the runtime's, and the daemon's ``settings``."""
+    return SandboxLimits(
+        memory_bytes=runtime.limits.memory_mib << 20,
+        pids=runtime.limits.pids,
+        cpus=runtime.limits.cpus,
+        tmp_bytes=settings.tmp_bytes,
+        file_size_bytes=settings.file_size_bytes,
+        open_files=settings.open_files,
+    )
+
+
 def failed_result(execution_id: str, plan: Plan, status: ExecutionStatus, note: str) -> ExecutionResult:
     """A result for an execution that ended without its program running to the end."""
     return _result(execution_id, plan, _Ending(b"", b"", -1, 0.0, status, note), None)
@@ -378,14 +390,7 @@ class Engine:
 
     def sandbox_limits(self, runtime: Runtime) -> SandboxLimits:
         """The limits every sandbox of ``runtime`` runs under."""
-        return SandboxLimits(
-            memory_bytes=runtime.limits.memory_mib << 20,
-            pids=runtime.limits.pids,
-            cpus=runtime.limits.cpus,
-            tmp_bytes=self._settings.tmp_bytes,
-            file_size_bytes=self._settings.file_size_bytes,
-            open_files=self._settings.open_files,
-        )
+        return sandbox_limits(runtime, self._settings)
 
     async def boot(self, runtime: Runtime, sandbox_id: str, chain_id: str, *, pooled: bool) -> Sandbox:
         """Boot a sandbox for ``runtime`` running image ``chain_id``."""

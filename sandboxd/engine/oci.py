@@ -32,7 +32,7 @@ class SandboxLimits:
     cpus: float
     tmp_bytes: int
     file_size_bytes: int
-    open_files: int = 256
+    open_files: int
 
 
 def host_pids_limit(limits: SandboxLimits) -> int:

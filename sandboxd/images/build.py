@@ -77,6 +77,8 @@ class ImageBuilder:
     progress: Callable[[str], None]
     ctr: str = "ctr"
     mmdebstrap: str = "mmdebstrap"
+    # One build of a suite's base at a time, however many images are built at once.
+    _base_locks: dict[str, asyncio.Lock] = attrs.field(factory=dict, init=False)
 
     def is_current(self, runtime: Runtime, state: ImageState) -> bool:
         """True when the image is unpacked and was built from the runtime's current recipe."""
@@ -109,7 +111,7 @@ class ImageBuilder:
 
     async def base_layer(self, suite: str) -> BaseLayer:
         """The shared base layer of ``suite``: built once, then kept in the work directory."""
-        async with _base_lock(suite):
+        async with self._base_locks.setdefault(suite, asyncio.Lock()):
             directory = self.work_dir / "base" / f"{suite}-v{IMAGE_RECIPE_VERSION}"
             rootfs, blob, marker = directory / "rootfs", directory / "layer.tar", directory / "layer.json"
             if not marker.exists():
@@ -297,14 +299,6 @@ async def _feed(stream: asyncio.StreamWriter, data: bytes) -> None:
     stream.write(data)
     await stream.drain()
     stream.close()
-
-
-_base_locks: dict[str, asyncio.Lock] = {}
-
-
-def _base_lock(suite: str) -> asyncio.Lock:
-    """One build of a suite's base at a time, however many images are built at once."""
-    return _base_locks.setdefault(suite, asyncio.Lock())
 
 
 def write_into_rootfs(rootfs: Path, path: str, content: bytes) -> None:
