@@ -7,44 +7,23 @@ then checks that the next execution is normal and that no sandboxd resource rema
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from sandboxd.api.state import ENGINE
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.engine.cleanups import drain_cleanups
-from tests.conftest import find_leftovers, pooled
+from sandboxd.engine.engine import Engine
+from tests.helpers import Client, assert_nothing_left, leftovers_of, run
 
-Client = TestClient[Any, Any]
 PIDS_LIMIT = 64  # runtimes/python.toml
-
-
-async def run(
-    http: Client,
-    headers: dict[str, str],
-    code: str,
-    language: str = "python",
-    timeout: int | None = None,
-    **extra: Any,
-) -> Any:
-    """Execute synchronously; the request itself must succeed."""
-    body = {"code": code, "language": language, **extra}
-    if timeout is not None:
-        body["timeout"] = timeout
-    response = await http.post("/api/v1/execute", data=json.dumps(body), headers=headers)
-    assert response.status == 200, await response.text()
-    return await response.json()
 
 
 @pytest.fixture
 async def recovers(
-    http: Client, headers: dict[str, str], containerd: ContainerdClient, config: Config
+    http: Client, headers: dict[str, str], engine: Engine, containerd: ContainerdClient, config: Config
 ) -> Any:
     """After the case: the daemon answers, the next execution is normal, and nothing is left."""
     yield
@@ -52,9 +31,7 @@ async def recovers(
     assert health.status == 200
     after = await run(http, headers, "print('next run is normal')")
     assert (after["status"], after["stdout"]) == ("completed", "next run is normal\n")
-    await drain_cleanups()
-    leftovers = await find_leftovers(containerd, config, keep=pooled(http.app[ENGINE]))
-    assert leftovers.is_empty(), leftovers
+    await assert_nothing_left(engine, containerd, config)
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("recovers")]
@@ -214,7 +191,12 @@ async def test_host_secrets_stay_out(
 
 @pytest.mark.parametrize("timeout", [None, 2])
 async def test_daemonized_child_goes_with_the_sandbox(
-    http: Client, headers: dict[str, str], containerd: ContainerdClient, config: Config, timeout: int | None
+    http: Client,
+    headers: dict[str, str],
+    engine: Engine,
+    containerd: ContainerdClient,
+    config: Config,
+    timeout: int | None,
 ) -> None:
     """A setsid double-forked child still running when the program ends (or times out) is gone with it."""
     code = (
@@ -226,8 +208,7 @@ async def test_daemonized_child_goes_with_the_sandbox(
     result = await run(http, headers, code, timeout=timeout)
     assert result["status"] == ("timeout" if timeout else "completed")
     assert time.monotonic() - started < 10
-    await drain_cleanups()
-    assert (await find_leftovers(containerd, config, keep=pooled(http.app[ENGINE]))).tasks == []
+    assert (await leftovers_of(engine, containerd, config)).tasks == []
 
 
 async def test_long_sleep_is_cut_at_the_timeout(http: Client, headers: dict[str, str]) -> None:

@@ -11,26 +11,18 @@ import pytest
 
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient, ContainerdError, Mount
-from sandboxd.engine.cleanups import drain_cleanups
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.oci import SandboxLimits
 from sandboxd.engine.sandbox import Sandbox
 from sandboxd.models import ExecutionRequest, ExecutionStatus
-from tests.conftest import find_leftovers, pooled
+from tests.helpers import assert_nothing_left, engine_run, execute_plan, images_of
 
 pytestmark = pytest.mark.integration
 
 
-async def assert_nothing_left(engine: Engine, containerd: ContainerdClient, config: Config) -> None:
-    """No sandboxd container, task, snapshot, lease, mount, workspace or FIFO remains, but the pool's."""
-    await drain_cleanups()
-    leftovers = await find_leftovers(containerd, config, keep=pooled(engine))
-    assert leftovers.is_empty(), leftovers
-
-
 async def boot_small_python_sandbox(engine: Engine) -> Sandbox:
     """Boot a sandbox of the python image directly, outside any execution."""
-    state = engine.images["python"]
+    state = images_of(engine)["python"]
     assert state.chain_id is not None
     limits = SandboxLimits(
         memory_bytes=128 << 20, pids=32, cpus=1, tmp_bytes=1 << 20, file_size_bytes=1 << 20
@@ -68,9 +60,7 @@ async def test_each_ending_cleans_up(
     status: ExecutionStatus,
 ) -> None:
     """Whatever way an execution ends, its sandbox and everything around it are gone afterwards."""
-    result = await engine.execute(
-        engine.plan(ExecutionRequest(code=code, language=language, timeout=timeout))
-    )
+    result = await engine_run(engine, language, code, timeout=timeout)
     assert result.status == status
     await assert_nothing_left(engine, containerd, config)
 
@@ -82,7 +72,7 @@ async def test_cancelled_execution_cleans_up(
     plan = engine.plan(
         ExecutionRequest(code="import time; print('up', flush=True); time.sleep(30)", language="python")
     )
-    running = asyncio.ensure_future(engine.execute(plan))
+    running = asyncio.ensure_future(execute_plan(engine, plan))
     await asyncio.sleep(1.5)  # boot takes well under a second: the program is sleeping now
     assert any(task.status == "RUNNING" for task in await containerd.tasks.list())
     running.cancel()
@@ -142,7 +132,7 @@ async def test_boot_cancelled_as_containerd_answers_leaves_nothing(
 async def test_lease_expires(engine: Engine, containerd: ContainerdClient) -> None:
     """Each sandbox holds a lease with an expiry, so a crashed daemon's leftovers are collectable."""
     plan = engine.plan(ExecutionRequest(code="import time; time.sleep(3)", language="python"))
-    running = asyncio.ensure_future(engine.execute(plan))
+    running = asyncio.ensure_future(execute_plan(engine, plan))
     try:
         for _ in range(100):
             leases = await containerd.leases.list(['labels."sandboxd.io/managed"'])

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
-from aiohttp.test_utils import TestClient
 
 from sandboxd.engine.engine import Engine
 from sandboxd.models import ExecutionRequest, ExecutionStatus
+from tests.helpers import Client, execute, execute_plan
 
 pytestmark = pytest.mark.integration
 
-Client = TestClient[Any, Any]
-
 GO_HELLO = 'package main\nimport "fmt"\nfunc main() { fmt.Println(4 + 4) }'
-
-
-async def execute(http: Client, headers: dict[str, str], **body: Any) -> tuple[int, Any]:
-    """POST one execution; return the status code and the JSON body."""
-    response = await http.post("/api/v1/execute", data=json.dumps(body), headers=headers)
-    return response.status, await response.json()
 
 
 @pytest.mark.parametrize(
@@ -164,7 +154,7 @@ async def test_memory_limit(engine: Engine) -> None:
     """Allocating 1 GiB under a 128 MiB limit ends with status memory_limit."""
     plan = engine.plan(ExecutionRequest(code="x = bytearray(1 << 30)\nprint('survived')", language="python"))
     small = attrs.evolve(plan.runtime, limits=attrs.evolve(plan.runtime.limits, memory_mib=128))
-    result = await engine.execute(attrs.evolve(plan, runtime=small))
+    result = await execute_plan(engine, attrs.evolve(plan, runtime=small))
     assert (result.status, result.exit_code) == (ExecutionStatus.MEMORY_LIMIT, -1)
     assert "survived" not in result.stdout
     assert result.stderr.endswith("sandboxd: memory limit of 128 MiB exceeded\n")

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.runtimes import RuntimeConfigError, load_runtimes
-
-SHIPPED = Path(__file__).resolve().parent.parent / "runtimes"
+from tests.helpers import shipped_runtimes
 
 VALID = """
 name = "python"
@@ -43,7 +42,7 @@ ASKED_FOR = {
 
 def test_shipped_runtimes_load() -> None:
     """At least 24 runtimes load, among them every language users ask for most."""
-    registry = load_runtimes(SHIPPED)
+    registry = shipped_runtimes()
     assert len(registry) >= 24
     assert {r.name for r in registry} >= ASKED_FOR
     compiled = {r.name for r in registry if r.compiled}
@@ -113,7 +112,7 @@ def test_empty_directory_is_refused(tmp_path: Path) -> None:
 
 def test_build_key_follows_the_recipe() -> None:
     """Changing packages or files changes the key that marks an image current."""
-    registry = load_runtimes(SHIPPED)
+    registry = shipped_runtimes()
     python = registry.get("python")
     assert python is not None
     assert python.build.build_key() == python.build.build_key()

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from sandboxd.engine.cleanups import drain_cleanups
-from sandboxd.engine.engine import Timings
+from sandboxd.engine.engine import Engine, Timings
 from sandboxd.models import ExecutionResult, ExecutionStatus
 from sandboxd.ops.logging import EXECUTION_FIELDS, JsonFormatter, TextFormatter
 from sandboxd.ops.metrics import Telemetry
+from tests.helpers import finish_cleanups
 
 Client = TestClient[Any, Any]
 
@@ -26,13 +26,13 @@ def sample(exposition: str, name: str) -> float:
 
 
 @pytest.mark.integration
-async def test_metrics_count_executions(http: Client, headers: dict[str, str]) -> None:
+async def test_metrics_count_executions(http: Client, headers: dict[str, str], engine: Engine) -> None:
     """An execution moves the counter for its language and status and the timing histograms."""
     before = await (await http.get("/metrics")).text()
     body = json.dumps({"code": "print('measured')", "language": "python"})
     response = await http.post("/api/v1/execute", data=body, headers=headers)
     assert response.status == 200
-    await drain_cleanups()  # the sandbox is removed after the response: its teardown is timed then
+    await finish_cleanups(engine)  # the sandbox is removed after the response: its teardown is timed then
     after_response = await http.get("/metrics")
     assert after_response.headers["Content-Type"].startswith("text/plain")
     after = await after_response.text()
