@@ -6,6 +6,8 @@ The tests' leftover checks and bench/soak.py count with this; neither needs pyte
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -95,30 +97,51 @@ SHIM_EXIT_GRACE = 3.0
 
 
 async def _orphaned_processes(namespace: str, states: Sequence[Path], live: set[str]) -> list[str]:
-    """Shims of ``namespace`` and runsc processes of the daemons serving no task containerd knows.
+    """Shims and runsc processes of the daemons serving no task containerd knows.
 
     containerd forgets a sandbox whose shim it lost track of, so its own listing
     cannot show such a leak; the host's process table does.
     """
-    runsc_roots = tuple(f"--root={state}/runsc/" for state in states)
     deadline = asyncio.get_running_loop().time() + SHIM_EXIT_GRACE
     while True:
-        found = await asyncio.to_thread(_runtime_processes, namespace, runsc_roots)
+        found = await asyncio.to_thread(_runtime_processes, namespace, states)
         orphans = [f"{kind} {sandbox} (pid {pid})" for pid, kind, sandbox in found if sandbox not in live]
         if not orphans or asyncio.get_running_loop().time() > deadline:
             return orphans
         await asyncio.sleep(0.2)
 
 
-def _runtime_processes(namespace: str, runsc_roots: tuple[str, ...]) -> list[tuple[int, str, str]]:
-    """(pid, "shim" or "runsc", sandbox id) of each runtime process on this host that serves a sandbox."""
+def _runtime_processes(namespace: str, states: Sequence[Path]) -> list[tuple[int, str, str]]:
+    """(pid, "shim" or "runsc", sandbox id) of each runtime process that serves one of the daemons' sandboxes.
+
+    Other daemons of the namespace on the same containerd (other test runs, a dev
+    daemon) have shims too: a shim is one of these daemons' while it holds open a
+    FIFO of theirs, its sandbox's stdio. One that holds none serves no program;
+    every daemon reaps such shims, whoever's they were.
+    """
+    runsc_roots = tuple(f"--root={state}/runsc/" for state in states)
+    fifo_dirs = tuple(f"{state}/fifos/" for state in states)
     found = []
     for entry, argv in command_lines():
         if (sandbox := shim_sandbox(argv, namespace)) is not None:
-            found.append((int(entry.name), "shim", sandbox))
+            if _holds_open(entry, fifo_dirs):
+                found.append((int(entry.name), "shim", sandbox))
         elif argv[0].startswith("runsc") and any(arg.startswith(runsc_roots) for arg in argv):
             found.append((int(entry.name), "runsc", _runsc_container(argv)))
     return found
+
+
+def _holds_open(process: Path, directories: tuple[str, ...]) -> bool:
+    """True when the process (its /proc entry) has a file open inside one of ``directories``."""
+    try:
+        fds = list((process / "fd").iterdir())
+    except OSError:  # it exited meanwhile
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(fd).startswith(directories):
+                return True
+    return False
 
 
 def _runsc_container(argv: list[str]) -> str:
