@@ -136,16 +136,22 @@ async def wait_for(http: Http, headers: dict[str, str], execution_id: str, *stat
     return await poll(probe, reached, f"{execution_id} reaching {states or 'a final state'}")
 
 
-async def metrics(http: Http) -> dict[str, float]:
-    """The daemon's /metrics: each sample's value by its name with labels, as the exposition spells it."""
-    response = await http.get("/metrics")
-    assert response.status == 200
-    samples = {}
-    for line in (await response.text()).splitlines():
+def samples(exposition: str) -> dict[str, float]:
+    """Each sample of a Prometheus text exposition: its value by its name with labels, spelt as there."""
+    found = {}
+    for line in exposition.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
+            found[name] = float(value)
+    return found
+
+
+async def metrics(http: Http) -> dict[str, float]:
+    """The samples of the daemon's /metrics (see ``samples``)."""
+    response = await http.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return samples(await response.text())
 
 
 async def metric_reaches(http: Http, name: str, value: float) -> None:
@@ -163,6 +169,26 @@ async def execute_plan(engine: Engine, plan: Plan) -> ExecutionResult:
 async def engine_run(engine: Engine, language: str, code: str, **request: Any) -> ExecutionResult:
     """Plan a snippet's execution and run it through ``engine`` directly, past the HTTP API."""
     return await execute_plan(engine, engine.plan(ExecutionRequest(code=code, language=language, **request)))
+
+
+def started_in(state: Path, marker: str) -> set[str]:
+    """The sandboxes of the daemon with this state directory whose program created /workspace/<marker>.
+
+    A program that writes a marker this way names its own sandbox, which the pool's
+    idle sandboxes and other executions' cannot be taken for.
+    """
+    return {path.parent.name for path in (state / "workspaces").glob(f"*/{marker}")}
+
+
+async def wait_started(state: Path, marker: str, count: int = 1) -> set[str]:
+    """Wait until ``count`` sandboxes' programs created /workspace/<marker>; return those sandboxes."""
+
+    async def probe() -> set[str]:
+        return await asyncio.to_thread(started_in, state, marker)
+
+    found = await poll(probe, lambda found: len(found) >= count, f"{count} programs creating {marker}")
+    assert len(found) == count, found
+    return found
 
 
 # -- time -------------------------------------------------------------------------------

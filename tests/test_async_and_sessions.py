@@ -31,7 +31,9 @@ async def test_async_result_has_the_sync_fields(http: Client, headers: dict[str,
         "cpu_time": result["cpu_time"],
         "memory_peak": result["memory_peak"],
     }
+    assert result["execution_time"] > 0
     assert result["cpu_time"] > 0
+    assert result["memory_peak"] > 1 << 20
 
 
 async def test_cancel_running(http: Client, headers: dict[str, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
@@ -13,9 +14,9 @@ from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient, ContainerdError, Mount
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.oci import SandboxLimits
-from sandboxd.engine.sandbox import Sandbox
-from sandboxd.models import ExecutionRequest, ExecutionStatus
-from tests.helpers import assert_nothing_left, engine_run, execute_plan, images_of
+from sandboxd.engine.sandbox import MANAGED_LABEL, SANDBOX_LABEL, Sandbox
+from sandboxd.models import ExecutionStatus
+from tests.helpers import assert_nothing_left, engine_run, images_of, wait_started
 
 pytestmark = pytest.mark.integration
 
@@ -69,16 +70,15 @@ async def test_cancelled_execution_cleans_up(
     engine: Engine, containerd: ContainerdClient, config: Config
 ) -> None:
     """An execution cancelled while its program runs is torn down completely."""
-    plan = engine.plan(
-        ExecutionRequest(code="import time; print('up', flush=True); time.sleep(30)", language="python")
-    )
-    running = asyncio.ensure_future(execute_plan(engine, plan))
-    await asyncio.sleep(1.5)  # boot takes well under a second: the program is sleeping now
-    assert any(task.status == "RUNNING" for task in await containerd.tasks.list())
+    code = "import time; open('/workspace/cancel-me', 'w').close(); time.sleep(30)"
+    running = asyncio.ensure_future(engine_run(engine, "python", code))
+    (sandbox,) = await wait_started(config.paths.state, "cancel-me")  # the program sleeps now
+    assert sandbox in {task.container_id for task in await containerd.tasks.list()}
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
     await assert_nothing_left(engine, containerd, config)
+    assert sandbox not in {container.id for container in await containerd.containers.list()}
 
 
 async def test_task_left_in_created_state_is_removed(
@@ -129,18 +129,16 @@ async def test_boot_cancelled_as_containerd_answers_leaves_nothing(
     await assert_nothing_left(engine, containerd, config)
 
 
-async def test_lease_expires(engine: Engine, containerd: ContainerdClient) -> None:
+async def test_lease_expires(engine: Engine, containerd: ContainerdClient, config: Config) -> None:
     """Each sandbox holds a lease with an expiry, so a crashed daemon's leftovers are collectable."""
-    plan = engine.plan(ExecutionRequest(code="import time; time.sleep(3)", language="python"))
-    running = asyncio.ensure_future(execute_plan(engine, plan))
+    code = "import time; open('/workspace/leased', 'w').close(); time.sleep(3)"
+    running = asyncio.ensure_future(engine_run(engine, "python", code))
     try:
-        for _ in range(100):
-            leases = await containerd.leases.list(['labels."sandboxd.io/managed"'])
-            if leases:
-                break
-            await asyncio.sleep(0.05)
-        assert leases, "no sandboxd lease while an execution runs"
-        assert "containerd.io/gc.expire" in leases[0].labels
+        (sandbox,) = await wait_started(config.paths.state, "leased")
+        leases = await containerd.leases.list([f'labels."{MANAGED_LABEL}"'])
+        (lease,) = [lease for lease in leases if lease.labels.get(SANDBOX_LABEL) == sandbox]
+        expiry = dt.datetime.fromisoformat(lease.labels["containerd.io/gc.expire"])
+        assert expiry > dt.datetime.now(dt.UTC), lease.labels
     finally:
         result = await running
     assert result.status == ExecutionStatus.COMPLETED

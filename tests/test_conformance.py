@@ -6,6 +6,8 @@ file, building its image and running this suite.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sandboxd.engine.engine import Engine
@@ -66,7 +68,10 @@ async def test_compile_error(engine: Engine, runtime: Runtime) -> None:
     assert runtime.conformance.compile_error is not None
     result = await engine_run(engine, runtime.name, runtime.conformance.compile_error)
     assert (result.status, result.exit_code) == (ExecutionStatus.COMPILE_ERROR, -1), result
-    assert result.stderr.strip()
+    compiler_output, note = result.stderr.rstrip("\n").rsplit("\n", 1)
+    assert re.fullmatch(r"sandboxd: compilation failed with exit status [1-9]\d*", note), result
+    # sandboxd's own note says nothing about the source: the compiler's message names its file.
+    assert runtime.source_file in compiler_output, result
 
 
 @ALL

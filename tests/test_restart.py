@@ -12,9 +12,12 @@ import pytest
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine.sandbox import HOST_LABEL, host_id_for
 from tests.daemons import Daemon
-from tests.helpers import execute, execution, metric_reaches, poll, submit, wait_for
+from tests.helpers import execute, execution, metric_reaches, poll, submit, wait_for, wait_started
 
 pytestmark = pytest.mark.integration
+
+# A program's first line: it marks its own sandbox's workspace (see helpers.started_in).
+STARTED = "import time\nopen('/workspace/started', 'w').close()"
 
 
 async def sandboxes_of(containerd: ContainerdClient, daemon: Daemon) -> set[str]:
@@ -31,7 +34,7 @@ async def test_kill_9_loses_no_execution(
     """Queued and running async executions survive SIGKILL: after a restart each completes under its id."""
     daemon = make_daemon(2)
     await daemon.start()
-    code = "import time\ntime.sleep(2)\nprint('done {}')"
+    code = f"{STARTED}\ntime.sleep(5)\nprint('done {{}}')"
     async with daemon.session() as http:
         ids = [await submit(http, daemon.headers, code=code.format(i), language="python") for i in range(5)]
 
@@ -40,13 +43,13 @@ async def test_kill_9_loses_no_execution(
 
         found = await poll(states, lambda found: found.count("running") == 2, "two executions running")
         assert sorted(found) == ["queued", "queued", "queued", "running", "running"]
-        await asyncio.sleep(0.5)
+        running = await wait_started(daemon.config.paths.state, "started", 2)
 
         await daemon.stop(signal.SIGKILL)
         await asyncio.sleep(0.5)  # containerd finishes the calls the daemon had in flight
         orphans = await sandboxes_of(containerd, daemon)
         # The two running executions' sandboxes, and what the pool had ready or was booting.
-        assert len(orphans) >= 2, "the killed daemon should have left its two running sandboxes"
+        assert running <= orphans, "the killed daemon should have left its two running sandboxes"
 
         await daemon.start()
         results = {i: await wait_for(http, daemon.headers, i) for i in ids}
@@ -65,18 +68,19 @@ async def test_kill_9_with_eight_in_flight(
     """
     daemon = make_daemon(8)
     await daemon.start()
-    code = "import time\ntime.sleep(4)\nprint('done')"
+    # Long enough that the first program still runs when the last of eight boots on a loaded machine.
+    code = f"{STARTED}\ntime.sleep(15)\nprint('done')"
     async with daemon.session() as http:
-        ids = [await submit(http, daemon.headers, code=code, language="python") for _ in range(6)]
-        sync = {"code": code, "language": "python", "session_id": "sync-at-crash"}
+        ids = [await submit(http, daemon.headers, code=code, language="python", timeout=30) for _ in range(6)]
+        sync = {"code": code, "language": "python", "session_id": "sync-at-crash", "timeout": 30}
         clients = [asyncio.ensure_future(execute(http, daemon.headers, **sync)) for _ in range(2)]
         await metric_reaches(http, "sandboxd_executions_in_flight", 8)
-        await asyncio.sleep(1.0)  # every program is past its sandbox's boot now
+        running = await wait_started(daemon.config.paths.state, "started", 8)
         await daemon.stop(signal.SIGKILL)
         await asyncio.gather(*clients, return_exceptions=True)
         await asyncio.sleep(0.5)  # containerd finishes the calls the daemon had in flight
         orphans = await sandboxes_of(containerd, daemon)
-        assert len(orphans) >= 8
+        assert running <= orphans, "the killed daemon should have left its eight running sandboxes"
 
         restarted = time.monotonic()
         await daemon.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
 from sandboxd.runtimes import RuntimeConfigError, load_runtimes
@@ -111,9 +112,19 @@ def test_empty_directory_is_refused(tmp_path: Path) -> None:
 
 
 def test_build_key_follows_the_recipe() -> None:
-    """Changing packages or files changes the key that marks an image current."""
+    """Changing packages or files changes the key that marks an image current; their order does not."""
     registry = shipped_runtimes()
-    python = registry.get("python")
+    python, ruby = registry.get("python"), registry.get("ruby")
     assert python is not None
-    assert python.build.build_key() == python.build.build_key()
-    assert python.build.build_key() != registry.get("ruby").build.build_key()  # type: ignore[union-attr]
+    assert ruby is not None
+    recipe = python.build
+    key = recipe.build_key()
+    reloaded = shipped_runtimes().get("python")
+    assert reloaded is not None
+    assert reloaded.build is not recipe
+    assert reloaded.build.build_key() == key
+    assert attrs.evolve(recipe, packages=recipe.packages[::-1]).build_key() == key
+    assert attrs.evolve(recipe, packages=(*recipe.packages, "strace")).build_key() != key
+    assert attrs.evolve(recipe, files={**recipe.files, "/etc/motd": "hello"}).build_key() != key
+    assert attrs.evolve(recipe, suite="trixie").build_key() != key
+    assert ruby.build.build_key() != key
