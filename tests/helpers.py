@@ -39,6 +39,11 @@ SHIPPED_RUNTIMES = Path(__file__).resolve().parent.parent / "runtimes"
 EXECUTE = "/api/v1/execute"
 # How long polling waits for a state a loaded machine reaches in well under this.
 POLL_SECONDS = 60.0
+# What a loaded 2-core machine (other test runs, image builds) may add to a step that takes a
+# moment when idle: killing a program at its timeout, ending a sandbox's processes.
+SLACK = 3.0
+# The same for a whole request, which boots and tears down a sandbox besides.
+REQUEST_SLACK = 15.0
 UNFINISHED = frozenset({ExecutionStatus.QUEUED, ExecutionStatus.RUNNING})
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import pytest
 
 from sandboxd.engine.engine import Engine
 from sandboxd.models import ExecutionRequest, ExecutionStatus
-from tests.helpers import Client, execute, execute_plan
+from tests.helpers import REQUEST_SLACK, SLACK, Client, execute, execute_plan
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ async def test_product_document_examples(
     assert result["status"] == "completed"
     assert result["language"] == language
     assert result["session_id"] is None
-    assert 0 < result["execution_time"] < 10
+    assert 0 < result["execution_time"] < 60  # the most any runtime's timeout may be
     assert len(result["execution_id"]) == 36
 
 
@@ -127,7 +127,7 @@ async def test_uncaught_error_is_a_completed_nonzero_exit(http: Client, headers:
 
 
 async def test_busy_loop_times_out(http: Client, headers: dict[str, str]) -> None:
-    """A busy loop with timeout 2 ends as a timeout within 2 s plus a small margin; earlier output is kept."""
+    """A busy loop with timeout 2 ends as a timeout at 2 s (and a loaded machine's margin); output is kept."""
     code = "print('started')\nwhile True:\n    pass"
     started = time.monotonic()
     status, result = await execute(http, headers, code=code, language="python", timeout=2)
@@ -136,8 +136,8 @@ async def test_busy_loop_times_out(http: Client, headers: dict[str, str]) -> Non
     assert (result["status"], result["exit_code"]) == ("timeout", -1)
     assert result["stdout"] == "started\n"
     assert result["stderr"].endswith("sandboxd: execution timed out after 2 s\n")
-    assert 2 <= result["execution_time"] < 2.5
-    assert wall < 4.0
+    assert 2 <= result["execution_time"] < 2 + SLACK  # not python's default timeout of 10 s
+    assert wall < 2 + REQUEST_SLACK
 
 
 async def test_compile_error(http: Client, headers: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine.engine import Engine
-from tests.helpers import Client, assert_nothing_left, execute, health_port_of
+from tests.helpers import SLACK, Client, assert_nothing_left, execute, health_port_of
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,7 @@ async def test_containerd_outage(
 
         started = time.monotonic()
         status, body = await execute(http, headers, code="print('during the outage')", language="python")
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < SLACK  # refused at once, not after a containerd timeout
         assert status == 503
         assert body["detail"].startswith("containerd is unavailable")
         assert (await http.get("/healthz")).status == 200
