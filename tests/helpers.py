@@ -230,7 +230,7 @@ def images_of(engine: Engine) -> dict[str, ImageState]:
 
 def is_quiet(engine: Engine) -> bool:
     """True while no program runs in any of the engine's sandboxes (its housekeeping may go on)."""
-    return engine.housekeeping.is_quiet
+    return engine.housekeeping._quiet.is_set()
 
 
 def pooled(engine: Engine) -> Callable[[], set[str]]:

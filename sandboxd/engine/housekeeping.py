@@ -33,11 +33,6 @@ class Housekeeping:
             if not self._running:
                 self._quiet.set()
 
-    @property
-    def is_quiet(self) -> bool:
-        """True while no program runs."""
-        return self._quiet.is_set()
-
     async def quiet(self, deadline: float) -> None:
         """Return when no program runs, or after ``deadline`` seconds, whichever comes first."""
         with contextlib.suppress(TimeoutError):
