@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -12,12 +11,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from sandboxd.config import Config
+
+# A daemon answers in seconds; on a loaded machine, inspecting every runtime's image takes longer.
+START_SECONDS = 120.0
 
 
 def free_port() -> int:
@@ -48,6 +49,7 @@ class Daemon:
         self.config_path = config_path
         self.url = f"http://127.0.0.1:{port}"
         self.key = key
+        self.headers = {"X-API-Key": key, "Content-Type": "application/json"}
         self.log = log
         self.process: asyncio.subprocess.Process | None = None
 
@@ -62,14 +64,19 @@ class Daemon:
                 stdout=log,
                 stderr=log,
             )  # fmt: skip
-        async with aiohttp.ClientSession() as session:
-            for _ in range(600):
+        deadline = time.monotonic() + START_SECONDS
+        async with self.session() as session:
+            while time.monotonic() < deadline:
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{self.url}/healthz") as response:
+                    async with session.get("/healthz") as response:
                         if response.status == 200:
                             return
                 await asyncio.sleep(0.05)
         raise AssertionError(f"the daemon did not start:\n{self.log.read_text()[-3000:]}")
+
+    def session(self) -> aiohttp.ClientSession:
+        """An HTTP session for the daemon's URL: the request helpers in tests/helpers.py take it."""
+        return aiohttp.ClientSession(base_url=self.url)
 
     async def stop(self, sig: signal.Signals) -> None:
         """Send ``sig`` and wait for the process to end."""
@@ -96,28 +103,3 @@ async def make_daemon(
     yield make
     for daemon in made:
         await daemon.stop(signal.SIGTERM)
-
-
-async def call(
-    session: aiohttp.ClientSession, daemon: Daemon, method: str, path: str, body: Any = None
-) -> Any:
-    """One API call to ``daemon`` with its key; return the JSON body."""
-    headers = {"X-API-Key": daemon.key, "Content-Type": "application/json"}
-    data = None if body is None else json.dumps(body)
-    async with session.request(method, f"{daemon.url}{path}", data=data, headers=headers) as response:
-        return await response.json()
-
-
-async def final_results(
-    session: aiohttp.ClientSession, daemon: Daemon, ids: list[str], seconds: float = 60
-) -> dict[str, Any]:
-    """Poll the executions until each has a final state (or time runs out); return those that do."""
-    results: dict[str, Any] = {}
-    deadline = time.monotonic() + seconds
-    while len(results) < len(ids) and time.monotonic() < deadline:
-        for execution_id in ids:
-            body = await call(session, daemon, "GET", f"/api/v1/executions/{execution_id}")
-            if body["status"] not in ("queued", "running"):
-                results[execution_id] = body
-        await asyncio.sleep(0.2)
-    return results

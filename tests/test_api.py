@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from sandboxd.runtimes import load_runtimes
-
-SHIPPED_RUNTIMES = Path(__file__).resolve().parent.parent / "runtimes"
+from tests.helpers import Client, post_raw, shipped_runtimes
 
 pytestmark = pytest.mark.integration
-
-Client = TestClient[Any, Any]
-
-
-async def post(http: Client, body: str, headers: dict[str, str]) -> tuple[int, Any]:
-    """POST a raw body to /api/v1/execute."""
-    response = await http.post("/api/v1/execute", data=io.BytesIO(body.encode()), headers=headers)
-    return response.status, await response.json()
 
 
 async def test_missing_api_key(http: Client) -> None:
@@ -53,7 +39,7 @@ async def test_languages(http: Client, headers: dict[str, str]) -> None:
     response = await http.get("/api/v1/languages", headers=headers)
     assert response.status == 200
     listed = {item["language"]: item for item in await response.json()}
-    assert set(listed) == {runtime.name for runtime in load_runtimes(SHIPPED_RUNTIMES)}
+    assert set(listed) == {runtime.name for runtime in shipped_runtimes()}
     assert all(item["available"] for item in listed.values())
     assert listed["python"]["version"].startswith("Python 3.")
     assert listed["javascript"]["version"].startswith("v")
@@ -96,21 +82,25 @@ async def test_bad_input_is_a_400_naming_the_field(
     http: Client, headers: dict[str, str], body: str, detail: str
 ) -> None:
     """Malformed, missing, mistyped or out-of-range input gives 400 and says which field."""
-    status, result = await post(http, body, headers)
+    status, result = await post_raw(http, body, headers)
     assert status == 400
     assert result["detail"].startswith(detail), result
 
 
 async def test_oversized_code_is_rejected(http: Client, headers: dict[str, str]) -> None:
     """Code above 64 KiB is a 400 naming the field."""
-    status, result = await post(http, json.dumps({"code": "#" * (65 << 10), "language": "python"}), headers)
+    status, result = await post_raw(
+        http, json.dumps({"code": "#" * (65 << 10), "language": "python"}), headers
+    )
     assert status == 400
     assert result["detail"] == "code: must be at most 65536 bytes"
 
 
 async def test_oversized_body_is_413(http: Client, headers: dict[str, str]) -> None:
     """A body beyond the server's limit is refused with 413 and a JSON detail."""
-    status, result = await post(http, json.dumps({"code": "#" * (3 << 20), "language": "python"}), headers)
+    status, result = await post_raw(
+        http, json.dumps({"code": "#" * (3 << 20), "language": "python"}), headers
+    )
     assert status == 413
     assert result["detail"].startswith("Request body too large")
 
@@ -126,11 +116,11 @@ async def test_stdin_bound(http: Client, headers: dict[str, str]) -> None:
     """Exactly 1 MiB of stdin is delivered whole; one byte more is a 400 naming stdin."""
     code = "import sys\nprint(len(sys.stdin.read()))"
     limit = 1 << 20
-    status, result = await post(
+    status, result = await post_raw(
         http, json.dumps({"code": code, "language": "python", "stdin": "x" * limit}), headers
     )
     assert status == 200
     assert result["stdout"] == f"{limit}\n"
     body = json.dumps({"code": code, "language": "python", "stdin": "x" * (limit + 1)})
-    status, result = await post(http, body, headers)
+    status, result = await post_raw(http, body, headers)
     assert (status, result) == (400, {"detail": f"stdin: must be at most {limit} bytes"})

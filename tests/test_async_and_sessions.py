@@ -4,40 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-import attrs
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from sandboxd.api.app import create_app
 from sandboxd.api.auth import generate_key, hash_key
-from sandboxd.config import ApiKey, Config
+from sandboxd.config import ApiKey
+from tests.helpers import Client, batch, execute, submit, wait_for
 
 pytestmark = pytest.mark.integration
-
-Client = TestClient[Any, Any]
-
-
-async def submit(http: Client, headers: dict[str, str], **body: Any) -> str:
-    """Submit an async execution; return its id."""
-    response = await http.post("/api/v1/execute/async", data=json.dumps(body), headers=headers)
-    assert response.status == 202, await response.text()
-    accepted = await response.json()
-    assert accepted["status"] == "queued"
-    return str(accepted["execution_id"])
-
-
-async def wait_for(http: Client, headers: dict[str, str], execution_id: str, *states: str) -> Any:
-    """Poll until the execution is in one of ``states``."""
-    for _ in range(400):
-        response = await http.get(f"/api/v1/executions/{execution_id}", headers=headers)
-        body = await response.json()
-        if body["status"] in states:
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{execution_id} never reached {states}: {body}")
 
 
 async def test_async_result_has_the_sync_fields(http: Client, headers: dict[str, str]) -> None:
@@ -56,7 +31,9 @@ async def test_async_result_has_the_sync_fields(http: Client, headers: dict[str,
         "cpu_time": result["cpu_time"],
         "memory_peak": result["memory_peak"],
     }
+    assert result["execution_time"] > 0
     assert result["cpu_time"] > 0
+    assert result["memory_peak"] > 1 << 20
 
 
 async def test_cancel_running(http: Client, headers: dict[str, str]) -> None:
@@ -92,15 +69,11 @@ async def test_unknown_execution_is_404(http: Client, headers: dict[str, str]) -
 async def test_session_listing_newest_first_and_paginated(http: Client, headers: dict[str, str]) -> None:
     """Sync, batch and async executions are all listed under their session, newest first, in pages."""
     session = "s-listing"
-    sync = await http.post(
-        "/api/v1/execute",
-        data=json.dumps({"code": "print(1)", "language": "python", "session_id": session}),
-        headers=headers,
-    )
-    first = (await sync.json())["execution_id"]
+    _, sync = await execute(http, headers, code="print(1)", language="python", session_id=session)
+    first = sync["execution_id"]
     items = [{"code": f"print({i})", "language": "python", "session_id": session} for i in (2, 3)]
-    batch = await http.post("/api/v1/execute/batch", data=json.dumps(items), headers=headers)
-    second, third = [r["execution_id"] for r in await batch.json()]
+    _, results = await batch(http, headers, items)
+    second, third = [r["execution_id"] for r in results]
     fourth = await submit(http, headers, code="print(4)", language="python", session_id=session)
     await wait_for(http, headers, fourth, "completed")
 
@@ -121,20 +94,17 @@ async def test_session_listing_newest_first_and_paginated(http: Client, headers:
 
 @pytest.fixture
 async def two_key_server(
-    separate_daemon: Callable[[], Config],
-) -> AsyncIterator[tuple[Client, dict[str, str], dict[str, str]]]:
+    make_server: Callable[..., Awaitable[Client]],
+) -> tuple[Client, dict[str, str], dict[str, str]]:
     """A server with two keys: one at 5 executions a minute, one at the default rate."""
     alice, bob = generate_key(), generate_key()
     keys = (
         ApiKey(name="alice", sha256=hash_key(alice), rate_limit=5),
         ApiKey(name="bob", sha256=hash_key(bob)),
     )
-    config = attrs.evolve(separate_daemon(), api_keys=keys, dev_keys=())
-    client: Client = TestClient(TestServer(create_app(config), host="127.0.0.1"))
-    await client.start_server()
+    client = await make_server(api_keys=keys, dev_keys=())
     headers = {"Content-Type": "application/json"}
-    yield client, {**headers, "X-API-Key": alice}, {**headers, "X-API-Key": bob}
-    await client.close()
+    return client, {**headers, "X-API-Key": alice}, {**headers, "X-API-Key": bob}
 
 
 async def test_ownership(two_key_server: tuple[Client, dict[str, str], dict[str, str]]) -> None:
@@ -179,25 +149,16 @@ async def test_rate_limit(two_key_server: tuple[Client, dict[str, str], dict[str
     assert response.headers["X-RateLimit-Limit"] == "600"
 
 
-async def test_cancel_queued(
-    separate_daemon: Callable[[], Config], api_key: str, headers: dict[str, str]
-) -> None:
+async def test_cancel_queued(make_server: Callable[..., Awaitable[Client]], headers: dict[str, str]) -> None:
     """With the only slot busy, a queued execution is cancelled before it runs; the running one goes on."""
-    config = separate_daemon()
-    one_slot = attrs.evolve(config, dev_keys=(api_key,), limits=attrs.evolve(config.limits, concurrency=1))
-    http: Client = TestClient(TestServer(create_app(one_slot), host="127.0.0.1"))
-    await http.start_server()
-    try:
-        running = await submit(
-            http, headers, code="import time; time.sleep(2); print('ran')", language="python"
-        )
-        await wait_for(http, headers, running, "running")
-        queued = await submit(http, headers, code="print('must not run')", language="python")
-        assert (await wait_for(http, headers, queued, "queued"))["status"] == "queued"
-        response = await http.delete(f"/api/v1/executions/{queued}", headers=headers)
-        cancelled = await response.json()
-        assert (cancelled["status"], cancelled["stdout"], cancelled["exit_code"]) == ("cancelled", "", -1)
-        finished = await wait_for(http, headers, running, "completed")
-        assert finished["stdout"] == "ran\n"
-    finally:
-        await http.close()
+    http = await make_server(limits={"concurrency": 1})
+    running = await submit(http, headers, code="import time; time.sleep(2); print('ran')", language="python")
+    await wait_for(http, headers, running, "running")
+    queued = await submit(http, headers, code="print('must not run')", language="python")
+    waiting = await wait_for(http, headers, queued, "queued")
+    assert waiting == {"execution_id": queued, "status": "queued", "language": "python", "session_id": None}
+    response = await http.delete(f"/api/v1/executions/{queued}", headers=headers)
+    cancelled = await response.json()
+    assert (cancelled["status"], cancelled["stdout"], cancelled["exit_code"]) == ("cancelled", "", -1)
+    finished = await wait_for(http, headers, running, "completed")
+    assert finished["stdout"] == "ran\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
@@ -10,27 +11,19 @@ from collections.abc import Sequence
 import pytest
 
 from sandboxd.config import Config
-from sandboxd.containerd import ContainerdClient, ContainerdError, Mount, TaskStatus
+from sandboxd.containerd import ContainerdClient, ContainerdError, Mount
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.oci import SandboxLimits
-from sandboxd.engine.sandbox import Sandbox
-from sandboxd.models import ExecutionRequest, ExecutionStatus
-from tests.conftest import find_leftovers, pooled
+from sandboxd.engine.sandbox import MANAGED_LABEL, SANDBOX_LABEL, Sandbox
+from sandboxd.models import ExecutionStatus
+from tests.helpers import assert_nothing_left, engine_run, images_of, wait_started
 
 pytestmark = pytest.mark.integration
 
 
-async def assert_nothing_left(engine: Engine, containerd: ContainerdClient, config: Config) -> None:
-    """No sandboxd container, task, snapshot, lease, mount, workspace or FIFO remains, but the pool's."""
-    await engine.drain()
-    leftovers = await find_leftovers(containerd, config, keep=pooled(engine))
-    assert leftovers.is_empty(), leftovers
-
-
 async def boot_small_python_sandbox(engine: Engine) -> Sandbox:
     """Boot a sandbox of the python image directly, outside any execution."""
-    state = engine.image("python")
-    assert state is not None
+    state = images_of(engine)["python"]
     assert state.chain_id is not None
     limits = SandboxLimits(
         memory_bytes=128 << 20, pids=32, cpus=1, tmp_bytes=1 << 20, file_size_bytes=1 << 20, open_files=64
@@ -69,8 +62,7 @@ async def test_each_ending_cleans_up(
     status: ExecutionStatus,
 ) -> None:
     """Whatever way an execution ends, its sandbox and everything around it are gone afterwards."""
-    plan = engine.plan(ExecutionRequest(code=code, language=language, timeout=timeout))
-    result, _ = await engine.execute(plan, str(uuid.uuid4()))
+    result = await engine_run(engine, language, code, timeout=timeout)
     assert result.status == status
     await assert_nothing_left(engine, containerd, config)
 
@@ -79,16 +71,15 @@ async def test_cancelled_execution_cleans_up(
     engine: Engine, containerd: ContainerdClient, config: Config
 ) -> None:
     """An execution cancelled while its program runs is torn down completely."""
-    plan = engine.plan(
-        ExecutionRequest(code="import time; print('up', flush=True); time.sleep(30)", language="python")
-    )
-    running = asyncio.ensure_future(engine.execute(plan, str(uuid.uuid4())))
-    await asyncio.sleep(1.5)  # boot takes well under a second: the program is sleeping now
-    assert any(task.status is TaskStatus.RUNNING for task in await containerd.tasks.list())
+    code = "import time; open('/workspace/cancel-me', 'w').close(); time.sleep(30)"
+    running = asyncio.ensure_future(engine_run(engine, "python", code))
+    (sandbox,) = await wait_started(config.paths.state, "cancel-me")  # the program sleeps now
+    assert sandbox in {task.container_id for task in await containerd.tasks.list()}
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
     await assert_nothing_left(engine, containerd, config)
+    assert sandbox not in {container.id for container in await containerd.containers.list()}
 
 
 async def test_task_left_in_created_state_is_removed(
@@ -139,18 +130,16 @@ async def test_boot_cancelled_as_containerd_answers_leaves_nothing(
     await assert_nothing_left(engine, containerd, config)
 
 
-async def test_lease_expires(engine: Engine, containerd: ContainerdClient) -> None:
+async def test_lease_expires(engine: Engine, containerd: ContainerdClient, config: Config) -> None:
     """Each sandbox holds a lease with an expiry, so a crashed daemon's leftovers are collectable."""
-    plan = engine.plan(ExecutionRequest(code="import time; time.sleep(3)", language="python"))
-    running = asyncio.ensure_future(engine.execute(plan, str(uuid.uuid4())))
+    code = "import time; open('/workspace/leased', 'w').close(); time.sleep(3)"
+    running = asyncio.ensure_future(engine_run(engine, "python", code))
     try:
-        for _ in range(100):
-            leases = await containerd.leases.list(['labels."sandboxd.io/managed"'])
-            if leases:
-                break
-            await asyncio.sleep(0.05)
-        assert leases, "no sandboxd lease while an execution runs"
-        assert "containerd.io/gc.expire" in leases[0].labels
+        (sandbox,) = await wait_started(config.paths.state, "leased")
+        leases = await containerd.leases.list([f'labels."{MANAGED_LABEL}"'])
+        (lease,) = [lease for lease in leases if lease.labels.get(SANDBOX_LABEL) == sandbox]
+        expiry = dt.datetime.fromisoformat(lease.labels["containerd.io/gc.expire"])
+        assert expiry > dt.datetime.now(dt.UTC), lease.labels
     finally:
-        result, _ = await running
+        result = await running
     assert result.status == ExecutionStatus.COMPLETED

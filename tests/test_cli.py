@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from sandboxd.config import Config
-from sandboxd.runtimes import load_runtimes
 from tests.daemons import free_port, write_config
+from tests.helpers import shipped_runtimes
 
 pytestmark = pytest.mark.integration
 
@@ -91,8 +91,7 @@ async def test_runtimes_table(config_file: Path) -> None:
     status, output = await sandboxd("--config", str(config_file), "runtimes")
     assert status == 0, output
     rows = {line.split()[0]: line.split()[1] for line in output.splitlines()[1:]}
-    shipped = load_runtimes(Path(__file__).resolve().parent.parent / "runtimes")
-    assert rows == {runtime.name: "yes" for runtime in shipped}
+    assert rows == {runtime.name: "yes" for runtime in shipped_runtimes()}
 
 
 async def test_keys_add_stores_only_the_hash(config_file: Path) -> None:
@@ -115,7 +114,7 @@ async def test_images_list(config_file: Path) -> None:
     assert status == 0, output
     rows = {line.split()[0]: line.split()[1:3] for line in output.splitlines()[1:]}
     assert rows["python"] == ["yes", "sandboxd.local/runtimes/python:bookworm"]
-    assert set(rows) == {r.name for r in load_runtimes(Path(__file__).resolve().parent.parent / "runtimes")}
+    assert set(rows) == {r.name for r in shipped_runtimes()}
 
 
 async def test_images_build_skips_current_images(config_file: Path) -> None:

@@ -6,33 +6,26 @@ file, building its image and running this suite.
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
+import re
 
 import pytest
 
 from sandboxd.engine.engine import Engine
-from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus
-from sandboxd.runtimes import Runtime, load_runtimes
+from sandboxd.models import ExecutionStatus
+from sandboxd.runtimes import Runtime
+from tests.helpers import engine_run, shipped_runtimes
 
 pytestmark = pytest.mark.integration
 
-RUNTIMES = load_runtimes(Path(__file__).resolve().parent.parent / "runtimes").runtimes
+RUNTIMES = shipped_runtimes().runtimes
 ALL = pytest.mark.parametrize("runtime", RUNTIMES, ids=[r.name for r in RUNTIMES])
 COMPILED = [r for r in RUNTIMES if r.compiled]
-
-
-async def run(engine: Engine, runtime: Runtime, code: str, **extra: object) -> ExecutionResult:
-    """Execute a snippet in ``runtime``."""
-    request = ExecutionRequest(code=code, language=runtime.name, **extra)  # type: ignore[arg-type]
-    result, _ = await engine.execute(engine.plan(request), str(uuid.uuid4()))
-    return result
 
 
 @ALL
 async def test_hello(engine: Engine, runtime: Runtime) -> None:
     """Prints hello and exits 0."""
-    result = await run(engine, runtime, runtime.conformance.hello)
+    result = await engine_run(engine, runtime.name, runtime.conformance.hello)
     assert (result.stdout, result.exit_code, result.status) == ("hello\n", 0, ExecutionStatus.COMPLETED), (
         result
     )
@@ -44,7 +37,7 @@ NAMED = [(r, code) for r in RUNTIMES for code in r.conformance.named_entry]
 @pytest.mark.parametrize(("runtime", "code"), NAMED, ids=[f"{r.name}-{i}" for i, (r, _) in enumerate(NAMED)])
 async def test_named_entry_runs(engine: Engine, runtime: Runtime, code: str) -> None:
     """A program whose class or module has its own name (HelloWorld, Solution, -module(anything)) runs."""
-    result = await run(engine, runtime, code)
+    result = await engine_run(engine, runtime.name, code)
     assert (result.status, result.exit_code, result.stdout) == (ExecutionStatus.COMPLETED, 0, "hello\n"), (
         result
     )
@@ -54,15 +47,15 @@ async def test_named_entry_runs(engine: Engine, runtime: Runtime, code: str) -> 
 async def test_stdin_echoed(engine: Engine, runtime: Runtime) -> None:
     """Copies standard input to standard output unchanged."""
     stdin = "line one\nline two\n"
-    result = await run(engine, runtime, runtime.conformance.echo_stdin, stdin=stdin)
+    result = await engine_run(engine, runtime.name, runtime.conformance.echo_stdin, stdin=stdin)
     assert (result.stdout, result.exit_code) == (stdin, 0), result
 
 
 @ALL
 async def test_environment_variable_read(engine: Engine, runtime: Runtime) -> None:
     """Reads a variable the request set."""
-    result = await run(
-        engine, runtime, runtime.conformance.read_env, environment={"SANDBOXD_CONFORMANCE": "conformant"}
+    result = await engine_run(
+        engine, runtime.name, runtime.conformance.read_env, environment={"SANDBOXD_CONFORMANCE": "conformant"}
     )
     assert (result.stdout, result.exit_code) == ("conformant\n", 0), result
 
@@ -70,14 +63,14 @@ async def test_environment_variable_read(engine: Engine, runtime: Runtime) -> No
 @ALL
 async def test_exit_code_3(engine: Engine, runtime: Runtime) -> None:
     """Exit status 3 comes back as 3, status completed."""
-    result = await run(engine, runtime, runtime.conformance.exit_3)
+    result = await engine_run(engine, runtime.name, runtime.conformance.exit_3)
     assert (result.exit_code, result.status) == (3, ExecutionStatus.COMPLETED), result
 
 
 @ALL
 async def test_utf8_round_trip(engine: Engine, runtime: Runtime) -> None:
     """Non-ASCII text in the source comes out unchanged."""
-    result = await run(engine, runtime, runtime.conformance.utf8)
+    result = await engine_run(engine, runtime.name, runtime.conformance.utf8)
     assert result.stdout == "héllo wörld ✓ 日本\n", result
 
 
@@ -85,15 +78,18 @@ async def test_utf8_round_trip(engine: Engine, runtime: Runtime) -> None:
 async def test_compile_error(engine: Engine, runtime: Runtime) -> None:
     """Source that does not compile gives status compile_error and the compiler's message."""
     assert runtime.conformance.compile_error is not None
-    result = await run(engine, runtime, runtime.conformance.compile_error)
+    result = await engine_run(engine, runtime.name, runtime.conformance.compile_error)
     assert (result.status, result.exit_code) == (ExecutionStatus.COMPILE_ERROR, -1), result
-    assert result.stderr.strip()
+    compiler_output, note = result.stderr.rstrip("\n").rsplit("\n", 1)
+    assert re.fullmatch(r"sandboxd: compilation failed with exit status [1-9]\d*", note), result
+    # sandboxd's own note says nothing about the source: the compiler's message names its file.
+    assert runtime.source_file in compiler_output, result
 
 
 @ALL
 async def test_uncaught_error(engine: Engine, runtime: Runtime) -> None:
     """An uncaught runtime error is a non-zero exit, with the error on stderr."""
-    result = await run(engine, runtime, runtime.conformance.runtime_error)
+    result = await engine_run(engine, runtime.name, runtime.conformance.runtime_error)
     assert result.status == ExecutionStatus.COMPLETED, result
     assert result.exit_code not in (0, -1)
     assert result.stderr.strip()
@@ -102,5 +98,5 @@ async def test_uncaught_error(engine: Engine, runtime: Runtime) -> None:
 @ALL
 async def test_infinite_loop_times_out(engine: Engine, runtime: Runtime) -> None:
     """An endless loop ends with status timeout at the requested timeout."""
-    result = await run(engine, runtime, runtime.conformance.infinite_loop, timeout=2)
+    result = await engine_run(engine, runtime.name, runtime.conformance.infinite_loop, timeout=2)
     assert (result.status, result.exit_code) == (ExecutionStatus.TIMEOUT, -1), result

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
-from aiohttp.test_utils import TestClient
 
 from sandboxd.engine.engine import Engine
 from sandboxd.models import ExecutionRequest, ExecutionStatus
+from tests.helpers import REQUEST_SLACK, SLACK, Client, execute, execute_plan
 
 pytestmark = pytest.mark.integration
 
-Client = TestClient[Any, Any]
-
 GO_HELLO = 'package main\nimport "fmt"\nfunc main() { fmt.Println(4 + 4) }'
-
-
-async def execute(http: Client, headers: dict[str, str], **body: Any) -> tuple[int, Any]:
-    """POST one execution; return the status code and the JSON body."""
-    response = await http.post("/api/v1/execute", data=json.dumps(body), headers=headers)
-    return response.status, await response.json()
 
 
 @pytest.mark.parametrize(
@@ -50,7 +39,7 @@ async def test_product_document_examples(
     assert result["status"] == "completed"
     assert result["language"] == language
     assert result["session_id"] is None
-    assert 0 < result["execution_time"] < 10
+    assert 0 < result["execution_time"] < 60  # the most any runtime's timeout may be
     assert len(result["execution_id"]) == 36
 
 
@@ -138,7 +127,7 @@ async def test_uncaught_error_is_a_completed_nonzero_exit(http: Client, headers:
 
 
 async def test_busy_loop_times_out(http: Client, headers: dict[str, str]) -> None:
-    """A busy loop with timeout 2 ends as a timeout within 2 s plus a small margin; earlier output is kept."""
+    """A busy loop with timeout 2 ends as a timeout at 2 s (and a loaded machine's margin); output is kept."""
     code = "print('started')\nwhile True:\n    pass"
     started = time.monotonic()
     status, result = await execute(http, headers, code=code, language="python", timeout=2)
@@ -147,8 +136,8 @@ async def test_busy_loop_times_out(http: Client, headers: dict[str, str]) -> Non
     assert (result["status"], result["exit_code"]) == ("timeout", -1)
     assert result["stdout"] == "started\n"
     assert result["stderr"].endswith("sandboxd: execution timed out after 2 s\n")
-    assert 2 <= result["execution_time"] < 2.5
-    assert wall < 4.0
+    assert 2 <= result["execution_time"] < 2 + SLACK  # not python's default timeout of 10 s
+    assert wall < 2 + REQUEST_SLACK
 
 
 async def test_compile_error(http: Client, headers: dict[str, str]) -> None:
@@ -165,7 +154,7 @@ async def test_memory_limit(engine: Engine) -> None:
     """Allocating 1 GiB under a 128 MiB limit ends with status memory_limit."""
     plan = engine.plan(ExecutionRequest(code="x = bytearray(1 << 30)\nprint('survived')", language="python"))
     small = attrs.evolve(plan.runtime, limits=attrs.evolve(plan.runtime.limits, memory_mib=128))
-    result, _ = await engine.execute(attrs.evolve(plan, runtime=small), str(uuid.uuid4()))
+    result = await execute_plan(engine, attrs.evolve(plan, runtime=small))
     assert (result.status, result.exit_code) == (ExecutionStatus.MEMORY_LIMIT, -1)
     assert "survived" not in result.stdout
     assert result.stderr.endswith("sandboxd: memory limit of 128 MiB exceeded\n")

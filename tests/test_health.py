@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandboxd.api.state import HEALTH_PORT
+from tests.helpers import health_port_of
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 @pytest.fixture
 async def health_stub(server: TestServer) -> AsyncIterator[health_pb2_grpc.HealthStub]:
     """A Health client for the test server's health port."""
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.app[HEALTH_PORT]}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{health_port_of(server.app)}")
     yield health_pb2_grpc.HealthStub(channel)
     await channel.close(grace=None)
 

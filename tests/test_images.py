@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sandboxd.engine.engine import Engine
+from tests.helpers import images_of
 
 pytestmark = pytest.mark.integration
 
 
 async def test_images_share_one_base_layer(engine: Engine) -> None:
     """Every runtime image is the same Debian base layer plus one layer of its own."""
-    states = [state for runtime in engine.runtimes if (state := engine.image(runtime.name))]
+    states = list(images_of(engine).values())
     assert len(states) >= 24
     assert all(state.available for state in states), [s for s in states if not s.available]
     assert all(len(state.layers) == 2 for state in states), [(s.runtime, s.layers) for s in states]

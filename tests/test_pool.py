@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from sandboxd.api.state import METRICS
 from sandboxd.config import PoolConfig, PoolSizeConfig
 from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.engine import Engine, Plan, Timings
@@ -17,8 +14,7 @@ from sandboxd.engine.housekeeping import Housekeeping
 from sandboxd.engine.pool import SandboxPool
 from sandboxd.engine.sandbox import Sandbox
 from sandboxd.models import ExecutionResult
-
-Client = TestClient[Any, Any]
+from tests.helpers import Client, Clock, batch, finish_cleanups, is_quiet, metrics, poll, run
 
 
 class FakeSandbox:
@@ -32,17 +28,6 @@ class FakeSandbox:
     async def destroy(self) -> None:
         """Note that the pool destroyed it."""
         self.destroyed = True
-
-
-class Clock:
-    """Time the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        """The time now."""
-        return self.now
 
 
 async def no_quiet_needed(at_most: float) -> None:
@@ -81,13 +66,13 @@ async def settle(pool: SandboxPool) -> None:
     for _ in range(5):
         pool._adjust()
         await asyncio.gather(*pool._boots)
-    await pool._cleanups.drain()
+    await finish_cleanups(pool)
 
 
 async def test_unused_runtimes_keep_their_minimum() -> None:
     """With no demand a runtime keeps its configured minimum, and nothing for the others."""
     config = PoolConfig(runtimes={"python": PoolSizeConfig(min=2, max=4)})
-    pool, booted = make_pool(config, Clock())
+    pool, booted = make_pool(config, Clock(1000.0))
     await settle(pool)
     assert (pool.idle_count("python"), pool.idle_count("go")) == (2, 0)
     assert len(booted) == 2
@@ -95,7 +80,7 @@ async def test_unused_runtimes_keep_their_minimum() -> None:
 
 async def test_demand_grows_the_pool_up_to_its_maximum() -> None:
     """Executions in flight (and the rate of takes) raise the size, never past the maximum."""
-    clock = Clock()
+    clock = Clock(1000.0)
     pool, _ = make_pool(PoolConfig(max=3), clock)
     for _ in range(5):
         assert pool.take("go", "sha256:a") is None  # empty: the caller boots on demand
@@ -108,7 +93,7 @@ async def test_demand_grows_the_pool_up_to_its_maximum() -> None:
 
 async def test_the_pool_shrinks_once_demand_is_old() -> None:
     """Past idle_seconds without takes, idle sandboxes beyond the minimum are destroyed."""
-    clock = Clock()
+    clock = Clock(1000.0)
     pool, booted = make_pool(PoolConfig(idle_seconds=60, max=2), clock)
     pool.take("python", "sha256:a")
     pool.release("python")
@@ -123,7 +108,7 @@ async def test_the_pool_shrinks_once_demand_is_old() -> None:
 async def test_memory_budget_bounds_all_pools_together() -> None:
     """Idle and booting sandboxes together never exceed the budget, whatever the sizes ask."""
     config = PoolConfig(memory_budget_mib=120, runtimes={n: PoolSizeConfig(min=2) for n in ("python", "go")})
-    pool, booted = make_pool(config, Clock(), cost=50 << 20)
+    pool, booted = make_pool(config, Clock(1000.0), cost=50 << 20)
     await settle(pool)
     # The first boot is charged an assumed 64 MiB, then each is charged its measured 50 MiB.
     assert pool.idle_count("python") + pool.idle_count("go") == 2
@@ -132,56 +117,46 @@ async def test_memory_budget_bounds_all_pools_together() -> None:
 
 async def test_a_sandbox_of_an_older_image_or_dead_is_never_handed_out() -> None:
     """A take skips (and destroys) idle sandboxes of another image or whose sandbox died."""
-    clock = Clock()
+    clock = Clock(1000.0)
     config = PoolConfig(runtimes={"python": PoolSizeConfig(min=2, max=2)})
     pool, booted = make_pool(config, clock)
     await settle(pool)
     booted[0].alive = False
     assert pool.take("python", "sha256:newer") is None
-    await pool._cleanups.drain()
+    await finish_cleanups(pool)
     assert all(sandbox.destroyed for sandbox in booted[:2])
 
 
-async def execute(http: Client, headers: dict[str, str], code: str) -> Any:
+async def completed(http: Client, headers: dict[str, str], code: str) -> Any:
     """One synchronous Python execution that must complete."""
-    body = json.dumps({"code": code, "language": "python"})
-    response = await http.post("/api/v1/execute", data=body, headers=headers)
-    assert response.status == 200
-    result = await response.json()
+    result = await run(http, headers, code)
     assert result["status"] == "completed", result
     return result
 
 
-async def wait_for_idle(engine: Engine, runtime: str) -> None:
-    """Wait until the pool has a sandbox of ``runtime`` ready."""
-    for _ in range(200):
-        if engine.idle_sandboxes(runtime):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the pool did not refill {runtime}")
+POOL_HITS = 'sandboxd_pool_takes_total{result="hit"}'
+
+
+async def wait_for_idle(http: Client, runtime: str) -> None:
+    """Wait until the pool has a sandbox of ``runtime`` ready, as the server's metrics tell."""
+    idle = f'sandboxd_pool_idle_sandboxes{{language="{runtime}"}}'
+    await poll(lambda: metrics(http), lambda found: found[idle] >= 1, f"the pool refilling {runtime}")
 
 
 @pytest.mark.integration
-async def test_pooled_sandboxes_serve_one_execution_each(
-    http: Client, headers: dict[str, str], engine: Engine
-) -> None:
+async def test_pooled_sandboxes_serve_one_execution_each(http: Client, headers: dict[str, str]) -> None:
     """Executions run in pre-booted sandboxes; none sees what an earlier one left in /tmp or /workspace."""
-    registry = http.app[METRICS].registry
-
-    def hits() -> float:
-        return registry.get_sample_value("sandboxd_pool_takes_total", {"result": "hit"}) or 0.0
-
     code = (
         "import os\nfor path in ('/tmp/left-behind', '/workspace/left-behind'):\n"
         "    print(os.path.exists(path))\n    open(path, 'w').write('x')\n"
     )
-    await execute(http, headers, "print('demand')")
+    await completed(http, headers, "print('demand')")
     for _ in range(3):
-        await wait_for_idle(engine, "python")
-        before = hits()
-        result = await execute(http, headers, code)
+        await wait_for_idle(http, "python")
+        hits = (await metrics(http)).get(POOL_HITS, 0.0)
+        result = await completed(http, headers, code)
         assert result["stdout"] == "False\nFalse\n"
-        assert hits() == before + 1, "the execution did not take a pooled sandbox"
+        assert (await metrics(http))[POOL_HITS] == hits + 1, "the execution did not take a pooled sandbox"
 
 
 @pytest.mark.integration
@@ -193,20 +168,21 @@ async def test_a_batch_is_one_busy_stretch_for_housekeeping(
     original = engine.execute
 
     async def observed(plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
-        quiet_at_start.append(engine._housekeeping._quiet.is_set())
+        quiet_at_start.append(is_quiet(engine))
         return await original(plan, execution_id)
 
     monkeypatch.setattr(engine, "execute", observed)
-    body = [{"code": f"print({i})", "language": "python"} for i in range(3)]
-    response = await http.post("/api/v1/execute/batch", data=json.dumps(body), headers=headers)
-    assert response.status == 200
-    assert [item["stdout"] for item in await response.json()] == ["0\n", "1\n", "2\n"]
+    status, results = await batch(
+        http, headers, [{"code": f"print({i})", "language": "python"} for i in range(3)]
+    )
+    assert status == 200
+    assert [item["stdout"] for item in results] == ["0\n", "1\n", "2\n"]
     assert quiet_at_start == [False, False, False]
 
 
 async def test_a_batch_sizes_the_pool_ahead() -> None:
     """A batch announces its executions: the pool sizes for all of them before the first runs."""
-    pool, _ = make_pool(PoolConfig(max=10), Clock())
+    pool, _ = make_pool(PoolConfig(max=10), Clock(1000.0))
     pool.expect("python", 10)
     assert pool.desired("python") == 10
     await settle(pool)

@@ -3,17 +3,7 @@
 from __future__ import annotations
 
 from sandboxd.api.ratelimit import RateLimiter
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        """The current fake time."""
-        return self.now
+from tests.helpers import Clock
 
 
 def test_bucket_refills_at_the_rate() -> None:

@@ -7,14 +7,17 @@ import signal
 import time
 from collections.abc import Callable
 
-import aiohttp
 import pytest
 
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine.sandbox import HOST_LABEL, host_id_for
-from tests.daemons import Daemon, call, final_results
+from tests.daemons import Daemon
+from tests.helpers import execute, execution, metric_reaches, poll, submit, wait_for, wait_started
 
 pytestmark = pytest.mark.integration
+
+# A program's first line: it marks its own sandbox's workspace (see helpers.started_in).
+STARTED = "import time\nopen('/workspace/started', 'w').close()"
 
 
 async def sandboxes_of(containerd: ContainerdClient, daemon: Daemon) -> set[str]:
@@ -25,49 +28,31 @@ async def sandboxes_of(containerd: ContainerdClient, daemon: Daemon) -> set[str]
     return found | {lease.id for lease in await containerd.leases.list(mine)}
 
 
-async def in_flight(session: aiohttp.ClientSession, daemon: Daemon) -> float:
-    """The daemon's count of executions holding a slot, from its metrics."""
-    async with session.get(f"{daemon.url}/metrics") as response:
-        text = await response.text()
-    (line,) = [line for line in text.splitlines() if line.startswith("sandboxd_executions_in_flight ")]
-    return float(line.split()[1])
-
-
 async def test_kill_9_loses_no_execution(
     make_daemon: Callable[[int], Daemon], containerd: ContainerdClient
 ) -> None:
     """Queued and running async executions survive SIGKILL: after a restart each completes under its id."""
     daemon = make_daemon(2)
     await daemon.start()
-    code = "import time\ntime.sleep(2)\nprint('done {}')"
-    async with aiohttp.ClientSession() as session:
-        accepted = [
-            await call(
-                session,
-                daemon,
-                "POST",
-                "/api/v1/execute/async",
-                {"code": code.format(i), "language": "python"},
-            )
-            for i in range(5)
-        ]
-        ids = [item["execution_id"] for item in accepted]
-        for _ in range(100):
-            states = [(await call(session, daemon, "GET", f"/api/v1/executions/{i}"))["status"] for i in ids]
-            if states.count("running") == 2:
-                break
-            await asyncio.sleep(0.1)
-        assert sorted(states) == ["queued", "queued", "queued", "running", "running"]
-        await asyncio.sleep(0.5)
+    code = f"{STARTED}\ntime.sleep(5)\nprint('done {{}}')"
+    async with daemon.session() as http:
+        ids = [await submit(http, daemon.headers, code=code.format(i), language="python") for i in range(5)]
+
+        async def states() -> list[str]:
+            return [(await execution(http, daemon.headers, i))["status"] for i in ids]
+
+        found = await poll(states, lambda found: found.count("running") == 2, "two executions running")
+        assert sorted(found) == ["queued", "queued", "queued", "running", "running"]
+        running = await wait_started(daemon.config.paths.state, "started", 2)
 
         await daemon.stop(signal.SIGKILL)
         await asyncio.sleep(0.5)  # containerd finishes the calls the daemon had in flight
         orphans = await sandboxes_of(containerd, daemon)
         # The two running executions' sandboxes, and what the pool had ready or was booting.
-        assert len(orphans) >= 2, "the killed daemon should have left its two running sandboxes"
+        assert running <= orphans, "the killed daemon should have left its two running sandboxes"
 
         await daemon.start()
-        results = await final_results(session, daemon, ids)
+        results = {i: await wait_for(http, daemon.headers, i) for i in ids}
     assert [results[i]["status"] for i in ids] == ["completed"] * 5
     assert [results[i]["stdout"] for i in ids] == [f"done {n}\n" for n in range(5)]
     assert f"removed {len(orphans)} sandboxes left by a previous run" in daemon.log.read_text()
@@ -83,31 +68,19 @@ async def test_kill_9_with_eight_in_flight(
     """
     daemon = make_daemon(8)
     await daemon.start()
-    code = "import time\ntime.sleep(4)\nprint('done')"
-    async with aiohttp.ClientSession() as session:
-        ids = [
-            (
-                await call(
-                    session, daemon, "POST", "/api/v1/execute/async", {"code": code, "language": "python"}
-                )
-            )["execution_id"]
-            for _ in range(6)
-        ]
-        sync = {"code": code, "language": "python", "session_id": "sync-at-crash"}
-        clients = [
-            asyncio.ensure_future(call(session, daemon, "POST", "/api/v1/execute", sync)) for _ in range(2)
-        ]
-        for _ in range(100):
-            if await in_flight(session, daemon) == 8:
-                break
-            await asyncio.sleep(0.1)
-        assert await in_flight(session, daemon) == 8
-        await asyncio.sleep(1.0)  # every program is past its sandbox's boot now
+    # Long enough that the first program still runs when the last of eight boots on a loaded machine.
+    code = f"{STARTED}\ntime.sleep(15)\nprint('done')"
+    async with daemon.session() as http:
+        ids = [await submit(http, daemon.headers, code=code, language="python", timeout=30) for _ in range(6)]
+        sync = {"code": code, "language": "python", "session_id": "sync-at-crash", "timeout": 30}
+        clients = [asyncio.ensure_future(execute(http, daemon.headers, **sync)) for _ in range(2)]
+        await metric_reaches(http, "sandboxd_executions_in_flight", 8)
+        running = await wait_started(daemon.config.paths.state, "started", 8)
         await daemon.stop(signal.SIGKILL)
         await asyncio.gather(*clients, return_exceptions=True)
         await asyncio.sleep(0.5)  # containerd finishes the calls the daemon had in flight
         orphans = await sandboxes_of(containerd, daemon)
-        assert len(orphans) >= 8
+        assert running <= orphans, "the killed daemon should have left its eight running sandboxes"
 
         restarted = time.monotonic()
         await daemon.start()
@@ -115,7 +88,8 @@ async def test_kill_9_with_eight_in_flight(
         assert f"removed {len(orphans)} sandboxes left by a previous run" in daemon.log.read_text()
         assert ready_after < 10, f"restart with reconciliation took {ready_after:.1f} s"
 
-        results = await final_results(session, daemon, ids)
+        results = {i: await wait_for(http, daemon.headers, i) for i in ids}
         assert [results[i]["status"] for i in ids] == ["completed"] * 6
-        listing = await call(session, daemon, "GET", "/api/v1/sessions/sync-at-crash/executions")
+        response = await http.get("/api/v1/sessions/sync-at-crash/executions", headers=daemon.headers)
+        listing = await response.json()
     assert [e["status"] for e in listing["executions"]] == ["internal_error"] * 2

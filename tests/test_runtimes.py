@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
 from sandboxd.runtimes import RuntimeConfigError, load_runtimes
-
-SHIPPED = Path(__file__).resolve().parent.parent / "runtimes"
+from tests.helpers import shipped_runtimes
 
 VALID = """
 name = "python"
@@ -43,7 +43,7 @@ ASKED_FOR = {
 
 def test_shipped_runtimes_load() -> None:
     """At least 24 runtimes load, among them every language users ask for most."""
-    registry = load_runtimes(SHIPPED)
+    registry = shipped_runtimes()
     assert len(registry) >= 24
     assert {r.name for r in registry} >= ASKED_FOR
     compiled = {r.name for r in registry if r.compiled}
@@ -112,17 +112,27 @@ def test_empty_directory_is_refused(tmp_path: Path) -> None:
 
 
 def test_build_key_follows_the_recipe() -> None:
-    """Changing packages or files changes the key that marks an image current."""
-    registry = load_runtimes(SHIPPED)
-    python = registry.get("python")
+    """Changing packages or files changes the key that marks an image current; their order does not."""
+    registry = shipped_runtimes()
+    python, ruby = registry.get("python"), registry.get("ruby")
     assert python is not None
-    assert python.build.build_key() == python.build.build_key()
-    assert python.build.build_key() != registry.get("ruby").build.build_key()  # type: ignore[union-attr]
+    assert ruby is not None
+    recipe = python.build
+    key = recipe.build_key()
+    reloaded = shipped_runtimes().get("python")
+    assert reloaded is not None
+    assert reloaded.build is not recipe
+    assert reloaded.build.build_key() == key
+    assert attrs.evolve(recipe, packages=recipe.packages[::-1]).build_key() == key
+    assert attrs.evolve(recipe, packages=(*recipe.packages, "strace")).build_key() != key
+    assert attrs.evolve(recipe, files={**recipe.files, "/etc/motd": "hello"}).build_key() != key
+    assert attrs.evolve(recipe, suite="trixie").build_key() != key
+    assert ruby.build.build_key() != key
 
 
 def test_java_files_are_named_after_the_public_class() -> None:
     """Java's file and class names come from the public top-level class; without one, Main."""
-    java = load_runtimes(SHIPPED).get("java")
+    java = shipped_runtimes().get("java")
     assert java is not None
     hello_world = java.program_for(
         "import java.util.*;\npublic final class HelloWorld {\n  public static class X {}\n}"

@@ -7,10 +7,10 @@ import signal
 import time
 from collections.abc import Callable
 
-import aiohttp
 import pytest
 
-from tests.daemons import Daemon, call
+from tests.daemons import Daemon
+from tests.helpers import execute, execution, submit, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -22,39 +22,24 @@ async def test_graceful_shutdown(make_daemon: Callable[[int], Daemon]) -> None:
     await daemon.start()
     assert daemon.process is not None
     slow = "import time\ntime.sleep(3)\nprint('{}')"
-    async with aiohttp.ClientSession() as session:
-        running = await call(
-            session, daemon, "POST", "/api/v1/execute/async", {"code": slow.format("A"), "language": "python"}
-        )
-        sync = asyncio.ensure_future(
-            call(session, daemon, "POST", "/api/v1/execute", {"code": slow.format("S"), "language": "python"})
-        )
-        for _ in range(100):
-            state = await call(session, daemon, "GET", f"/api/v1/executions/{running['execution_id']}")
-            if state["status"] == "running":
-                break
-            await asyncio.sleep(0.05)
+    headers = daemon.headers
+    async with daemon.session() as http:
+        running = await submit(http, headers, code=slow.format("A"), language="python")
+        sync = asyncio.ensure_future(execute(http, headers, code=slow.format("S"), language="python"))
+        await wait_for(http, headers, running, "running")
         await asyncio.sleep(0.5)
-        queued = await call(
-            session, daemon, "POST", "/api/v1/execute/async", {"code": "print('B')", "language": "python"}
-        )
-        assert (await call(session, daemon, "GET", f"/api/v1/executions/{queued['execution_id']}"))[
-            "status"
-        ] == "queued"
+        queued = await submit(http, headers, code="print('B')", language="python")
+        assert (await execution(http, headers, queued))["status"] == "queued"
 
         stopping = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
-        result = await asyncio.wait_for(sync, 20)
-        assert (result["status"], result["stdout"]) == ("completed", "S\n")
+        status, result = await asyncio.wait_for(sync, 20)
+        assert (status, result["status"], result["stdout"]) == (200, "completed", "S\n")
         assert await asyncio.wait_for(daemon.process.wait(), 20) == 0
         assert time.monotonic() - stopping < 15
 
         await daemon.start()
-        finished = await call(session, daemon, "GET", f"/api/v1/executions/{running['execution_id']}")
+        finished = await execution(http, headers, running)
         assert (finished["status"], finished["stdout"]) == ("completed", "A\n")
-        for _ in range(200):
-            later = await call(session, daemon, "GET", f"/api/v1/executions/{queued['execution_id']}")
-            if later["status"] not in ("queued", "running"):
-                break
-            await asyncio.sleep(0.1)
+        later = await wait_for(http, headers, queued)
         assert (later["status"], later["stdout"]) == ("completed", "B\n")

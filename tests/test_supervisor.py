@@ -7,18 +7,14 @@ import functools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 import grpc
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandboxd.api.app import create_app
 from sandboxd.api.state import ENGINE, HEALTH_PORT, SERVICE, SUPERVISOR
-from sandboxd.config import Config
 from sandboxd.containerd import UnavailableError, Version
 from sandboxd.engine import engine as engine_module
 from sandboxd.engine import orphans
@@ -28,6 +24,7 @@ from sandboxd.ops.health import HealthReporter
 from sandboxd.ops.notify import Notifier
 from sandboxd.service.store import ExecutionStore
 from sandboxd.supervisor import Backoff, Supervisor
+from tests.helpers import Client, submit
 
 FAST = Backoff(first=0.01, most=0.05)
 
@@ -174,20 +171,11 @@ class Flaky:
         return functools.partial(self, instance)
 
 
-@attrs.frozen
-class Daemon:
-    """An in-process daemon of this test's own and an HTTP client for it."""
-
-    server: TestServer
-    http: TestClient[Any, Any]
-    headers: dict[str, str]
-
-
 @pytest.fixture
 async def flaky_daemon(
-    separate_daemon: Callable[[], Config], api_key: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[Daemon, dict[str, Flaky]]]:
-    """A daemon whose every background loop fails once, at a step it takes early."""
+    make_server: Callable[..., Awaitable[Client]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Client, dict[str, Flaky]]:
+    """A daemon of the test's own whose every background loop fails once, at a step it takes early."""
     flaky = {
         "orphaned shim reaper": Flaky(orphans.reap_orphaned_shims),
         "retention purge": Flaky(ExecutionStore.purge),
@@ -201,16 +189,7 @@ async def flaky_daemon(
     monkeypatch.setattr(HealthReporter, "publish", flaky["health"])
     monkeypatch.setattr(Notifier, "send", flaky["watchdog"])
     monkeypatch.setitem(os.environ, "WATCHDOG_USEC", "200000")
-    app = create_app(attrs.evolve(separate_daemon(), dev_keys=(api_key,)))
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    http: TestClient[Any, Any] = TestClient(server)
-    await http.start_server()
-    try:
-        yield Daemon(server, http, {"X-API-Key": api_key, "Content-Type": "application/json"}), flaky
-    finally:
-        await http.close()
-        await server.close()
+    return await make_server(), flaky
 
 
 def _restarted_and_ran(supervisor: Supervisor, name: str, injected: Flaky) -> bool:
@@ -219,11 +198,11 @@ def _restarted_and_ran(supervisor: Supervisor, name: str, injected: Flaky) -> bo
 
 @pytest.mark.integration
 async def test_every_background_loop_is_restarted_after_an_unexpected_exception(
-    flaky_daemon: tuple[Daemon, dict[str, Flaky]], monkeypatch: pytest.MonkeyPatch
+    flaky_daemon: tuple[Client, dict[str, Flaky]], headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The reaper, purge, health, watchdog, pool, watch and an async job each fail once, then go on."""
-    daemon, flaky = flaky_daemon
-    app = daemon.server.app
+    http, flaky = flaky_daemon
+    app = http.app
     supervisor, engine = app[SUPERVISOR], app[ENGINE]
     pool = engine._pool
     assert pool is not None
@@ -237,10 +216,7 @@ async def test_every_background_loop_is_restarted_after_an_unexpected_exception(
     # An asynchronous execution whose job fails once (the store refused a write) runs again and completes.
     store_write = Flaky(ExecutionStore.set_status)
     monkeypatch.setattr(ExecutionStore, "set_status", store_write)
-    body = json.dumps({"code": "print('supervised')", "language": "python"})
-    accepted = await daemon.http.post("/api/v1/execute/async", data=body, headers=daemon.headers)
-    assert accepted.status == 202
-    execution_id = (await accepted.json())["execution_id"]
+    execution_id = await submit(http, headers, code="print('supervised')", language="python")
     await eventually(lambda: supervisor.restarts(f"execution {execution_id}") == 1)
     for _ in range(300):
         record = await app[SERVICE].get("dev-1", execution_id)
@@ -268,7 +244,7 @@ async def _until_health(port: int, status: int) -> None:
 
 @pytest.mark.integration
 async def test_health_is_not_serving_while_a_task_is_down_and_the_daemon_recovers(
-    http: TestClient[Any, Any],
+    http: Client,
     headers: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import itertools
 import signal
 import socket
 import subprocess
@@ -111,11 +112,13 @@ async def test_notify_protocol(
     assert any(m.startswith("STATUS=connecting to containerd") for m in starting)
     assert "STATUS=serving on 127.0.0.1:" in starting[-1]
     assert "runtimes available" in starting[-1]
-    started = time.monotonic()
-    pings = [m for m in await messages_until(notify_socket, "WATCHDOG=1", 3) if m == "WATCHDOG=1"]
-    pings += [m for m in await messages_until(notify_socket, "WATCHDOG=1", 3) if m == "WATCHDOG=1"]
-    assert len(pings) >= 2
-    assert time.monotonic() - started < 3
+    pinged = []
+    for _ in range(6):
+        assert (await messages_until(notify_socket, "WATCHDOG=1", 10))[-1] == "WATCHDOG=1"
+        pinged.append(time.monotonic())
+    gaps = sorted(later - earlier for earlier, later in itertools.pairwise(pinged))
+    # Twice a period of 2 s is a ping a second: the median gap holds even if a loaded machine delays one.
+    assert gaps[len(gaps) // 2] < 2, gaps
     assert daemon.process is not None
     daemon.process.send_signal(signal.SIGTERM)
     stopping = await messages_until(notify_socket, "STOPPING=1", 30)

@@ -4,50 +4,37 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from sandboxd.api.state import ENGINE
-from sandboxd.engine.engine import Timings
+from sandboxd.engine.engine import Engine, Timings
 from sandboxd.models import ExecutionResult, ExecutionStatus, Kind
 from sandboxd.ops.logging import EXECUTION_FIELDS, JsonFormatter, TextFormatter
 from sandboxd.ops.metrics import Metrics
-
-Client = TestClient[Any, Any]
-
-
-def sample(exposition: str, name: str) -> float:
-    """The value of the sample line that starts with ``name``; 0 while a labelled one has not appeared."""
-    values = [float(line.split()[-1]) for line in exposition.splitlines() if line.startswith(name)]
-    assert len(values) <= 1, (name, values)
-    return values[0] if values else 0.0
+from tests.helpers import Client, execute, finish_cleanups, metrics, samples
 
 
 @pytest.mark.integration
-async def test_metrics_count_executions(http: Client, headers: dict[str, str]) -> None:
+async def test_metrics_count_executions(http: Client, headers: dict[str, str], engine: Engine) -> None:
     """An execution moves the counter for its language and status and the timing histograms."""
-    before = await (await http.get("/metrics")).text()
-    body = json.dumps({"code": "print('measured')", "language": "python"})
-    response = await http.post("/api/v1/execute", data=body, headers=headers)
-    assert response.status == 200
-    await http.app[ENGINE].drain()  # the sandbox is removed after the response: its teardown is timed then
-    after_response = await http.get("/metrics")
-    assert after_response.headers["Content-Type"].startswith("text/plain")
-    after = await after_response.text()
+    before = await metrics(http)
+    status, _ = await execute(http, headers, code="print('measured')", language="python")
+    assert status == 200
+    await finish_cleanups(engine)  # the sandbox is removed after the response: its teardown is timed then
+    after = await metrics(http)
     counter = 'sandboxd_executions_total{language="python",status="completed"}'
-    assert sample(after, counter) == sample(before, counter) + 1
-    assert "sandboxd_queue_depth " in after
+    # A labelled counter appears with its first count: before this suite's first Python run, it is absent.
+    assert after[counter] == before.get(counter, 0.0) + 1
     for histogram in ("queue_wait", "sandbox_setup", "run", "sandbox_teardown"):
         name = f"sandboxd_{histogram}_seconds_count"
-        assert sample(after, name) >= sample(before, name) + 1
+        assert after[name] >= before[name] + 1, name
     for gauge in (
         "sandboxd_executions_in_flight",
         "sandboxd_queue_depth",
         "sandboxd_rate_limited_requests_total",
     ):
-        assert sample(after, gauge) >= 0
+        assert gauge in after, f"{gauge} is not exposed"
+        assert after[gauge] >= 0, gauge
 
 
 def result(status: ExecutionStatus = ExecutionStatus.COMPLETED) -> ExecutionResult:
@@ -95,10 +82,7 @@ def test_containerd_errors_are_counted_by_method() -> None:
     """A failed containerd call counts under its service and method."""
     telemetry = Metrics()
     telemetry.containerd_error("/containerd.services.tasks.v1.Tasks/Kill")
-    exposition = telemetry.exposition().decode()
+    exposition = samples(telemetry.exposition().decode())
     assert (
-        sample(
-            exposition, 'sandboxd_containerd_errors_total{method="containerd.services.tasks.v1.Tasks/Kill"}'
-        )
-        == 1
+        exposition['sandboxd_containerd_errors_total{method="containerd.services.tasks.v1.Tasks/Kill"}'] == 1
     )
