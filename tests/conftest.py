@@ -25,7 +25,7 @@ from sandboxd.engine.host import client_for, prepare_host
 from sandboxd.engine.orphans import command_lines, shim_sandbox
 from sandboxd.engine.sandbox import HOST_LABEL, MANAGED_LABEL, Sandbox, host_id_for
 
-pytest_plugins = ["tests.daemons"]
+pytest_plugins = ["tests.daemons", "tests.postgres"]
 
 CONFIG_VARIABLE = "SANDBOXD_TEST_CONFIG"
 log = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ from sandboxd.ops.metrics import Metrics
 from sandboxd.ops.notify import Notifier
 from sandboxd.service.admission import Admission
 from sandboxd.service.executions import ExecutionService
-from sandboxd.service.store import ExecutionStore
+from sandboxd.service.hosts import host_id
+from sandboxd.service.store import open_store
 from sandboxd.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = ExecutionStore(app[CONFIG].paths.data / "executions.sqlite3")
-    await store.open()
+    store = await open_store(app[CONFIG], host_id(app[CONFIG]))
     app[STORE] = store
     yield
     await store.close()
