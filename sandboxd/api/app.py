@@ -92,6 +92,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         async_queue=limits.async_queue,
         retention=dt.timedelta(hours=limits.retention_hours),
+        poll=app[CONFIG].store.poll_seconds,
     )
     app[SERVICE] = service
     await service.recover()
