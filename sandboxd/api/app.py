@@ -12,7 +12,7 @@ from aiohttp import web
 from sandboxd.api import handlers, openapi
 from sandboxd.api.auth import KeyRing
 from sandboxd.api.middleware import auth_middleware, error_middleware
-from sandboxd.api.ratelimit import RateLimiter
+from sandboxd.api.ratelimit import RateLimiter, SharedRateLimiter
 from sandboxd.api.state import (
     ADMISSION,
     CLIENT,
@@ -78,6 +78,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await open_store(app[CONFIG], host_id(app[CONFIG]))
     app[STORE] = store
+    if store.shared:  # several hosts: one bucket per key, in the store they share
+        app[LIMITER] = SharedRateLimiter(store)
     yield
     await store.close()
 

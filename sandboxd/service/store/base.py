@@ -124,6 +124,8 @@ class ExecutionStore(abc.ABC):
     ``host_id`` names this daemon in claims; ``lease`` is how long a claim lasts unless renewed.
     """
 
+    # Whether several hosts may share the store (and so its rate limits).
+    shared: bool = False
     # SQL suffixes where the backends differ: row locks exist only on PostgreSQL.
     skip_locked: str = ""
     for_update: str = ""
@@ -364,6 +366,12 @@ class ExecutionStore(abc.ABC):
                 (bucket.tokens, bucket.updated, key),
             )
         return bucket
+
+    async def read_bucket(self, key: str) -> Bucket | None:
+        """``key``'s bucket as stored, if it has one."""
+        async with self.transaction() as tx:
+            rows = await tx.fetch("SELECT tokens, updated FROM rate_buckets WHERE api_key = ?", (key,))
+        return Bucket(*rows[0]) if rows else None
 
     # -- hosts ------------------------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ class _PostgresTransaction:
 class PostgresStore(ExecutionStore):
     """The store in a PostgreSQL database that several hosts share."""
 
+    shared = True
     skip_locked = " FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
 
