@@ -35,7 +35,7 @@ from sandboxd.ops.metrics import Metrics
 from sandboxd.ops.notify import Notifier
 from sandboxd.service.admission import Admission
 from sandboxd.service.executions import ExecutionService
-from sandboxd.service.hosts import host_id
+from sandboxd.service.hosts import Heartbeat, host_id
 from sandboxd.service.store import open_store
 from sandboxd.supervisor import Supervisor
 
@@ -95,18 +95,29 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         async_queue=limits.async_queue,
         retention=dt.timedelta(hours=limits.retention_hours),
         poll=app[CONFIG].store.poll_seconds,
+        pending_writes=app[CONFIG].store.pending_writes,
     )
     app[SERVICE] = service
     await service.recover()
     service.start()
+    server = app[CONFIG].server
+    heartbeat = Heartbeat(
+        app[STORE],
+        f"{server.host}:{server.port}",
+        limits.concurrency,
+        lambda: [info.language for info in service.languages() if info.available],
+    )
+    beating = app[SUPERVISOR].start("host heartbeat", heartbeat.beat_forever)
     yield
+    await beating.stop()
     # The grace period began at SIGTERM (_begin_shutdown); aiohttp gave it to sync requests too.
     await service.stop()
     await app[ENGINE].drain()
 
 
 async def _health_ctx(app: web.Application) -> AsyncIterator[None]:
-    reporter = HealthReporter(app[ENGINE], app[SUPERVISOR])
+    store = app[STORE]
+    reporter = HealthReporter(app[ENGINE], app[SUPERVISOR], lambda: store.available)
     server, port = await start_server(reporter, app[CONFIG].health.address)
     app[HEALTH_PORT] = port
     log.info("gRPC health service on %s", app[CONFIG].health.address.rsplit(":", 1)[0] + f":{port}")

@@ -10,6 +10,7 @@ always under the same ids.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import time
@@ -49,6 +50,7 @@ _PURGE_INTERVAL: Final = 600.0
 _CANCELLED: Final = "cancelled at the client's request"
 _GONE: Final = "interrupted: its host stopped while it ran"
 _CANCEL_POLL: Final = 0.1
+_STORE_WATCH_INTERVAL: Final = 1.0
 
 
 class ExecutionNotFoundError(Exception):
@@ -85,6 +87,7 @@ class ExecutionService:
         async_queue: int,
         retention: dt.timedelta,
         poll: float,
+        pending_writes: int,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -96,6 +99,8 @@ class ExecutionService:
         self._poll = poll
         self._jobs: dict[str, Supervised] = {}
         self._wake = asyncio.Event()
+        # Results finished while the store was unreachable, oldest first, written once it is back.
+        self._pending: collections.deque[ExecutionResult] = collections.deque(maxlen=pending_writes)
         self._running: set[str] = set()
         self._cancelled_by_owner: set[str] = set()
         self._shutting_down = False
@@ -146,9 +151,11 @@ class ExecutionService:
         self._supervisor.start("store listener", lambda: self._store.listen(self._on_notice))
         self._supervisor.start("queue", self._dispatch_forever)
         self._supervisor.start("lease renewal", self._renew_forever)
+        self._supervisor.start("store watch", self._watch_store_forever)
 
     async def run(self, owner: str, plan: Plan) -> ExecutionResult:
         """Run one execution now, in a slot of its own."""
+        self._check_store()
         asked = time.monotonic()
         try:
             async with self._admission.slot():
@@ -158,6 +165,7 @@ class ExecutionService:
 
     async def run_batch(self, owner: str, plans: Sequence[Plan]) -> list[ExecutionResult]:
         """Run a batch in order, holding one slot for all of it; each item fails on its own."""
+        self._check_store()
         asked = time.monotonic()
         with self._engine.batch(plans):
             async with self._admission.slot():
@@ -177,7 +185,7 @@ class ExecutionService:
             result = await self._execute(execution_id, plan, kind, queue_wait)
         except ContainerdUnavailableError as error:
             failed = failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
-            await self._store.finish(failed)
+            await self._record(failed)
             if kind is Kind.BATCH:
                 return failed  # one item's failure is that item's result, never a failed batch
             raise
@@ -188,9 +196,9 @@ class ExecutionService:
         except Exception:
             # A defect, answered with a 500: the record still gets a result, never stays "running".
             note = f"internal error; execution {execution_id}"
-            await self._store.finish(failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note))
+            await self._record(failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note))
             raise
-        await self._store.finish(result)
+        await self._record(result)
         return result
 
     async def _execute(self, execution_id: str, plan: Plan, kind: Kind, queue_wait: float) -> ExecutionResult:
@@ -214,10 +222,42 @@ class ExecutionService:
         return result
 
     async def _finish_shielded(self, result: ExecutionResult) -> None:
-        await asyncio.shield(asyncio.ensure_future(self._store.finish(result)))
+        await asyncio.shield(asyncio.ensure_future(self._record(result)))
+
+    async def _record(self, result: ExecutionResult) -> None:
+        """Write a result; while the store is unreachable keep it in memory, to write once it is back."""
+        try:
+            await self._store.finish(result)
+        except StoreUnavailableError as error:
+            reason = str(error)
+        else:
+            return
+        if len(self._pending) == self._pending.maxlen:
+            log.error("pending writes full: the result of %s is lost", self._pending[0].execution_id)
+        self._pending.append(result)
+        log.warning("result of %s kept in memory until the store is back: %s", result.execution_id, reason)
+
+    def _check_store(self) -> None:
+        """New work is refused at once while the store is known to be unreachable."""
+        if not self._store.available:
+            raise StoreUnavailableError("its last call failed")
+
+    async def _watch_store_forever(self) -> None:
+        """Every second: while the store is away, see whether it is back; then write what was kept."""
+        while True:
+            try:
+                if not self._store.available:
+                    await self._store.ping()
+                while self._pending:
+                    await self._store.finish(self._pending[0])
+                    self._pending.popleft()
+            except StoreUnavailableError as error:
+                log.debug("store still unavailable: %s", error)
+            await asyncio.sleep(_STORE_WATCH_INTERVAL)
 
     async def submit(self, owner: str, plan: Plan) -> str:
         """Queue an asynchronous execution in the store, for whichever host has room; return its id."""
+        self._check_store()
         pending = await self._store.queued_count()
         if pending >= self._async_queue:
             raise QueueFullError(f"{pending} asynchronous executions pending")
@@ -338,7 +378,7 @@ class ExecutionService:
                         note = f"internal error; execution {execution_id}"
                         result = failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
                         break
-            await self._store.finish(result)
+            await self._record(result)
         except asyncio.CancelledError:
             if execution_id in self._cancelled_by_owner:
                 cancelled = failed_result(execution_id, plan, ExecutionStatus.CANCELLED, _CANCELLED)
@@ -422,7 +462,12 @@ class ExecutionService:
     async def _purge_forever(self) -> None:
         """Delete finished results older than the retention period, every few minutes."""
         while True:
-            removed = await self._store.purge(time.time() - self._retention.total_seconds())
+            try:
+                removed = await self._store.purge(time.time() - self._retention.total_seconds())
+            except StoreUnavailableError as error:
+                log.warning("retention purge: %s", error)
+                await asyncio.sleep(_STORE_WATCH_INTERVAL)
+                continue
             if removed:
                 log.info("purged %d execution records older than %s", removed, self._retention)
             await asyncio.sleep(_PURGE_INTERVAL)

@@ -44,8 +44,8 @@ def make_store(config: Config, host_id: str) -> ExecutionStore:
     )
 
 
-async def open_store(config: Config, host_id: str) -> ExecutionStore:
-    """Open the configured store, its schema brought up to date."""
+async def open_store(config: Config, host_id: str, *, migrate: bool = True) -> ExecutionStore:
+    """Open the configured store, its schema brought up to date (unless not ``migrate``)."""
     store = make_store(config, host_id)
-    await store.open()
+    await store.open(migrate=migrate)
     return store

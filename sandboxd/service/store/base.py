@@ -140,8 +140,8 @@ class ExecutionStore(abc.ABC):
     # -- what each backend provides ---------------------------------------------------------
 
     @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect, then apply the missing migrations under the backend's lock."""
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect, then (``migrate``) apply the missing migrations under the backend's lock."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -175,9 +175,15 @@ class ExecutionStore(abc.ABC):
             done.append(migration.version)
         return done
 
+    async def ping(self) -> None:
+        """One round trip to the database (``StoreUnavailableError`` if it does not answer)."""
+        async with self.transaction() as tx:
+            await tx.fetch("SELECT 1")
+
     async def schema_version(self) -> int:
         """The newest migration applied to the database (0 for none)."""
         async with self.transaction() as tx:
+            await tx.run(VERSION_TABLE)
             rows = await tx.fetch("SELECT MAX(version) FROM schema_migrations")
         return int(rows[0][0] or 0)
 

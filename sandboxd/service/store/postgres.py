@@ -87,12 +87,14 @@ class PostgresStore(ExecutionStore):
             raise StoreUnavailableError(_reason(error)) from error
         self.available = True
 
-    async def open(self) -> None:
-        """Connect, then apply missing migrations while holding the migration lock."""
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect, then (``migrate``) apply missing migrations while holding the migration lock."""
         try:
             await self._pool.open(wait=True, timeout=self._connect_timeout)
         except psycopg.OperationalError as error:
             raise StoreUnavailableError(_reason(error)) from error
+        if not migrate:
+            return
         async with self.transaction() as tx:
             # Held until this transaction commits: a second host waits, then finds nothing to do.
             await tx.fetch("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))

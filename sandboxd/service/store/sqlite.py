@@ -77,8 +77,8 @@ class SqliteStore(ExecutionStore):
             for listener in list(self._listeners):
                 listener(channel, payload)
 
-    async def open(self) -> None:
-        """Open (creating if needed) the database, and bring its schema up to date."""
+    async def open(self, *, migrate: bool = True) -> None:
+        """Open (creating if needed) the database, and (``migrate``) bring its schema up to date."""
 
         def connect(_: None = None) -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +90,9 @@ class SqliteStore(ExecutionStore):
             self._db = db
 
         await asyncio.get_running_loop().run_in_executor(self._thread, connect)
-        async with self.transaction() as tx:
-            await self.apply_migrations(tx)
+        if migrate:
+            async with self.transaction() as tx:
+                await self.apply_migrations(tx)
 
     async def close(self) -> None:
         """Close the database and its thread."""
