@@ -279,12 +279,14 @@ class ExecutionService:
         while True:
             self._wake.clear()
             try:
-                if polled:
+                # Another host's expired leases are its only once the store has answered a while.
+                settled = self._store.settled()
+                if polled and settled:
                     for record in await self._store.interrupted(own=False):
                         await self._settle(record, ExecutionStatus.INTERNAL_ERROR, _GONE)
                 free = self._free_capacity()
                 if free > 0 and not self._shutting_down:
-                    for record in await self._store.claim(free):
+                    for record in await self._store.claim(free, expired=settled):
                         await self._adopt(record)
             except StoreUnavailableError as error:
                 log.warning("queue: %s", error)

@@ -135,7 +135,28 @@ class ExecutionStore(abc.ABC):
         self.lease = lease
         self._clock = clock
         self._last_created = 0.0
-        self.available = True
+        self._reachable_since: float | None = time.monotonic()
+
+    @property
+    def available(self) -> bool:
+        """Whether the store answered the last call made to it."""
+        return self._reachable_since is not None
+
+    def reached(self, answered: bool) -> None:
+        """Record whether a call reached the database."""
+        if not answered:
+            self._reachable_since = None
+        elif self._reachable_since is None:
+            self._reachable_since = time.monotonic()
+
+    def settled(self) -> bool:
+        """Whether the store has answered for a whole lease: every live host had the time to renew.
+
+        Before that, after an outage, a lease may have expired only because its host could not
+        renew it either: what it holds is not taken from it.
+        """
+        since = self._reachable_since
+        return since is not None and time.monotonic() - since >= self.lease
 
     # -- what each backend provides ---------------------------------------------------------
 
@@ -281,9 +302,12 @@ class ExecutionStore(abc.ABC):
             )
         return int(rows[0][0])
 
-    async def claim(self, limit: int) -> list[StoredExecution]:
-        """Claim up to ``limit`` queued asynchronous executions, or ones whose lease expired; oldest first."""
-        now = self._clock()
+    async def claim(self, limit: int, *, expired: bool = True) -> list[StoredExecution]:
+        """Claim up to ``limit`` queued asynchronous executions, oldest first.
+
+        With ``expired``, executions whose lease expired (their host is gone) are claimed too.
+        """
+        now = self._clock() if expired else float("-inf")
         async with self.transaction() as tx:
             rows = await tx.fetch(
                 "UPDATE executions SET claimed_by = ?, lease_expires_at = ?, status = ? "

@@ -83,9 +83,9 @@ class PostgresStore(ExecutionStore):
             async with self._pool.connection() as connection:
                 yield _PostgresTransaction(connection)
         except psycopg.OperationalError as error:
-            self.available = False
+            self.reached(False)
             raise StoreUnavailableError(_reason(error)) from error
-        self.available = True
+        self.reached(True)
 
     async def open(self, *, migrate: bool = True) -> None:
         """Connect, then (``migrate``) apply missing migrations while holding the migration lock."""
@@ -124,6 +124,6 @@ class PostgresStore(ExecutionStore):
                     async for notice in connection.notifies():
                         on_notice(notice.channel, notice.payload)
             except psycopg.OperationalError as error:
-                self.available = False
+                self.reached(False)
                 log.warning("store: listening connection lost (%s); reconnecting", _reason(error))
             await asyncio.sleep(_RECONNECT_PAUSE)
