@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.daemons import Daemon, call, final_results
 
@@ -67,6 +71,23 @@ async def wait_for_status(
     raise AssertionError(f"{execution_id} never became {status}")
 
 
+async def health(daemon: Daemon) -> int:
+    """The daemon's overall gRPC health status (its port is in its log)."""
+    found = re.search(r"gRPC health service on 127\.0\.0\.1:(\d+)", daemon.log.read_text())
+    assert found, "the daemon did not log its health port"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{found[1]}") as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return int(response.status)
+
+
+async def eventually_health(daemon: Daemon, status: int, seconds: float = 30) -> None:
+    """Wait until the daemon's health is ``status``."""
+    deadline = time.monotonic() + seconds
+    while await health(daemon) != status:
+        assert time.monotonic() < deadline, f"health never became {status}"
+        await asyncio.sleep(0.2)
+
+
 async def test_work_queued_at_one_host_spreads_to_the_other(make_host: HostFactory) -> None:
     """Async work submitted to one host with one slot is run by both hosts; either host reads the results."""
     first, second = make_host(1), make_host(1)
@@ -77,6 +98,15 @@ async def test_work_queued_at_one_host_spreads_to_the_other(make_host: HostFacto
         assert [results[i]["stdout"] for i in ids] == [f"done {n}\n" for n in range(4)]
         assert await executions_run(session, second) >= 1, "the idle host took none of the work"
         assert await executions_run(session, first) >= 1
+    hosts = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sandboxd", "--config", str(first.config_path), "hosts",
+        env={**os.environ, **first.environment}, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    listing = (await hosts.communicate())[0].decode()
+    assert await hosts.wait() == 0
+    lines = listing.splitlines()[1:]
+    assert len(lines) == 2, listing
+    assert all("(gone)" not in line and "python" in line for line in lines), listing
 
 
 async def test_kill_9_of_a_host_with_claimed_work(make_host: HostFactory) -> None:
@@ -188,9 +218,13 @@ async def test_postgres_restart_during_load_loses_nothing(make_host: HostFactory
             await asyncio.sleep(3)
             # A restart with an outage in the middle: stopped, down for a few seconds, started again.
             await pg_ctl(data, "stop")
-            await asyncio.sleep(8)
-            await pg_ctl(data, "start")
+            await asyncio.sleep(3)
+            assert await health(first) == health_pb2.HealthCheckResponse.NOT_SERVING
             await asyncio.sleep(5)
+            await pg_ctl(data, "start")
+            await eventually_health(first, health_pb2.HealthCheckResponse.SERVING)
+            await eventually_health(second, health_pb2.HealthCheckResponse.SERVING)
+            await asyncio.sleep(2)
         finally:
             stop.set()
             await asyncio.gather(*loads)
