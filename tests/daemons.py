@@ -36,6 +36,7 @@ def write_config(config: Config, port: int, path: Path, concurrency: int) -> Non
         f'[paths]\nruntimes = "{config.paths.runtimes}"\nstate = "{config.paths.state}"\n'
         f'data = "{config.paths.data}"\n'
         f"[limits]\nconcurrency = {concurrency}\n"
+        f'[store]\nurl = "{config.store.url}"\n'
     )
 
 

@@ -1,10 +1,9 @@
-"""A PostgreSQL schema of each test's own, in the private cluster `scripts/dev test` starts."""
+"""PostgreSQL schemas of the tests' own, in the private cluster `scripts/dev test` starts."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import psycopg
@@ -21,14 +20,36 @@ def postgres_server() -> str:
     return url
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A URL whose connections see only a fresh schema of this test's own (dropped after)."""
-    server = postgres_server()
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    async with await psycopg.AsyncConnection.connect(server, autocommit=True) as connection:
-        await connection.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in server else "?"
-    yield f"{server}{separator}options={quote(f'-csearch_path={schema}')}"
-    async with await psycopg.AsyncConnection.connect(server, autocommit=True) as connection:
-        await connection.execute(f"DROP SCHEMA {schema} CASCADE")
+STORE_VARIABLE = "SANDBOXD_TEST_STORE"
+
+
+def suite_on_postgres() -> bool:
+    """Whether the suite's daemons keep their store in PostgreSQL (SANDBOXD_TEST_STORE=postgresql)."""
+    wanted = os.environ.get(STORE_VARIABLE, "sqlite")
+    if wanted not in ("sqlite", "postgresql"):
+        pytest.fail(f"{STORE_VARIABLE} must be sqlite or postgresql, not {wanted!r}")
+    return wanted == "postgresql"
+
+
+class Schemas:
+    """Fresh schemas of the tests' PostgreSQL, one per daemon that must not share a queue."""
+
+    def __init__(self) -> None:
+        self._made: list[str] = []
+
+    def url(self) -> str:
+        """A URL whose connections see only a new, empty schema."""
+        server = postgres_server()
+        schema = f"test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(server, autocommit=True) as connection:
+            connection.execute(f"CREATE SCHEMA {schema}")
+        self._made.append(schema)
+        separator = "&" if "?" in server else "?"
+        return f"{server}{separator}options={quote(f'-csearch_path={schema}')}"
+
+    def close(self) -> None:
+        """Drop every schema made."""
+        if self._made:
+            with psycopg.connect(postgres_server(), autocommit=True) as connection:
+                for schema in self._made:
+                    connection.execute(f"DROP SCHEMA {schema} CASCADE")
