@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -267,3 +269,28 @@ async def test_hosts_register_and_renew(store: ExecutionStore) -> None:
         attrs.evolve(host, heartbeat_at=111.0),
         HostRecord("host-b", "10.0.0.2:8002", 2, (), 100.0, 102.0),
     ]
+
+
+async def test_a_database_from_before_migrations_is_brought_up_to_date(tmp_path: Path) -> None:
+    """An SQLite file written before versioned migrations keeps its rows and gets the new schema."""
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            "CREATE TABLE executions (execution_id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+            "kind TEXT NOT NULL, language TEXT NOT NULL, session_id TEXT, status TEXT NOT NULL, "
+            "request TEXT, result TEXT, "
+            "created_at REAL NOT NULL, finished_at REAL);"
+            "INSERT INTO executions VALUES ('old', 'alice', 'async', 'python', NULL, 'queued', "
+            """'{"code": "print(1)", "language": "python"}', NULL, 1.0, NULL);"""
+        )
+    store = make_store(Config(store=StoreConfig(url=f"sqlite://{path}")), "host-a")
+    await store.open()
+    try:
+        assert await store.schema_version() == LATEST_VERSION
+        (claimed,) = await store.claim(5)
+        assert (claimed.execution_id, claimed.request) == (
+            "old",
+            ExecutionRequest(code="print(1)", language="python"),
+        )
+    finally:
+        await store.close()

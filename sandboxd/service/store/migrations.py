@@ -51,6 +51,9 @@ MIGRATIONS: Final = (
             "ALTER TABLE executions ADD COLUMN lease_expires_at DOUBLE PRECISION",
             "ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
             "CREATE INDEX executions_by_claim ON executions (claimed_by) WHERE finished_at IS NULL",
+            # What claims scan: the unfinished asynchronous executions, oldest first.
+            "CREATE INDEX executions_queued ON executions (created_at) "
+            "WHERE finished_at IS NULL AND kind = 'async'",
         ),
     ),
     Migration(
