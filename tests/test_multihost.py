@@ -146,6 +146,24 @@ async def test_cancel_from_another_host(make_host: HostFactory) -> None:
         assert again == cancelled
 
 
+async def test_cancel_of_an_execution_whose_host_died(make_host: HostFactory) -> None:
+    """DELETE of an execution held by a killed host cancels it once its lease expires; it never runs again."""
+    doomed, other = make_host(1), make_host(1)
+    await doomed.start()
+    async with aiohttp.ClientSession() as session:
+        execution_id = await submit(session, doomed, "import time; time.sleep(60)")
+        await wait_for_status(session, doomed, execution_id, "running")
+        await doomed.stop(signal.SIGKILL)
+        await other.start()
+        cancelled = await call(session, other, "DELETE", f"/api/v1/executions/{execution_id}")
+        assert (cancelled["status"], cancelled["exit_code"]) == ("cancelled", -1)
+        await asyncio.sleep(float(LEASE_SECONDS) * 2)
+        assert await executions_run(session, other) == 0
+        await doomed.start()  # it removes the sandbox it left behind
+        again = await call(session, doomed, "GET", f"/api/v1/executions/{execution_id}")
+        assert again == cancelled
+
+
 async def test_one_rate_limit_across_hosts(make_host: HostFactory) -> None:
     """Five a minute is five across both hosts: the sixth request, at either host, gets 429."""
     first, second = make_host(1, SANDBOXD_LIMITS_RATE_LIMIT="5"), make_host(1, SANDBOXD_LIMITS_RATE_LIMIT="5")

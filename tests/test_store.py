@@ -200,7 +200,7 @@ async def test_cancel_requests_release_and_interrupted(new_store: StoreFactory) 
         assert not await store.request_cancel("free"), "a finished execution has nothing to cancel"
         assert await store.renew() == {"held": True}
         assert await store.release() == 1
-        assert [r.execution_id for r in await store.claim(5)] == ["held"]
+        assert [(r.execution_id, r.cancel_requested) for r in await store.claim(5)] == [("held", True)]
 
         await store.insert("sync", "alice", Kind.SYNC, REQUEST, "python", ExecutionStatus.RUNNING)
         assert [r.execution_id for r in await store.interrupted(own=True)] == ["sync"]

@@ -300,6 +300,9 @@ class ExecutionService:
         """Run a claimed execution here, under its id; one that cannot run on this host fails."""
         if record.execution_id in self._jobs:
             return  # still ours: its lease was renewed meanwhile
+        if record.cancel_requested:  # asked while the host that held it was gone
+            await self._settle(record, ExecutionStatus.CANCELLED, _CANCELLED)
+            return
         if record.request is None:  # never for an unfinished asynchronous record
             await self._settle(record, ExecutionStatus.INTERNAL_ERROR, "its request was not kept")
             return
@@ -417,6 +420,9 @@ class ExecutionService:
                 found = await self.get(owner, execution_id)
                 if found.status.finished:
                     return found
+                # The host that holds it may be gone: once its lease expires, it is cancelled here.
+                if await self._store.cancel_unclaimed(_settled(found, ExecutionStatus.CANCELLED, _CANCELLED)):
+                    return await self.get(owner, execution_id)
                 await asyncio.sleep(_CANCEL_POLL)
         found = await self.get(owner, execution_id)
         if found.status.finished and found.status is not ExecutionStatus.CANCELLED:

@@ -35,6 +35,8 @@ CANCEL_CHANNEL: Final = "sandboxd_cancel"
 _COLUMNS: Final = (
     "execution_id, owner, kind, language, session_id, status, request, result, created_at, claimed_by"
 )
+# What a read returns: the written columns, and whether a cancel was asked.
+_SELECTED: Final = f"{_COLUMNS}, cancel_requested"
 _HOST_COLUMNS: Final = "host_id, address, capacity, runtimes, started_at, heartbeat_at"
 _FINISH: Final = "status = ?, result = ?, request = NULL, finished_at = ?"
 
@@ -60,6 +62,7 @@ class StoredExecution:
     result: ExecutionResult | None
     created_at: float
     claimed_by: str | None = None
+    cancel_requested: bool = False
 
 
 @attrs.frozen
@@ -83,7 +86,8 @@ class Bucket:
 
 
 def _execution(row: Sequence[Any]) -> StoredExecution:
-    execution_id, owner, kind, language, session_id, status, request, result, created_at, claimed_by = row
+    (execution_id, owner, kind, language, session_id, status, request, result, created_at, claimed_by,
+     cancel_requested) = row  # fmt: skip
     return StoredExecution(
         execution_id=execution_id,
         owner=owner,
@@ -95,6 +99,7 @@ def _execution(row: Sequence[Any]) -> StoredExecution:
         result=converter.structure(json.loads(result), ExecutionResult) if result else None,
         created_at=created_at,
         claimed_by=claimed_by,
+        cancel_requested=bool(cancel_requested),
     )
 
 
@@ -263,7 +268,7 @@ class ExecutionStore(abc.ABC):
         """The execution with that id, if ``owner`` created it."""
         async with self.transaction() as tx:
             rows = await tx.fetch(
-                f"SELECT {_COLUMNS} FROM executions WHERE execution_id = ? AND owner = ?",
+                f"SELECT {_SELECTED} FROM executions WHERE execution_id = ? AND owner = ?",
                 (execution_id, owner),
             )
         return _execution(rows[0]) if rows else None
@@ -272,7 +277,7 @@ class ExecutionStore(abc.ABC):
         """``owner``'s executions in a session, newest first."""
         async with self.transaction() as tx:
             rows = await tx.fetch(
-                f"SELECT {_COLUMNS} FROM executions WHERE owner = ? AND session_id = ? "
+                f"SELECT {_SELECTED} FROM executions WHERE owner = ? AND session_id = ? "
                 "ORDER BY created_at DESC, execution_id DESC LIMIT ? OFFSET ?",
                 (owner, session_id, limit, offset),
             )
@@ -282,7 +287,7 @@ class ExecutionStore(abc.ABC):
         """Every execution without a result, oldest first."""
         async with self.transaction() as tx:
             rows = await tx.fetch(
-                f"SELECT {_COLUMNS} FROM executions WHERE finished_at IS NULL "
+                f"SELECT {_SELECTED} FROM executions WHERE finished_at IS NULL "
                 "ORDER BY created_at, execution_id"
             )
         return [_execution(row) for row in rows]
@@ -313,7 +318,7 @@ class ExecutionStore(abc.ABC):
                 "UPDATE executions SET claimed_by = ?, lease_expires_at = ?, status = ? "
                 "WHERE execution_id IN (SELECT execution_id FROM executions "
                 "WHERE kind = ? AND finished_at IS NULL AND (claimed_by IS NULL OR lease_expires_at < ?) "
-                f"ORDER BY created_at LIMIT ?{self.skip_locked}) RETURNING {_COLUMNS}",
+                f"ORDER BY created_at LIMIT ?{self.skip_locked}) RETURNING {_SELECTED}",
                 (self.host_id, now + self.lease, ExecutionStatus.QUEUED.value, Kind.ASYNC.value, now, limit),
             )
         return sorted((_execution(row) for row in rows), key=lambda record: record.created_at)
@@ -349,7 +354,7 @@ class ExecutionStore(abc.ABC):
         params: tuple[object, ...] = (Kind.ASYNC.value, self.host_id) if own else (Kind.ASYNC.value,)
         async with self.transaction() as tx:
             rows = await tx.fetch(
-                f"SELECT {_COLUMNS} FROM executions WHERE kind != ? AND finished_at IS NULL "
+                f"SELECT {_SELECTED} FROM executions WHERE kind != ? AND finished_at IS NULL "
                 f"AND ({mine}lease_expires_at < ?)",
                 (*params, self._clock()),
             )
