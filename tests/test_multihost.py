@@ -128,13 +128,19 @@ async def test_kill_9_of_a_host_with_claimed_work(make_host: HostFactory) -> Non
         assert listing["status"] == "completed"
 
 
+async def long_running(session: aiohttp.ClientSession, daemon: Daemon) -> str:
+    """Start ``daemon``, submit a minute's sleep to it and wait until it runs there; return its id."""
+    await daemon.start()
+    execution_id = await submit(session, daemon, "import time; time.sleep(60)")
+    await wait_for_status(session, daemon, execution_id, "running")
+    return execution_id
+
+
 async def test_cancel_from_another_host(make_host: HostFactory) -> None:
     """DELETE at one host of an execution running on the other cancels it there within seconds."""
     owner, other = make_host(1), make_host(1)
-    await owner.start()
     async with aiohttp.ClientSession() as session:
-        execution_id = await submit(session, owner, "import time; time.sleep(60)")
-        await wait_for_status(session, owner, execution_id, "running")
+        execution_id = await long_running(session, owner)
         await other.start()
         asked = time.monotonic()
         cancelled = await call(session, other, "DELETE", f"/api/v1/executions/{execution_id}")
@@ -149,10 +155,8 @@ async def test_cancel_from_another_host(make_host: HostFactory) -> None:
 async def test_cancel_of_an_execution_whose_host_died(make_host: HostFactory) -> None:
     """DELETE of an execution held by a killed host cancels it once its lease expires; it never runs again."""
     doomed, other = make_host(1), make_host(1)
-    await doomed.start()
     async with aiohttp.ClientSession() as session:
-        execution_id = await submit(session, doomed, "import time; time.sleep(60)")
-        await wait_for_status(session, doomed, execution_id, "running")
+        execution_id = await long_running(session, doomed)
         await doomed.stop(signal.SIGKILL)
         await other.start()
         cancelled = await call(session, other, "DELETE", f"/api/v1/executions/{execution_id}")
