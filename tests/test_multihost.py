@@ -50,13 +50,16 @@ async def submit(session: aiohttp.ClientSession, daemon: Daemon, code: str) -> s
     return str(accepted["execution_id"])
 
 
-async def executions_run(session: aiohttp.ClientSession, daemon: Daemon) -> float:
-    """How many executions ``daemon`` itself ran, from its metrics."""
+async def metric(session: aiohttp.ClientSession, daemon: Daemon, prefix: str) -> float:
+    """The sum of ``daemon``'s metric samples whose line starts with ``prefix``."""
     async with session.get(f"{daemon.url}/metrics") as response:
         text = await response.text()
-    return sum(
-        float(line.split()[-1]) for line in text.splitlines() if line.startswith("sandboxd_executions_total{")
-    )
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+async def executions_run(session: aiohttp.ClientSession, daemon: Daemon) -> float:
+    """How many executions ``daemon`` itself ran, from its metrics."""
+    return await metric(session, daemon, "sandboxd_executions_total{")
 
 
 async def wait_for_status(
@@ -240,12 +243,16 @@ async def test_postgres_restart_during_load_loses_nothing(make_host: HostFactory
             await asyncio.sleep(3)
             # A restart with an outage in the middle: stopped, down for a few seconds, started again.
             await pg_ctl(data, "stop")
-            await asyncio.sleep(3)
-            assert await health(first) == health_pb2.HealthCheckResponse.NOT_SERVING
-            await asyncio.sleep(5)
-            await pg_ctl(data, "start")
+            try:
+                await asyncio.sleep(3)
+                assert await health(first) == health_pb2.HealthCheckResponse.NOT_SERVING
+                assert await metric(session, first, "sandboxd_store_available") == 0
+                await asyncio.sleep(5)
+            finally:
+                await pg_ctl(data, "start")
             await eventually_health(first, health_pb2.HealthCheckResponse.SERVING)
             await eventually_health(second, health_pb2.HealthCheckResponse.SERVING)
+            assert await metric(session, first, "sandboxd_store_available") == 1
             await asyncio.sleep(2)
         finally:
             stop.set()

@@ -98,6 +98,8 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         pending_writes=app[CONFIG].store.pending_writes,
     )
     app[SERVICE] = service
+    store = app[STORE]
+    app[METRICS].track_store(lambda: store.available, lambda: service.pending_writes)
     await service.recover()
     service.start()
     server = app[CONFIG].server

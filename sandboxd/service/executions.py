@@ -237,6 +237,11 @@ class ExecutionService:
         self._pending.append(result)
         log.warning("result of %s kept in memory until the store is back: %s", result.execution_id, reason)
 
+    @property
+    def pending_writes(self) -> int:
+        """Results kept in memory until the store answers again."""
+        return len(self._pending)
+
     def _check_store(self) -> None:
         """New work is refused at once while the store is known to be unreachable."""
         if not self._store.available:
