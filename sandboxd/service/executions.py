@@ -284,7 +284,8 @@ class ExecutionService:
         while True:
             self._wake.clear()
             try:
-                # Another host's expired leases are its only once the store has answered a while.
+                # Expired leases are taken from their host only once the store has answered a whole
+                # lease: after an outage, every live host has renewed its own by then.
                 settled = self._store.settled()
                 if polled and settled:
                     for record in await self._store.interrupted(own=False):
