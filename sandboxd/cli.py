@@ -28,6 +28,7 @@ from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.ops.doctor import checks
 from sandboxd.ops.logging import configure_logging
 from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
+from sandboxd.service.store import StoreUnavailableError, open_store
 from sandboxd.validation import InvalidFieldError, ValidationError, converter
 
 log = logging.getLogger("sandboxd")
@@ -148,6 +149,26 @@ async def _doctor(config: Config) -> int:
     return 1 if failed else 0
 
 
+async def _hosts(config: Config) -> int:
+    store = await open_store(config, "cli", migrate=False)
+    try:
+        if await store.schema_version() < store.latest_version:
+            print("sandboxd: the store's schema is not current: start `sandboxd serve` once", file=sys.stderr)
+            return 1
+        hosts = await store.hosts()
+    finally:
+        await store.close()
+    now = time.time()
+    print(f"{'HOST':<32} {'ADDRESS':<22} {'SLOTS':>5} {'HEARTBEAT':>10}  RUNTIMES")
+    for host in hosts:
+        age = now - host.heartbeat_at
+        state = f"{age:.0f}s ago" + ("" if age <= config.store.lease_seconds else " (gone)")
+        print(
+            f"{host.host_id:<32} {host.address:<22} {host.capacity:>5} {state:>10}  {','.join(host.runtimes)}"
+        )
+    return 0
+
+
 async def _run_file(config: Config, args: argparse.Namespace) -> int:
     code = args.file.read_text()
     stdin = args.stdin.read_text() if args.stdin else None
@@ -214,7 +235,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--rate-limit", type=int, help="executions per minute for this key")
     commands.add_parser("runtimes", help="runtimes with their version and availability")
-    commands.add_parser("doctor", help="check containerd, runsc, cgroups, images, disk and keys")
+    commands.add_parser("doctor", help="check containerd, runsc, cgroups, images, disk, keys and the store")
+    commands.add_parser("hosts", help="the hosts sharing the store, with their last heartbeat")
     run = commands.add_parser("run", help="run one file through the engine and print the result")
     run.add_argument("file", type=Path)
     run.add_argument("--language", "-l", required=True)
@@ -237,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 -- one retu
             return asyncio.run(_runtimes(config))
         if args.command == "doctor":
             return asyncio.run(_doctor(config))
+        if args.command == "hosts":
+            return asyncio.run(_hosts(config))
         if args.command == "run":
             return asyncio.run(_run_file(config, args))
         if args.images_command == "build":
@@ -250,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 -- one retu
         return 1
     except ContainerdError as error:
         print(f"sandboxd: containerd: {error}", file=sys.stderr)
+        return 1
+    except StoreUnavailableError as error:
+        print(f"sandboxd: store: {error}", file=sys.stderr)
         return 1
 
 

@@ -153,6 +153,46 @@ class PoolConfig:
         check(self.max >= self.min, "max", f"must be at least min ({self.min}), got {self.max}")
 
 
+_HOST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@attrs.frozen
+class StoreConfig:
+    """Where records, the asynchronous queue, rate limits and hosts live: SQLite, or a shared PostgreSQL.
+
+    ``url`` is ``sqlite:`` (the data directory's ``executions.sqlite3``), ``sqlite:///PATH``,
+    or ``postgresql://...`` (a libpq URL) for several hosts sharing one database.
+    """
+
+    url: str = "sqlite:"
+    # This host's name in claims and in the hosts table; default: host name and state directory.
+    host_id: str = ""
+    # How long a host's claim on an execution lasts unless renewed (renewed every third of it).
+    lease_seconds: float = attrs.field(default=30.0, validator=positive)
+    # How often the queue is looked at without a notification (PostgreSQL's LISTEN is the fast path).
+    poll_seconds: float = attrs.field(default=5.0, validator=positive)
+    pool_size: int = attrs.field(default=10, validator=positive)
+    # Waiting for a connection longer than this is the store being unavailable (a 503).
+    connect_timeout: float = attrs.field(default=3.0, validator=positive)
+    # Results of synchronous executions kept in memory while the store is unreachable.
+    pending_writes: int = attrs.field(default=10000, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        check(
+            self.url.startswith(("sqlite:", "postgresql://")),
+            "url",
+            "must start with sqlite: or postgresql://",
+        )
+        if self.url.startswith("sqlite:"):
+            path = self.url.removeprefix("sqlite:")
+            check(path == "" or path.startswith("///"), "url", "must be sqlite: or sqlite:///ABSOLUTE/PATH")
+        check(
+            self.host_id == "" or bool(_HOST_ID.match(self.host_id)),
+            "host_id",
+            "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        )
+
+
 @attrs.frozen
 class Config:
     """Everything the daemon is told; every section is optional."""
@@ -165,6 +205,7 @@ class Config:
     paths: PathsConfig = PathsConfig()
     limits: LimitsConfig = LimitsConfig()
     pool: PoolConfig = PoolConfig()
+    store: StoreConfig = StoreConfig()
     api_keys: tuple[ApiKey, ...] = ()
     # Plain keys from SANDBOXD_API_KEYS, for development; never read from the file.
     dev_keys: tuple[str, ...] = attrs.field(default=(), repr=False)

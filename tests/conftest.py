@@ -24,6 +24,7 @@ from sandboxd.engine.host import client_for, prepare_host
 from sandboxd.engine.sandbox import Sandbox
 from tests.helpers import Client, engine_of, finish_cleanups, further_state, state_dirs
 from tests.leftovers import find_leftovers
+from tests.postgres import Schemas, suite_on_postgres
 
 pytest_plugins = ["tests.daemons"]
 
@@ -40,17 +41,29 @@ def config() -> Iterator[Config]:
     loaded = load_config(Path(path), os.environ)
     state = loaded.paths.state.parent / f"{loaded.paths.state.name}-test"
     data = Path(tempfile.mkdtemp(prefix="sandboxd-test-data-"))
+    schemas = Schemas()
+    store = attrs.evolve(loaded.store, url=schemas.url()) if suite_on_postgres() else loaded.store
     yield attrs.evolve(
         loaded,
         health=attrs.evolve(loaded.health, address="127.0.0.1:0"),
         paths=attrs.evolve(loaded.paths, state=state, data=data),
         limits=attrs.evolve(loaded.limits, concurrency=4),
+        store=store,
     )
+    schemas.close()
     # runsc keeps the state of live sandboxes under the state directory; without it they could
     # never be removed, so a run that left any keeps the directory for the next one to sweep.
     if not any((state / "runsc" / loaded.containerd.namespace).glob("*")):
         shutil.rmtree(state, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL whose connections see only a fresh schema of this test's own (dropped after)."""
+    schemas = Schemas()
+    yield schemas.url()
+    schemas.close()
 
 
 @pytest.fixture
@@ -61,14 +74,18 @@ def separate_daemon(config: Config) -> Iterator[Callable[[], Config]]:
     sandboxes and recovers its data directory's executions when it starts.
     """
     made: list[Path] = []
+    schemas = Schemas()
 
     def make() -> Config:
         state = further_state(config, len(made) // 2)
         data = Path(tempfile.mkdtemp(prefix="sandboxd-test-data-"))
         made.extend([state, data])
-        return attrs.evolve(config, paths=attrs.evolve(config.paths, state=state, data=data))
+        # A store of its own too: on PostgreSQL, a daemon sharing one would share its queue.
+        store = attrs.evolve(config.store, url=schemas.url()) if suite_on_postgres() else config.store
+        return attrs.evolve(config, paths=attrs.evolve(config.paths, state=state, data=data), store=store)
 
     yield make
+    schemas.close()
     for directory in made:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,11 +12,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from sandboxd.config import Config
+from tests.helpers import wait_for
 
 # A daemon answers in seconds; on a loaded machine, inspecting every runtime's image takes longer.
 START_SECONDS = 120.0
@@ -37,6 +40,7 @@ def write_config(config: Config, port: int, path: Path, concurrency: int) -> Non
         f'[paths]\nruntimes = "{config.paths.runtimes}"\nstate = "{config.paths.state}"\n'
         f'data = "{config.paths.data}"\n'
         f"[limits]\nconcurrency = {concurrency}\n"
+        f'[store]\nurl = "{config.store.url}"\n'
     )
 
 
@@ -103,3 +107,18 @@ async def make_daemon(
     yield make
     for daemon in made:
         await daemon.stop(signal.SIGTERM)
+
+
+async def call(
+    session: aiohttp.ClientSession, daemon: Daemon, method: str, path: str, body: Any = None
+) -> Any:
+    """One API call to ``daemon`` with its key, on a session shared by several daemons; the JSON body."""
+    data = None if body is None else json.dumps(body)
+    async with session.request(method, f"{daemon.url}{path}", data=data, headers=daemon.headers) as response:
+        return await response.json()
+
+
+async def final_results(session: aiohttp.ClientSession, daemon: Daemon, ids: list[str]) -> dict[str, Any]:
+    """Each execution's final result, as ``daemon`` answers for it (polled, see helpers.wait_for)."""
+    async with daemon.session() as own:
+        return {execution_id: await wait_for(own, daemon.headers, execution_id) for execution_id in ids}

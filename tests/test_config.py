@@ -95,3 +95,19 @@ def test_bad_environment_value_names_setting_and_variable() -> None:
         load_config(None, {"SANDBOXD_SERVER_PORT": "eighty", "SANDBOXD_HEALTH_ADDRESS": "nowhere"})
     assert "SANDBOXD_SERVER_PORT" in str(caught.value)
     assert caught.value.problems == ["server.port: expected an integer", "health.address: must be host:port"]
+
+
+def test_store_url() -> None:
+    """The store is SQLite unless a postgresql:// URL is given (SANDBOXD_STORE_URL); others are refused."""
+    assert load_config(None, {}).store.url == "sqlite:"
+    url = "postgresql://sandboxd@db.internal/sandboxd"
+    assert load_config(None, {"SANDBOXD_STORE_URL": url}).store.url == url
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"SANDBOXD_STORE_URL": "mysql://db/x"})
+    assert caught.value.problems == ["store.url: must start with sqlite: or postgresql://"]
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"SANDBOXD_STORE_LEASE_SECONDS": "0"})
+    assert caught.value.problems == ["store.lease_seconds: must be positive, got 0.0"]
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"SANDBOXD_STORE_URL": "sqlite:relative.db"})
+    assert caught.value.problems == ["store.url: must be sqlite: or sqlite:///ABSOLUTE/PATH"]

@@ -14,27 +14,28 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandboxd.api.state import ENGINE, HEALTH_PORT, SERVICE, SUPERVISOR
+from sandboxd.api.state import ENGINE, HEALTH_PORT, SUPERVISOR
+from sandboxd.config import StoreConfig
 from sandboxd.containerd import UnavailableError, Version
 from sandboxd.engine import engine as engine_module
 from sandboxd.engine import orphans
 from sandboxd.engine.watch import ContainerdWatch
-from sandboxd.models import ExecutionStatus
 from sandboxd.ops.health import HealthReporter
 from sandboxd.ops.notify import Notifier
 from sandboxd.service.store import ExecutionStore
+from sandboxd.service.store.sqlite import SqliteStore
 from sandboxd.supervisor import Backoff, Supervisor
-from tests.helpers import Client, submit
+from tests.helpers import Client, engine_of, submit, wait_for
 
 FAST = Backoff(first=0.01, most=0.05)
 
 
-async def eventually(condition: Callable[[], bool], seconds: float = 30) -> None:
+async def eventually(condition: Callable[[], bool], seconds: float = 30, what: str = "the condition") -> None:
     """Wait until ``condition()`` holds, checking every 20 ms; fail after ``seconds``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while not condition():
-        assert loop.time() < deadline, "the condition did not come true in time"
+        assert loop.time() < deadline, f"{what} did not come true in time"
         await asyncio.sleep(0.02)
 
 
@@ -143,27 +144,26 @@ async def test_an_oserror_in_recovery_restarts_the_watch_until_it_recovers(
 
 
 class Flaky:
-    """Wraps a callable: the ``fail_on``-th counted call raises an unexpected error.
+    """Wraps a callable: counted calls fail with an unexpected error while ``failing()`` says so.
 
     Only calls whose arguments ``counts`` accepts are counted. Set on a class, it wraps a method.
     """
 
     def __init__(
-        self,
-        original: Callable[..., Any],
-        fail_on: int = 1,
-        counts: Callable[..., bool] = lambda *args, **kwargs: True,
+        self, original: Callable[..., Any], counts: Callable[..., bool] = lambda *_, **__: True
     ) -> None:
         self.original = original
-        self.fail_on = fail_on
         self.counts = counts
+        self.failing: Callable[[], bool] = lambda: False
         self.calls = 0
+        self.failures = 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the original, but fail once."""
+        """Call the original, or fail."""
         if self.counts(*args, **kwargs):
             self.calls += 1
-            if self.calls == self.fail_on:
+            if self.failing():
+                self.failures += 1
                 raise RuntimeError(f"injected failure of {getattr(self.original, '__name__', self.original)}")
         return self.original(*args, **kwargs)
 
@@ -175,56 +175,80 @@ class Flaky:
 async def flaky_daemon(
     make_server: Callable[..., Awaitable[Client]], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Client, dict[str, Flaky]]:
-    """A daemon of the test's own whose every background loop fails once, at a step it takes early."""
+    """A daemon of the test's own whose every background loop fails at a step it takes early and often.
+
+    A step fails until this daemon's supervisor has restarted its loop (the shared test
+    server's loops may fail meanwhile too, and are restarted by their own supervisor).
+    """
     flaky = {
         "orphaned shim reaper": Flaky(orphans.reap_orphaned_shims),
         "retention purge": Flaky(ExecutionStore.purge),
-        # The first publication is the health server's start, before the loop.
-        "health": Flaky(HealthReporter.publish, fail_on=2),
+        # Not the first publication: that is the health server's start, before the loop.
+        "health": Flaky(HealthReporter.publish, counts=lambda reporter: bool(reporter._published)),
         "watchdog": Flaky(Notifier.send, counts=lambda _notifier, *fields: fields == ("WATCHDOG=1",)),
+        "queue": Flaky(ExecutionStore.claim),
+        "lease renewal": Flaky(ExecutionStore.renew),
+        # Each store has a listener of its own (PostgreSQL's LISTEN, SQLite's in-process wake-up).
+        "store listener": Flaky(SqliteStore.listen),
+        "host heartbeat": Flaky(ExecutionStore.heartbeat),
     }
+    supervisors: list[Supervisor] = []
+    for name, injected in flaky.items():
+        injected.failing = functools.partial(_not_yet_restarted, supervisors, name)
     monkeypatch.setattr(orphans, "reap_orphaned_shims", flaky["orphaned shim reaper"])
     monkeypatch.setattr(engine_module, "SHIM_REAP_INTERVAL", 0.05)
-    monkeypatch.setattr(ExecutionStore, "purge", flaky["retention purge"])
+    for method, name in [
+        ("purge", "retention purge"), ("claim", "queue"), ("renew", "lease renewal"),
+        ("heartbeat", "host heartbeat"),
+    ]:  # fmt: skip
+        monkeypatch.setattr(ExecutionStore, method, flaky[name])
+    monkeypatch.setattr(SqliteStore, "listen", flaky["store listener"])
     monkeypatch.setattr(HealthReporter, "publish", flaky["health"])
     monkeypatch.setattr(Notifier, "send", flaky["watchdog"])
     monkeypatch.setitem(os.environ, "WATCHDOG_USEC", "200000")
-    return await make_server(), flaky
+    http = await make_server(store=StoreConfig(lease_seconds=1.5, poll_seconds=0.2))
+    supervisors.append(http.app[SUPERVISOR])
+    return http, flaky
+
+
+def _not_yet_restarted(supervisors: list[Supervisor], name: str) -> bool:
+    """True until the daemon under test (once it exists) has restarted the loop ``name``."""
+    return not supervisors or supervisors[0].restarts(name) == 0
 
 
 def _restarted_and_ran(supervisor: Supervisor, name: str, injected: Flaky) -> bool:
-    return supervisor.restarts(name) >= 1 and injected.calls > injected.fail_on
+    return supervisor.restarts(name) >= 1 and injected.calls > injected.failures
 
 
 @pytest.mark.integration
 async def test_every_background_loop_is_restarted_after_an_unexpected_exception(
     flaky_daemon: tuple[Client, dict[str, Flaky]], headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The reaper, purge, health, watchdog, pool, watch and an async job each fail once, then go on."""
+    """Each background loop, and an async job, fails with an unexpected error, is restarted, runs again."""
     http, flaky = flaky_daemon
     app = http.app
-    supervisor, engine = app[SUPERVISOR], app[ENGINE]
+    supervisor, engine = app[SUPERVISOR], engine_of(app)
     pool = engine._pool
     assert pool is not None
     flaky["sandbox pool"] = Flaky(pool._adjust)
-    monkeypatch.setattr(pool, "_adjust", flaky["sandbox pool"])
     flaky["containerd watch"] = Flaky(engine.host.client.version)
+    for name in ("sandbox pool", "containerd watch"):
+        flaky[name].failing = functools.partial(_not_yet_restarted, [supervisor], name)
+    monkeypatch.setattr(pool, "_adjust", flaky["sandbox pool"])
     monkeypatch.setattr(engine.host.client, "version", flaky["containerd watch"])
     for name, injected in flaky.items():
-        await eventually(functools.partial(_restarted_and_ran, supervisor, name, injected))
+        await eventually(functools.partial(_restarted_and_ran, supervisor, name, injected), what=name)
 
-    # An asynchronous execution whose job fails once (the store refused a write) runs again and completes.
+    # An asynchronous execution whose job fails (the store refused a write) runs again and completes.
     store_write = Flaky(ExecutionStore.set_status)
+    jobs: list[str] = []
+    store_write.failing = lambda: not jobs or supervisor.restarts(f"execution {jobs[0]}") == 0
     monkeypatch.setattr(ExecutionStore, "set_status", store_write)
     execution_id = await submit(http, headers, code="print('supervised')", language="python")
+    jobs.append(execution_id)
     await eventually(lambda: supervisor.restarts(f"execution {execution_id}") == 1)
-    for _ in range(300):
-        record = await app[SERVICE].get("dev-1", execution_id)
-        if record.result is not None:
-            break
-        await asyncio.sleep(0.1)
-    assert record.result is not None
-    assert (record.result.status, record.result.stdout) == (ExecutionStatus.COMPLETED, "supervised\n")
+    result = await wait_for(http, headers, execution_id)
+    assert (result["status"], result["stdout"]) == ("completed", "supervised\n")
 
 
 async def _health(port: int) -> int:

@@ -12,7 +12,7 @@ from aiohttp import web
 from sandboxd.api import handlers, openapi
 from sandboxd.api.auth import KeyRing
 from sandboxd.api.middleware import auth_middleware, error_middleware
-from sandboxd.api.ratelimit import RateLimiter
+from sandboxd.api.ratelimit import RateLimiter, SharedRateLimiter
 from sandboxd.api.state import (
     ADMISSION,
     CLIENT,
@@ -35,7 +35,8 @@ from sandboxd.ops.metrics import Metrics
 from sandboxd.ops.notify import Notifier
 from sandboxd.service.admission import Admission
 from sandboxd.service.executions import ExecutionService
-from sandboxd.service.store import ExecutionStore
+from sandboxd.service.hosts import Heartbeat, host_id
+from sandboxd.service.store import open_store
 from sandboxd.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = ExecutionStore(app[CONFIG].paths.data / "executions.sqlite3")
-    await store.open()
+    store = await open_store(app[CONFIG], host_id(app[CONFIG]))
     app[STORE] = store
+    if store.shared:  # several hosts: one bucket per key, in the store they share
+        app[LIMITER] = SharedRateLimiter(store)
     yield
     await store.close()
 
@@ -92,18 +94,32 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         async_queue=limits.async_queue,
         retention=dt.timedelta(hours=limits.retention_hours),
+        poll=app[CONFIG].store.poll_seconds,
+        pending_writes=app[CONFIG].store.pending_writes,
     )
     app[SERVICE] = service
+    store = app[STORE]
+    app[METRICS].track_store(lambda: store.available, lambda: service.pending_writes)
     await service.recover()
     service.start()
+    server = app[CONFIG].server
+    heartbeat = Heartbeat(
+        app[STORE],
+        f"{server.host}:{server.port}",
+        limits.concurrency,
+        lambda: [info.language for info in service.languages() if info.available],
+    )
+    beating = app[SUPERVISOR].start("host heartbeat", heartbeat.beat_forever)
     yield
+    await beating.stop()
     # The grace period began at SIGTERM (_begin_shutdown); aiohttp gave it to sync requests too.
     await service.stop()
     await app[ENGINE].drain()
 
 
 async def _health_ctx(app: web.Application) -> AsyncIterator[None]:
-    reporter = HealthReporter(app[ENGINE], app[SUPERVISOR])
+    store = app[STORE]
+    reporter = HealthReporter(app[ENGINE], app[SUPERVISOR], lambda: store.available)
     server, port = await start_server(reporter, app[CONFIG].health.address)
     app[HEALTH_PORT] = port
     log.info("gRPC health service on %s", app[CONFIG].health.address.rsplit(":", 1)[0] + f":{port}")

@@ -58,7 +58,7 @@ def _owner(request: web.Request) -> str:
 async def _accept_one(request: web.Request) -> Plan:
     """Read, validate and plan one execution, then charge it: an invalid request costs nothing."""
     plan = request.app[SERVICE].plan(structure(await read_json(request), ExecutionRequest))
-    charge(request, 1)
+    await charge(request, 1)
     return plan
 
 
@@ -86,7 +86,7 @@ async def execute_batch(request: web.Request) -> web.Response:
     """POST /api/v1/execute/batch: run up to 10 snippets in order; one result per item."""
     service = request.app[SERVICE]
     plans = service.plan_batch(await read_json(request))
-    charge(request, len(plans))
+    await charge(request, len(plans))
     return json_response(await service.run_batch(_owner(request), plans))
 
 

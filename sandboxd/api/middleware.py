@@ -15,6 +15,7 @@ from sandboxd.engine.engine import RuntimeUnavailableError, UnsupportedLanguageE
 from sandboxd.engine.watch import ContainerdUnavailableError
 from sandboxd.service.admission import QueueFullError
 from sandboxd.service.executions import AlreadyFinishedError, ExecutionNotFoundError
+from sandboxd.service.store import StoreUnavailableError
 from sandboxd.validation import InvalidFieldError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ _PLAIN_ERRORS: Final[tuple[tuple[type[Exception], int, Mapping[str, str]], ...]]
     (AlreadyFinishedError, 409, {}),
     (RuntimeUnavailableError, 503, {"Retry-After": "30"}),
     (ContainerdUnavailableError, 503, {"Retry-After": "5"}),
+    (StoreUnavailableError, 503, {"Retry-After": "5"}),
 )
 
 
@@ -98,16 +100,21 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(401, "Invalid API key")
     request[IDENTITY] = identity
     response = await handler(request)  # error_middleware runs inside: errors are responses here
-    decision = request.get(RATE) or request.app[LIMITER].peek(identity.name, identity.rate_limit)
+    decision = request.get(RATE)
+    if decision is None:
+        try:
+            decision = await request.app[LIMITER].peek(identity.name, identity.rate_limit)
+        except StoreUnavailableError:
+            return response  # the answer stands; the bucket's state is unknown while the store is away
     response.headers["X-RateLimit-Limit"] = str(decision.limit)
     response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
     return response
 
 
-def charge(request: web.Request, cost: int) -> None:
+async def charge(request: web.Request, cost: int) -> None:
     """Take ``cost`` executions from the caller's rate limit, or refuse the request with 429."""
     identity = request[IDENTITY]
-    decision = request.app[LIMITER].take(identity.name, identity.rate_limit, cost)
+    decision = await request.app[LIMITER].take(identity.name, identity.rate_limit, cost)
     request[RATE] = decision
     if not decision.allowed:
         request.app[METRICS].rate_limited.inc()

@@ -16,6 +16,7 @@ from sandboxd.containerd import ContainerdError
 from sandboxd.engine.host import client_for
 from sandboxd.images.inspect import inspect_image
 from sandboxd.runtimes import RuntimeConfigError, load_runtimes
+from sandboxd.service.store import StoreUnavailableError, open_store
 
 _MIN_FREE_DATA: Final = 1 << 30
 _MIN_FREE_STATE: Final = 256 << 20
@@ -87,6 +88,32 @@ def _free_space(name: str, path: Path, minimum: int) -> Check:
     return Check(name, True, detail)
 
 
+async def _store(config: Config) -> Check:
+    """The store answers, and its schema is the one this version migrates to."""
+    kind = "PostgreSQL" if config.store.url.startswith("postgresql://") else "SQLite"
+    hint = "start the database, or fix store.url (SANDBOXD_STORE_URL)"
+    try:
+        store = await open_store(config, "doctor", migrate=False)
+    except StoreUnavailableError as error:
+        return Check("store", False, f"{kind}: {error}", hint)
+    try:
+        version = await store.schema_version()
+    except StoreUnavailableError as error:
+        return Check("store", False, f"{kind}: {error}", hint)
+    finally:
+        await store.close()
+    latest = store.latest_version
+    if version > latest:
+        detail = f"{kind}: schema version {version} is newer than this sandboxd's ({latest})"
+        return Check("store", False, detail, "upgrade sandboxd to the version the other hosts run")
+    if version < latest and store.shared:
+        detail = f"{kind}: schema version {version}, this sandboxd needs {latest}"
+        return Check("store", False, detail, "start `sandboxd serve` once: it migrates at start-up")
+    if version < latest:  # an embedded database is brought up to date when the daemon starts
+        return Check("store", True, f"{kind}, schema version {version}, migrated to {latest} at start-up")
+    return Check("store", True, f"{kind}, schema version {version}")
+
+
 async def checks(config: Config) -> AsyncIterator[Check]:
     """Every check, in the order an operator would fix them."""
     keys = len(config.api_keys) + len(config.dev_keys)
@@ -105,6 +132,7 @@ async def checks(config: Config) -> AsyncIterator[Check]:
         yield Check("runtimes", False, "; ".join(error.problems), "fix the runtime files")
         return
     yield Check("runtimes", True, f"{len(runtimes)} in {config.paths.runtimes}")
+    yield await _store(config)
     client = client_for(config)
     try:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Final
 
 import grpc
@@ -25,9 +26,12 @@ NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 class HealthReporter:
     """Publishes the daemon's state as health statuses; Watch streams see every change."""
 
-    def __init__(self, engine: Engine, supervisor: Supervisor) -> None:
+    def __init__(
+        self, engine: Engine, supervisor: Supervisor, store_available: Callable[[], bool] = lambda: True
+    ) -> None:
         self._engine = engine
         self._supervisor = supervisor
+        self._store_available = store_available
         # health.aio is the package's public asyncio servicer; its type stubs do not list it.
         self.servicer: health_pb2_grpc.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._published: dict[str, int] = {}
@@ -36,8 +40,8 @@ class HealthReporter:
     def statuses(self) -> dict[str, int]:
         """The status of every service: the whole server, the executor, and each runtime.
 
-        The server is NOT_SERVING while no runtime can run, and while a background task is down
-        (it failed and waits to be restarted).
+        The server is NOT_SERVING while no runtime can run, while the execution store cannot be
+        reached, and while a background task is down (it failed and waits to be restarted).
         """
         up = self._engine.containerd_available
         runtimes = {
@@ -45,7 +49,8 @@ class HealthReporter:
             for info in self._engine.languages()
         }
         down = self._supervisor.down
-        overall = SERVING if SERVING in runtimes.values() and not down else NOT_SERVING
+        serving = SERVING in runtimes.values() and not down and self._store_available()
+        overall = SERVING if serving else NOT_SERVING
         return {"": overall, EXECUTOR_SERVICE: overall, **runtimes}
 
     def _report_down(self) -> None:

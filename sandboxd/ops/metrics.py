@@ -90,6 +90,17 @@ class Metrics:
         for language in runtimes:
             gauge.labels(language=language).set_function(functools.partial(idle, language))
 
+    def track_store(self, available: Callable[[], bool], pending: Callable[[], int]) -> None:
+        """Read whether the store answers, and how many results wait in memory for it, when scraped."""
+        up = Gauge("sandboxd_store_available", "1 while the execution store answers", registry=self.registry)
+        up.set_function(lambda: float(available()))
+        kept = Gauge(
+            "sandboxd_store_pending_writes",
+            "Results kept in memory until the store answers again",
+            registry=self.registry,
+        )
+        kept.set_function(lambda: float(pending()))
+
     def track_supervisor(self, supervisor: Supervisor) -> None:
         """Read how many background tasks are down (waiting to be restarted) when scraped."""
         down = Gauge(

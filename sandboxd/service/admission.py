@@ -15,6 +15,7 @@ class Admission:
     """At most ``slots`` holders at once; at most ``queue`` callers waiting for a slot."""
 
     def __init__(self, slots: int, queue: int) -> None:
+        self.slots = slots
         self.queue = queue
         self._semaphore = asyncio.Semaphore(slots)
         self.waiting = 0

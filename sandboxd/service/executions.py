@@ -1,13 +1,16 @@
 """Executions as the API sees them: recorded, owned by a key, run now, in a batch, or in the background.
 
 Asynchronous executions are written to the store before they are acknowledged,
-so none is lost: a daemon that was killed runs its queued and running ones
-again under the same id when it starts.
+so none is lost. They are the queue: each host claims what its free slots can
+run and holds the claims as leases it renews; a host that was killed gets its
+claims back when it starts, and another host takes them once their leases expire,
+always under the same ids.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import time
@@ -36,7 +39,7 @@ from sandboxd.models import (
     SessionPage,
 )
 from sandboxd.service.admission import Admission, QueueFullError
-from sandboxd.service.store import ExecutionStore, StoredExecution
+from sandboxd.service.store import CANCEL_CHANNEL, ExecutionStore, StoredExecution, StoreUnavailableError
 from sandboxd.supervisor import Supervised, Supervisor
 from sandboxd.validation import InvalidFieldError, ValidationError, structure
 
@@ -44,6 +47,10 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH: Final = 10
 _PURGE_INTERVAL: Final = 600.0
+_CANCELLED: Final = "cancelled at the client's request"
+_GONE: Final = "interrupted: its host stopped while it ran"
+_CANCEL_POLL: Final = 0.1
+_STORE_WATCH_INTERVAL: Final = 1.0
 
 
 class ExecutionNotFoundError(Exception):
@@ -79,6 +86,8 @@ class ExecutionService:
         *,
         async_queue: int,
         retention: dt.timedelta,
+        poll: float,
+        pending_writes: int,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -87,7 +96,11 @@ class ExecutionService:
         self._observer = observer
         self._async_queue = async_queue
         self._retention = retention
+        self._poll = poll
         self._jobs: dict[str, Supervised] = {}
+        self._wake = asyncio.Event()
+        # Results finished while the store was unreachable, oldest first, written once it is back.
+        self._pending: collections.deque[ExecutionResult] = collections.deque(maxlen=pending_writes)
         self._running: set[str] = set()
         self._cancelled_by_owner: set[str] = set()
         self._shutting_down = False
@@ -133,23 +146,35 @@ class ExecutionService:
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the service's background work: the retention purge."""
+        """Start the service's background work: the queue, its leases and notifications, the purge."""
         self._supervisor.start("retention purge", self._purge_forever)
+        self._supervisor.start("store listener", lambda: self._store.listen(self._on_notice))
+        self._supervisor.start("queue", self._dispatch_forever)
+        self._supervisor.start("lease renewal", self._renew_forever)
+        self._supervisor.start("store watch", self._watch_store_forever)
 
     async def run(self, owner: str, plan: Plan) -> ExecutionResult:
         """Run one execution now, in a slot of its own."""
+        self._check_store()
         asked = time.monotonic()
-        async with self._admission.slot():
-            return await self._run_recorded(owner, Kind.SYNC, plan, time.monotonic() - asked)
+        try:
+            async with self._admission.slot():
+                return await self._run_recorded(owner, Kind.SYNC, plan, time.monotonic() - asked)
+        finally:
+            self._wake.set()  # a slot is free: the queue may have work for it
 
     async def run_batch(self, owner: str, plans: Sequence[Plan]) -> list[ExecutionResult]:
         """Run a batch in order, holding one slot for all of it; each item fails on its own."""
+        self._check_store()
         asked = time.monotonic()
         with self._engine.batch(plans):
             async with self._admission.slot():
                 waited = time.monotonic() - asked
-                return [await self._run_recorded(owner, Kind.BATCH, plan, waited if i == 0 else 0.0)
-                        for i, plan in enumerate(plans)]  # fmt: skip
+                try:
+                    return [await self._run_recorded(owner, Kind.BATCH, plan, waited if i == 0 else 0.0)
+                            for i, plan in enumerate(plans)]  # fmt: skip
+                finally:
+                    self._wake.set()
 
     async def _run_recorded(self, owner: str, kind: Kind, plan: Plan, queue_wait: float) -> ExecutionResult:
         execution_id = str(uuid.uuid4())
@@ -160,7 +185,7 @@ class ExecutionService:
             result = await self._execute(execution_id, plan, kind, queue_wait)
         except ContainerdUnavailableError as error:
             failed = failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
-            await self._store.finish(failed)
+            await self._record(failed)
             if kind is Kind.BATCH:
                 return failed  # one item's failure is that item's result, never a failed batch
             raise
@@ -171,9 +196,9 @@ class ExecutionService:
         except Exception:
             # A defect, answered with a 500: the record still gets a result, never stays "running".
             note = f"internal error; execution {execution_id}"
-            await self._store.finish(failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note))
+            await self._record(failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note))
             raise
-        await self._store.finish(result)
+        await self._record(result)
         return result
 
     async def _execute(self, execution_id: str, plan: Plan, kind: Kind, queue_wait: float) -> ExecutionResult:
@@ -197,18 +222,132 @@ class ExecutionService:
         return result
 
     async def _finish_shielded(self, result: ExecutionResult) -> None:
-        await asyncio.shield(asyncio.ensure_future(self._store.finish(result)))
+        await asyncio.shield(asyncio.ensure_future(self._record(result)))
+
+    async def _record(self, result: ExecutionResult) -> None:
+        """Write a result; while the store is unreachable keep it in memory, to write once it is back."""
+        try:
+            await self._store.finish(result)
+        except StoreUnavailableError as error:
+            reason = str(error)
+        else:
+            return
+        if len(self._pending) == self._pending.maxlen:
+            log.error("pending writes full: the result of %s is lost", self._pending[0].execution_id)
+        self._pending.append(result)
+        log.warning("result of %s kept in memory until the store is back: %s", result.execution_id, reason)
+
+    @property
+    def pending_writes(self) -> int:
+        """Results kept in memory until the store answers again."""
+        return len(self._pending)
+
+    def _check_store(self) -> None:
+        """New work is refused at once while the store is known to be unreachable."""
+        if not self._store.available:
+            raise StoreUnavailableError("its last call failed")
+
+    async def _watch_store_forever(self) -> None:
+        """Every second: while the store is away, see whether it is back; then write what was kept."""
+        while True:
+            try:
+                if not self._store.available:
+                    await self._store.ping()
+                while self._pending:
+                    await self._store.finish(self._pending[0])
+                    self._pending.popleft()
+            except StoreUnavailableError as error:
+                log.debug("store still unavailable: %s", error)
+            await asyncio.sleep(_STORE_WATCH_INTERVAL)
 
     async def submit(self, owner: str, plan: Plan) -> str:
-        """Record an asynchronous execution and start it in the background; return its id."""
-        if len(self._jobs) >= self._async_queue:
-            raise QueueFullError(f"{len(self._jobs)} asynchronous executions pending")
+        """Queue an asynchronous execution in the store, for whichever host has room; return its id."""
+        self._check_store()
+        pending = await self._store.queued_count()
+        if pending >= self._async_queue:
+            raise QueueFullError(f"{pending} asynchronous executions pending")
         execution_id = str(uuid.uuid4())
         await self._store.insert(
             execution_id, owner, Kind.ASYNC, plan.request, plan.runtime.name, ExecutionStatus.QUEUED
         )
-        self._start_job(execution_id, plan)
+        self._wake.set()
         return execution_id
+
+    def _free_capacity(self) -> int:
+        """Slots neither this host's claimed executions nor its synchronous work hold or wait for."""
+        synchronous = self._admission.running - len(self._running) + self._admission.waiting
+        return self._admission.slots - len(self._jobs) - max(synchronous, 0)
+
+    async def _dispatch_forever(self) -> None:
+        """Claim queued executions within free capacity whenever woken (new work, a slot freed) or polled."""
+        polled = True
+        while True:
+            self._wake.clear()
+            try:
+                # Expired leases are taken from their host only once the store has answered a whole
+                # lease: after an outage, every live host has renewed its own by then.
+                settled = self._store.settled()
+                if polled and settled:
+                    for record in await self._store.interrupted(own=False):
+                        await self._settle(record, ExecutionStatus.INTERNAL_ERROR, _GONE)
+                free = self._free_capacity()
+                if free > 0 and not self._shutting_down:
+                    for record in await self._store.claim(free, expired=settled):
+                        await self._adopt(record)
+            except StoreUnavailableError as error:
+                log.warning("queue: %s", error)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+                polled = False
+            except TimeoutError:
+                polled = True
+
+    async def _adopt(self, record: StoredExecution) -> None:
+        """Run a claimed execution here, under its id; one that cannot run on this host fails."""
+        if record.execution_id in self._jobs:
+            return  # still ours: its lease was renewed meanwhile
+        if record.cancel_requested:  # asked while the host that held it was gone
+            await self._settle(record, ExecutionStatus.CANCELLED, _CANCELLED)
+            return
+        if record.request is None:  # never for an unfinished asynchronous record
+            await self._settle(record, ExecutionStatus.INTERNAL_ERROR, "its request was not kept")
+            return
+        try:
+            plan = self._engine.plan(record.request)
+        except (UnsupportedLanguageError, InvalidFieldError) as error:
+            await self._settle(record, ExecutionStatus.INTERNAL_ERROR, f"cannot run on this host: {error}")
+            return
+        self._start_job(record.execution_id, plan)
+
+    def _on_notice(self, channel: str, payload: str) -> None:
+        """A notification from the store: new work to claim, or a cancel for an execution held here."""
+        if channel == CANCEL_CHANNEL:
+            self._cancel_here(payload)
+        else:
+            self._wake.set()
+
+    def _cancel_here(self, execution_id: str) -> None:
+        job = self._jobs.get(execution_id)
+        if job is not None and execution_id not in self._cancelled_by_owner:
+            self._cancelled_by_owner.add(execution_id)
+            job.cancel()
+
+    async def _renew_forever(self) -> None:
+        """Renew this host's leases every third of the lease; drop what it lost, cancel what was asked."""
+        while True:
+            await asyncio.sleep(self._store.lease / 3)
+            try:
+                held = await self._store.renew()
+            except StoreUnavailableError as error:
+                log.warning("lease renewal: %s", error)
+                continue
+            for execution_id, job in list(self._jobs.items()):
+                if execution_id not in held and execution_id not in self._cancelled_by_owner:
+                    # Finished just now, or its lease expired and another host holds it: stop here.
+                    log.warning("execution %s: this host's claim is gone; it stops here", execution_id)
+                    job.cancel()
+                elif held.get(execution_id):
+                    self._cancel_here(execution_id)
 
     def _start_job(self, execution_id: str, plan: Plan) -> None:
         # Supervised: a job that fails unexpectedly (the store refused a write, say) is logged and
@@ -223,13 +362,15 @@ class ExecutionService:
     def _forget(self, execution_id: str) -> None:
         self._jobs.pop(execution_id, None)
         self._running.discard(execution_id)
+        self._cancelled_by_owner.discard(execution_id)
+        self._wake.set()
 
     async def _run_async(self, execution_id: str, plan: Plan) -> None:
         try:
             asked = time.monotonic()
             async with self._admission.slot(wait=True):
                 if self._shutting_down:
-                    return  # stays queued in the store for the next start
+                    return  # given back to the queue at shutdown, for the next start or another host
                 waited = time.monotonic() - asked
                 self._running.add(execution_id)
                 while True:
@@ -248,14 +389,13 @@ class ExecutionService:
                         note = f"internal error; execution {execution_id}"
                         result = failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, note)
                         break
-            await self._store.finish(result)
+            await self._record(result)
         except asyncio.CancelledError:
             if execution_id in self._cancelled_by_owner:
-                self._cancelled_by_owner.discard(execution_id)
-                note = "cancelled at the client's request"
-                cancelled = failed_result(execution_id, plan, ExecutionStatus.CANCELLED, note)
+                cancelled = failed_result(execution_id, plan, ExecutionStatus.CANCELLED, _CANCELLED)
                 await self._finish_shielded(cancelled)
-            # Otherwise the daemon is stopping: the record stays unfinished and runs again at the next start.
+            # Otherwise the daemon is stopping (or lost the claim): the record stays unfinished, and
+            # runs again here at the next start or on another host.
             raise
         finally:
             self._running.discard(execution_id)
@@ -268,14 +408,32 @@ class ExecutionService:
         return found
 
     async def cancel(self, owner: str, execution_id: str) -> StoredExecution:
-        """Cancel a queued or running asynchronous execution; return its final record."""
+        """Cancel a queued or running asynchronous execution, on whichever host; return its final record."""
         found = await self.get(owner, execution_id)
-        job = self._jobs.get(execution_id)
-        if found.status.finished or job is None:
+        if found.status.finished or found.kind is not Kind.ASYNC:
             raise AlreadyFinishedError(f"Execution {execution_id} has already finished ({found.status})")
-        self._cancelled_by_owner.add(execution_id)
-        await job.stop()
-        return await self.get(owner, execution_id)
+        job = self._jobs.get(execution_id)
+        if job is not None:
+            self._cancelled_by_owner.add(execution_id)
+            await job.stop()
+            return await self.get(owner, execution_id)
+        if await self._store.cancel_unclaimed(_settled(found, ExecutionStatus.CANCELLED, _CANCELLED)):
+            return await self.get(owner, execution_id)
+        # Another host holds it: it cancels it when notified (or at its next renewal at the latest).
+        if await self._store.request_cancel(execution_id):
+            deadline = time.monotonic() + self._store.lease
+            while time.monotonic() < deadline:
+                found = await self.get(owner, execution_id)
+                if found.status.finished:
+                    return found
+                # The host that holds it may be gone: once its lease expires, it is cancelled here.
+                if await self._store.cancel_unclaimed(_settled(found, ExecutionStatus.CANCELLED, _CANCELLED)):
+                    return await self.get(owner, execution_id)
+                await asyncio.sleep(_CANCEL_POLL)
+        found = await self.get(owner, execution_id)
+        if found.status.finished and found.status is not ExecutionStatus.CANCELLED:
+            raise AlreadyFinishedError(f"Execution {execution_id} has already finished ({found.status})")
+        return found
 
     async def session(self, owner: str, session_id: str, limit: int, offset: int) -> SessionPage:
         """A page of the caller's executions in a session, newest first."""
@@ -297,42 +455,33 @@ class ExecutionService:
         return SessionPage(session_id=session_id, executions=summaries, next_offset=next_offset)
 
     async def recover(self) -> int:
-        """Settle what a previous run left unfinished: asynchronous ones run again, others are failed."""
-        settled = 0
-        for record in await self._store.unfinished():
-            settled += 1
-            if record.kind is Kind.ASYNC and record.request is not None:
-                try:
-                    plan = self._engine.plan(record.request)
-                except (UnsupportedLanguageError, InvalidFieldError) as error:
-                    await self._fail_record(record, f"cannot run after restart: {error}")
-                    continue
-                await self._store.set_status(record.execution_id, ExecutionStatus.QUEUED)
-                self._start_job(record.execution_id, plan)
-            else:
-                await self._fail_record(record, "interrupted: the daemon stopped while it ran")
-        if settled:
-            log.info("recovered %d unfinished executions from the previous run", settled)
-        return settled
+        """Settle what this host's previous run left.
 
-    async def _fail_record(self, record: StoredExecution, note: str) -> None:
-        await self._store.finish(
-            ExecutionResult(
-                execution_id=record.execution_id,
-                stdout="",
-                stderr=f"sandboxd: {note}\n",
-                exit_code=-1,
-                execution_time=0.0,
-                language=record.language,
-                session_id=record.session_id,
-                status=ExecutionStatus.INTERNAL_ERROR,
+        Its synchronous executions fail (their clients are gone); its claimed asynchronous
+        ones go back to the queue, to run again under their ids.
+        """
+        interrupted = await self._store.interrupted(own=True)
+        for record in interrupted:
+            await self._settle(
+                record, ExecutionStatus.INTERNAL_ERROR, "interrupted: the daemon stopped while it ran"
             )
-        )
+        released = await self._store.release()
+        if interrupted or released:
+            log.info("recovered %d unfinished executions from the previous run", len(interrupted) + released)
+        return len(interrupted) + released
+
+    async def _settle(self, record: StoredExecution, status: ExecutionStatus, note: str) -> None:
+        await self._store.finish(_settled(record, status, note))
 
     async def _purge_forever(self) -> None:
         """Delete finished results older than the retention period, every few minutes."""
         while True:
-            removed = await self._store.purge(time.time() - self._retention.total_seconds())
+            try:
+                removed = await self._store.purge(time.time() - self._retention.total_seconds())
+            except StoreUnavailableError as error:
+                log.warning("retention purge: %s", error)
+                await asyncio.sleep(_STORE_WATCH_INTERVAL)
+                continue
             if removed:
                 log.info("purged %d execution records older than %s", removed, self._retention)
             await asyncio.sleep(_PURGE_INTERVAL)
@@ -349,7 +498,8 @@ class ExecutionService:
     async def stop(self) -> None:
         """Let running background executions finish within the grace period, then cancel the rest.
 
-        A cancelled one keeps its unfinished record and runs again at the next start.
+        What was cancelled keeps its unfinished record and goes back to the queue: it runs again
+        at the next start, or at once on another host.
         """
         self.begin_shutdown(0)
         deadline = self._shutdown_deadline or time.monotonic()
@@ -358,3 +508,23 @@ class ExecutionService:
             waiting = [asyncio.ensure_future(job.wait()) for job in jobs]
             await asyncio.wait(waiting, timeout=max(deadline - time.monotonic(), 0))
             await asyncio.gather(*(job.stop() for job in jobs))
+        try:
+            await self._store.release()
+        except StoreUnavailableError as error:
+            log.warning(
+                "shutdown: claims not given back (%s); they expire after %.0f s", error, self._store.lease
+            )
+
+
+def _settled(record: StoredExecution, status: ExecutionStatus, note: str) -> ExecutionResult:
+    """The result of an execution that ends without running: the same fields as ``failed_result``'s."""
+    return ExecutionResult(
+        execution_id=record.execution_id,
+        stdout="",
+        stderr=f"sandboxd: {note}\n",
+        exit_code=-1,
+        execution_time=0.0,
+        language=record.language,
+        session_id=record.session_id,
+        status=status,
+    )
