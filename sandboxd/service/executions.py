@@ -99,6 +99,9 @@ class ExecutionService:
         self._poll = poll
         self._jobs: dict[str, Supervised] = {}
         self._wake = asyncio.Event()
+        # Whether queued work may wait for a slot here: only then does a freed slot wake the queue
+        # (a claim per synchronous request would cost every request a store round trip).
+        self._queue_may_wait = True
         # Results finished while the store was unreachable, oldest first, written once it is back.
         self._pending: collections.deque[ExecutionResult] = collections.deque(maxlen=pending_writes)
         self._running: set[str] = set()
@@ -161,7 +164,7 @@ class ExecutionService:
             async with self._admission.slot():
                 return await self._run_recorded(owner, Kind.SYNC, plan, time.monotonic() - asked)
         finally:
-            self._wake.set()  # a slot is free: the queue may have work for it
+            self._slot_freed()
 
     async def run_batch(self, owner: str, plans: Sequence[Plan]) -> list[ExecutionResult]:
         """Run a batch in order, holding one slot for all of it; each item fails on its own."""
@@ -174,7 +177,7 @@ class ExecutionService:
                     return [await self._run_recorded(owner, Kind.BATCH, plan, waited if i == 0 else 0.0)
                             for i, plan in enumerate(plans)]  # fmt: skip
                 finally:
-                    self._wake.set()
+                    self._slot_freed()
 
     async def _run_recorded(self, owner: str, kind: Kind, plan: Plan, queue_wait: float) -> ExecutionResult:
         execution_id = str(uuid.uuid4())
@@ -292,8 +295,12 @@ class ExecutionService:
                         await self._settle(record, ExecutionStatus.INTERNAL_ERROR, _GONE)
                 free = self._free_capacity()
                 if free > 0 and not self._shutting_down:
-                    for record in await self._store.claim(free, expired=settled):
+                    claimed = await self._store.claim(free, expired=settled)
+                    for record in claimed:
                         await self._adopt(record)
+                    self._queue_may_wait = len(claimed) == free
+                else:
+                    self._queue_may_wait = True
             except StoreUnavailableError as error:
                 log.warning("queue: %s", error)
             try:
@@ -363,7 +370,12 @@ class ExecutionService:
         self._jobs.pop(execution_id, None)
         self._running.discard(execution_id)
         self._cancelled_by_owner.discard(execution_id)
-        self._wake.set()
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """A slot is free: wake the queue if work may be waiting for one."""
+        if self._queue_may_wait:
+            self._wake.set()
 
     async def _run_async(self, execution_id: str, plan: Plan) -> None:
         try:
