@@ -370,10 +370,6 @@ class Engine:
         """The engine's removals under way."""
         return self._cleanups
 
-    def image(self, runtime: str) -> ImageState | None:
-        """What containerd held for ``runtime`` at the last inspection."""
-        return self._images.get(runtime)
-
     def pool_runtimes(self) -> list[str]:
         """The runtimes the pool keeps sandboxes for (none when the pool is off)."""
         return list(self._pool.runtimes) if self._pool is not None else []
