@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import re
 from collections.abc import Mapping
@@ -14,6 +16,15 @@ from sandboxd.validation import check
 MAX_ENV_VARS: Final = 64
 MAX_ENV_BYTES: Final = 32 * 1024
 MAX_SESSION_ID: Final = 128
+MAX_FILES: Final = 32
+MAX_FILE_NAME: Final = 255
+MAX_ARGS: Final = 64
+MAX_ARGS_BYTES: Final = 64 * 1024
+MAX_OUTPUT_FILES: Final = 8
+OUTPUT_FILE_BYTES: Final = 1 << 20
+# One component of a relative path a request names inside /workspace (a file, or a glob of them).
+_PATH_PART = re.compile(r"^[A-Za-z0-9_.+@=,-]+$")
+_GLOB_PART = re.compile(r"^[A-Za-z0-9_.+@=,*?\[\]!-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]+$")
 
@@ -35,6 +46,31 @@ class ExecutionStatus(enum.StrEnum):
     def finished(self) -> bool:
         """True once the execution has a result."""
         return self not in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+
+
+class Encoding(enum.StrEnum):
+    """How a file's ``content`` is written in JSON."""
+
+    UTF8 = "utf8"
+    BASE64 = "base64"
+
+
+class Compare(enum.StrEnum):
+    """How ``stdout`` is compared with ``expected_output``."""
+
+    # Trailing whitespace at each line's end and trailing newlines are ignored.
+    TRIM = "trim"
+    EXACT = "exact"
+
+    def matches(self, actual: str, expected: str) -> bool:
+        """Whether ``actual`` output is ``expected`` by this rule."""
+        if self is Compare.EXACT:
+            return actual == expected
+        return _trimmed(actual) == _trimmed(expected)
+
+
+def _trimmed(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.splitlines()).rstrip("\n")
 
 
 class Kind(enum.StrEnum):
@@ -77,6 +113,73 @@ def _session_id(_instance: object, _attribute: attrs.Attribute[Any], value: str 
         )
 
 
+def relative_path_problem(name: str, *, glob: bool = False) -> str | None:
+    """Why ``name`` is not a relative path inside /workspace (a glob of them with ``glob``), or None."""
+    if not name or len(name) > MAX_FILE_NAME:
+        return f"must be 1 to {MAX_FILE_NAME} characters"
+    if name.startswith("/"):
+        return "must be relative to /workspace"
+    part = _GLOB_PART if glob else _PATH_PART
+    for component in name.split("/"):
+        if component in ("", ".", ".."):
+            return "must not contain empty, . or .. components"
+        if not part.match(component):
+            allowed = "A-Z a-z 0-9 _ . + @ = , -" + (" * ? [ ] !" if glob else "")
+            return f"may use only {allowed} and / between names"
+    return None
+
+
+@attrs.frozen
+class InputFile:
+    """A file written into /workspace before the program runs."""
+
+    name: str
+    content: str
+    encoding: Encoding = Encoding.UTF8
+
+    def __attrs_post_init__(self) -> None:
+        problem = relative_path_problem(self.name)
+        check(problem is None, "name", problem or "")
+        if self.encoding is Encoding.BASE64:
+            try:
+                base64.b64decode(self.content, validate=True)
+            except (binascii.Error, ValueError):
+                check(False, "content", "is not valid base64")
+
+    def data(self) -> bytes:
+        """The file's bytes."""
+        if self.encoding is Encoding.BASE64:
+            return base64.b64decode(self.content, validate=True)
+        return self.content.encode()
+
+
+def _files(_instance: object, _attribute: attrs.Attribute[Any], value: tuple[InputFile, ...]) -> None:
+    check(len(value) <= MAX_FILES, "files", f"must be at most {MAX_FILES} files")
+    seen: set[str] = set()
+    for file in value:
+        check(file.name not in seen, "files", f"names {file.name} twice")
+        seen.add(file.name)
+    for file in value:
+        # A file and a directory of the same name cannot both exist.
+        parents = {"/".join(file.name.split("/")[:n]) for n in range(1, file.name.count("/") + 1)}
+        clash = sorted(parents & seen)
+        check(not clash, "files", f"{clash[0]} is both a file and a directory" if clash else "")
+
+
+def _args(_instance: object, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    check(len(value) <= MAX_ARGS, "args", f"must be at most {MAX_ARGS} arguments")
+    check(all("\0" not in arg for arg in value), "args", "must not contain NUL")
+    size = sum(len(arg.encode()) for arg in value)
+    check(size <= MAX_ARGS_BYTES, "args", f"must be at most {MAX_ARGS_BYTES} bytes in all")
+
+
+def _output_files(_instance: object, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    check(len(value) <= MAX_OUTPUT_FILES, "output_files", f"must name at most {MAX_OUTPUT_FILES} files")
+    for pattern in value:
+        problem = relative_path_problem(pattern, glob=True)
+        check(problem is None, "output_files", f"{pattern!r} {problem}")
+
+
 @attrs.frozen
 class ExecutionRequest:
     """One snippet to run, as the product document defines the request."""
@@ -87,6 +190,22 @@ class ExecutionRequest:
     environment: Mapping[str, str] | None = attrs.field(default=None, validator=_environment)
     timeout: int | None = attrs.field(default=None, validator=_timeout)
     session_id: str | None = attrs.field(default=None, validator=_session_id)
+    # What a grader expects on stdout: the result says whether it ``passed``.
+    expected_output: str | None = None
+    compare: Compare = Compare.TRIM
+    files: tuple[InputFile, ...] = attrs.field(default=(), validator=_files)
+    args: tuple[str, ...] = attrs.field(default=(), validator=_args)
+    # Names or globs inside /workspace whose files come back in the result.
+    output_files: tuple[str, ...] = attrs.field(default=(), validator=_output_files)
+
+
+@attrs.frozen
+class OutputFile:
+    """A file the program left in /workspace, as the request's ``output_files`` asked."""
+
+    name: str
+    size: int
+    content: str  # base64
 
 
 @attrs.frozen
@@ -104,6 +223,10 @@ class ExecutionResult:
     # Usage of the whole sandbox (gVisor's own kernel included), where the host's cgroup reports it.
     cpu_time: float | None = None
     memory_peak: int | None = None
+    # Whether stdout matched the request's expected_output (null when none was given).
+    passed: bool | None = None
+    # The files the request's output_files matched (null when none were asked for).
+    output_files: tuple[OutputFile, ...] | None = None
 
 
 @attrs.frozen

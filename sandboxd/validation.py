@@ -9,6 +9,7 @@ that format spells its own way (``json_key``) and ignore keys sandboxd does not 
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, get_args
@@ -97,6 +98,17 @@ def _make_converter() -> cattrs.Converter:
         return tuple(converter.structure(value, list[item_type]))  # type: ignore[valid-type]
 
     converter.register_structure_hook_func(is_tuple, structure_tuple)
+
+    def structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(str(member.value) for member in cls)
+            raise ValueError(f"must be one of: {choices}") from None
+
+    # Each enum base ahead of the primitive it derives from, which would take its values as they are.
+    for base in (enum.StrEnum, enum.IntEnum, enum.Enum):
+        converter.register_structure_hook(base, structure_enum)
 
     def is_str_mapping(cls: Any) -> bool:
         return getattr(cls, "__origin__", None) in (dict, Mapping) and get_args(cls) == (str, str)
