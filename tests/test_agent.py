@@ -3,29 +3,46 @@
 from __future__ import annotations
 
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from sandboxd.engine.agent import AGENT_NAME, AgentBuildError, AgentProtocolError, build_agent
+from sandboxd.engine.agent import (
+    AGENT_NAME,
+    AgentBuildError,
+    AgentProcess,
+    AgentProtocolError,
+    build_agent,
+)
 from sandboxd.engine.agent._protocol import (
     MAX_REPLY_PAYLOAD,
+    MAX_STATUS,
+    PROTOCOL,
     STDIN_CHUNK,
     Frame,
     FrameDecoder,
     Reply,
+    RunFlag,
     run_command,
     stdin_frames,
 )
+from sandboxd.engine.oci import NOBODY
 
 
 def test_run_command_layout() -> None:
-    """A run frame: counts, uid and gid, then arguments, environment and working directory, NUL-ended."""
+    """A run frame: counts, uid, gid and flags, then arguments, environment and working directory."""
     frame = run_command(["python3", "main.py"], {"A": "1"}, cwd="/workspace", uid=65534, gid=65534)
     kind, size = struct.unpack(">cI", frame[:5])
     assert (kind, size) == (b"x", len(frame) - 5)
-    assert struct.unpack(">IIII", frame[5:21]) == (2, 1, 65534, 65534)
-    assert frame[21:] == b"python3\0main.py\0A=1\0/workspace\0"
+    assert struct.unpack(">IIIII", frame[5:25]) == (2, 1, 65534, 65534, 0)
+    assert frame[25:] == b"python3\0main.py\0A=1\0/workspace\0"
+
+
+def test_run_command_carries_the_status_pipe_flag() -> None:
+    """Asking for a status pipe sets flag bit 0 and nothing else."""
+    frame = run_command(["a"], {}, cwd="/", uid=1, gid=1, flags=RunFlag.STATUS_PIPE)
+    assert struct.unpack(">I", frame[21:25]) == (1,)
 
 
 @pytest.mark.parametrize(("argv", "environment"), [([], {}), (["a\0b"], {}), (["a"], {"K": "v\0w"})])
@@ -50,7 +67,7 @@ def _reply(kind: bytes, payload: bytes) -> bytes:
 
 def test_decoder_reassembles_frames_however_split() -> None:
     """Frames come out whole and in order, whatever sizes the pipe delivered them in."""
-    stream = _reply(b"r", b"sandboxd-agent 1") + _reply(b"o", b"hello\n") + _reply(b"x", b"\0\0\0\3")
+    stream = _reply(b"r", PROTOCOL) + _reply(b"o", b"hello\n") + _reply(b"x", b"\0\0\0\3")
     for step in (1, 2, 3, 7, len(stream)):
         decoder = FrameDecoder()
         frames: list[Frame] = []
@@ -67,6 +84,7 @@ def test_decoder_reassembles_frames_however_split() -> None:
     [
         (_reply(b"?", b""), "unknown frame type"),
         (struct.pack(">cI", b"o", MAX_REPLY_PAYLOAD + 1), "STDOUT frame of"),
+        (struct.pack(">cI", b"s", MAX_STATUS + 1), "STATUS frame of"),
     ],
 )
 def test_decoder_refuses_what_the_agent_never_sends(stream: bytes, message: str) -> None:
@@ -98,3 +116,48 @@ def test_missing_compiler_is_named(tmp_path: Path) -> None:
     """Without a C compiler the error says what to install."""
     with pytest.raises(AgentBuildError, match="install gcc"):
         build_agent(tmp_path, compiler="no-such-cc")
+
+
+async def test_a_status_frame_is_kept_only_for_a_process_with_a_status_pipe() -> None:
+    """A process with a status pipe keeps its one STATUS frame; one without refuses any."""
+    with_pipe = AgentProcess(1024, lambda: None, status_pipe=True)
+    assert with_pipe.status == b""
+    with_pipe._receive(Frame(Reply.STATUS, b"syntax"))
+    assert with_pipe.status == b"syntax"
+    with pytest.raises(AgentProtocolError, match="STATUS"):
+        with_pipe._receive(Frame(Reply.STATUS, b"again"))
+    with pytest.raises(AgentProtocolError, match="STATUS"):
+        AgentProcess(1024, lambda: None)._receive(Frame(Reply.STATUS, b"syntax"))
+
+
+def _run_in_agent(agent: Path, script: str, flags: RunFlag) -> list[Frame]:
+    """The frames the agent, run on this host, answers to one ``sh -c script`` (as nobody)."""
+    command = run_command(
+        ["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"}, cwd="/", uid=NOBODY, gid=NOBODY, flags=flags
+    )
+    done = subprocess.run(
+        [str(agent / AGENT_NAME)], input=command + b"".join(stdin_frames(b"")), capture_output=True,
+        timeout=30, check=True,
+    )  # fmt: skip
+    frames = FrameDecoder().feed(done.stdout)
+    assert frames[0] == Frame(Reply.READY, PROTOCOL)
+    return frames[1:]
+
+
+def test_the_agent_forwards_the_status_pipe_before_the_exit(tmp_path: Path) -> None:
+    """With the flag, what the process writes to fd 3 comes back (up to MAX_STATUS bytes) before its exit."""
+    agent = build_agent(tmp_path)
+    frames = _run_in_agent(agent, "printf syntax >&3; exit 1", RunFlag.STATUS_PIPE)
+    assert [(f.kind, f.payload) for f in frames[:-1]] == [(Reply.STATUS, b"syntax")]
+    assert frames[-1].exit_status() == 1
+    long = _run_in_agent(agent, "head -c 1000 /dev/zero >&3", RunFlag.STATUS_PIPE)
+    assert [(f.kind, len(f.payload)) for f in long] == [(Reply.STATUS, MAX_STATUS), (Reply.EXITED, 4)]
+    silent = _run_in_agent(agent, "exec 3>&-; echo ran", RunFlag.STATUS_PIPE)
+    assert [f.kind for f in silent] == [Reply.STDOUT, Reply.EXITED]
+
+
+def test_without_the_flag_fd_3_is_closed(tmp_path: Path) -> None:
+    """A process started without a status pipe has no fd 3 to write to, and no STATUS frame comes."""
+    frames = _run_in_agent(build_agent(tmp_path), "printf syntax >&3", RunFlag.NONE)
+    assert {f.kind for f in frames[:-1]} == {Reply.STDERR}
+    assert frames[-1].exit_status() != 0

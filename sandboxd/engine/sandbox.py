@@ -98,7 +98,10 @@ class SandboxError(OSError):
 
 @attrs.frozen
 class ProcessOutcome:
-    """How one exec'd process ended. ``exit_code`` is None when it was killed by sandboxd."""
+    """How one exec'd process ended. ``exit_code`` is None when it was killed by sandboxd.
+
+    ``status`` is what the process wrote to its status pipe, when it had one.
+    """
 
     exit_code: int | None
     stdout: CapturedOutput
@@ -106,6 +109,7 @@ class ProcessOutcome:
     duration: float
     timed_out: bool
     output_exceeded: bool
+    status: bytes = b""
 
 
 class Sandbox:
@@ -273,8 +277,12 @@ class Sandbox:
         stdin: bytes,
         timeout: float,
         output_cap: int,
+        status_pipe: bool = False,
     ) -> ProcessOutcome:
-        """Run ``argv`` in /workspace until it exits, ``timeout`` seconds pass or its output overflows."""
+        """Run ``argv`` in /workspace until it exits, ``timeout`` seconds pass or its output overflows.
+
+        With ``status_pipe`` the process gets a pipe as fd 3 (see ``ProcessOutcome.status``).
+        """
         if self._agent is None:
             raise SandboxError(f"sandbox {self.id} has no agent")
         loop = asyncio.get_running_loop()
@@ -283,7 +291,7 @@ class Sandbox:
         deadline = started + timeout
         process = self._agent.run(
             argv, environment, cwd=WORKSPACE, uid=NOBODY, gid=NOBODY,
-            stdin=stdin, output_cap=output_cap, on_overflow=overflow.set,
+            stdin=stdin, output_cap=output_cap, on_overflow=overflow.set, status_pipe=status_pipe,
         )  # fmt: skip
         overflowed: asyncio.Future[Any] = asyncio.ensure_future(overflow.wait())
         watched: set[asyncio.Future[Any]] = {process.exited, overflowed}
@@ -310,6 +318,7 @@ class Sandbox:
             duration=ended - started,
             timed_out=timed_out,
             output_exceeded=overflow.is_set(),
+            status=process.status,
         )
 
     async def end_processes(self) -> None:

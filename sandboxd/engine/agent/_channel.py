@@ -27,6 +27,7 @@ from sandboxd.engine.agent._protocol import (
     Frame,
     FrameDecoder,
     Reply,
+    RunFlag,
     kill_all,
     run_command,
     stdin_frames,
@@ -78,11 +79,18 @@ class _CappedBuffer:
 
 
 class AgentProcess:
-    """One process the agent runs: its output so far and, once it ended, its exit status."""
+    """One process the agent runs: its output so far and, once it ended, its exit status.
 
-    def __init__(self, output_cap: int, on_overflow: Callable[[], None]) -> None:
+    Started with a status pipe, it also has what the process wrote there (``status``).
+    """
+
+    def __init__(
+        self, output_cap: int, on_overflow: Callable[[], None], *, status_pipe: bool = False
+    ) -> None:
         self._stdout = _CappedBuffer(output_cap, on_overflow)
         self._stderr = _CappedBuffer(output_cap, on_overflow)
+        self._status_pipe = status_pipe
+        self._status: bytes | None = None
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def _receive(self, frame: Frame) -> None:
@@ -92,6 +100,10 @@ class AgentProcess:
             self._stderr.add(frame.payload)
         elif frame.kind is Reply.START_FAILED:
             self._stderr.add(frame.payload.decode(errors="replace").encode() + b"\n")
+        elif frame.kind is Reply.STATUS:
+            if not self._status_pipe or self._status is not None:
+                raise AgentProtocolError("STATUS frame of a process without a status pipe, or a second one")
+            self._status = frame.payload
         elif frame.kind is Reply.EXITED:
             if not self.exited.done():
                 self.exited.set_result(frame.exit_status())
@@ -101,6 +113,11 @@ class AgentProcess:
     def output(self) -> tuple[CapturedOutput, CapturedOutput]:
         """What stdout and stderr delivered so far."""
         return self._stdout.output(), self._stderr.output()
+
+    @property
+    def status(self) -> bytes:
+        """What the process wrote to its status pipe (empty: nothing, or no pipe)."""
+        return self._status or b""
 
 
 class _Replies(asyncio.Protocol):
@@ -200,15 +217,20 @@ class AgentChannel:
         stdin: bytes,
         output_cap: int,
         on_overflow: Callable[[], None],
+        status_pipe: bool = False,
     ) -> AgentProcess:
-        """Start ``argv`` in the sandbox and send it ``stdin``; the agent runs one process at a time."""
+        """Start ``argv`` in the sandbox and send it ``stdin``; the agent runs one process at a time.
+
+        With ``status_pipe`` the process gets a pipe as fd 3, whose content comes back as ``status``.
+        """
         if self._current is not None:
             raise RuntimeError("the agent is running a process already")
         if self._commands is None or self._lost_reason is not None:
             raise AgentLostError(self._lost_reason or "the agent's stdin is not open")
-        process = AgentProcess(output_cap, on_overflow)
+        process = AgentProcess(output_cap, on_overflow, status_pipe=status_pipe)
         self._current = process
-        self._commands.write(run_command(argv, environment, cwd=cwd, uid=uid, gid=gid))
+        flags = RunFlag.STATUS_PIPE if status_pipe else RunFlag.NONE
+        self._commands.write(run_command(argv, environment, cwd=cwd, uid=uid, gid=gid, flags=flags))
         self._commands.writelines(stdin_frames(stdin))
         return process
 

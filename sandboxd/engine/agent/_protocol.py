@@ -13,18 +13,28 @@ from typing import Final
 
 import attrs
 
-PROTOCOL: Final = b"sandboxd-agent 1"
+PROTOCOL: Final = b"sandboxd-agent 2"
 _HEADER: Final = struct.Struct(">cI")
 _U32: Final = struct.Struct(">I")
-_RUN_HEADER: Final = struct.Struct(">IIII")
+_RUN_HEADER: Final = struct.Struct(">IIIII")
 # The agent reads a child's pipes 32 KiB at a time; anything larger is not the agent's.
 MAX_REPLY_PAYLOAD: Final = 1 << 16
 STDIN_CHUNK: Final = 1 << 16
 MAX_COMMAND: Final = 1 << 20
+# What the agent keeps of a process's status pipe (the rest is dropped).
+MAX_STATUS: Final = 64
 
 
 class AgentProtocolError(Exception):
     """The agent sent something the protocol does not allow."""
+
+
+class RunFlag(enum.IntFlag):
+    """Options of a run command."""
+
+    NONE = 0
+    # The process gets a pipe as fd 3; what it writes there comes back in a STATUS frame.
+    STATUS_PIPE = 1
 
 
 class Reply(enum.Enum):
@@ -34,7 +44,12 @@ class Reply(enum.Enum):
     STDOUT = b"o"
     STDERR = b"e"
     START_FAILED = b"f"
+    STATUS = b"s"
     EXITED = b"x"
+
+
+# Frames whose payload the protocol bounds more tightly than MAX_REPLY_PAYLOAD.
+_PAYLOAD_LIMITS: Final = {Reply.STATUS: MAX_STATUS}
 
 
 @attrs.frozen
@@ -59,7 +74,13 @@ def _frame(kind: bytes, payload: bytes = b"") -> bytes:
 
 
 def run_command(
-    argv: Sequence[str], environment: Mapping[str, str], *, cwd: str, uid: int, gid: int
+    argv: Sequence[str],
+    environment: Mapping[str, str],
+    *,
+    cwd: str,
+    uid: int,
+    gid: int,
+    flags: RunFlag = RunFlag.NONE,
 ) -> bytes:
     """The frame that starts ``argv`` as ``uid``:``gid`` in ``cwd`` with exactly ``environment``."""
     if not argv:
@@ -67,7 +88,7 @@ def run_command(
     strings = [*argv, *(f"{key}={value}" for key, value in environment.items()), cwd]
     if any("\0" in text for text in strings):
         raise ValueError("arguments, environment and working directory must not contain NUL")
-    payload = _RUN_HEADER.pack(len(argv), len(environment), uid, gid)
+    payload = _RUN_HEADER.pack(len(argv), len(environment), uid, gid, flags)
     payload += b"".join(text.encode() + b"\0" for text in strings)
     if len(payload) > MAX_COMMAND:
         raise ValueError(f"command of {len(payload)} bytes exceeds {MAX_COMMAND}")
@@ -105,7 +126,7 @@ class FrameDecoder:
                     reply = Reply(kind)
                 except ValueError:
                     raise AgentProtocolError(f"unknown frame type {kind!r}") from None
-                if size > MAX_REPLY_PAYLOAD:
+                if size > _PAYLOAD_LIMITS.get(reply, MAX_REPLY_PAYLOAD):
                     raise AgentProtocolError(f"{reply.name} frame of {size} bytes")
                 start = offset + _HEADER.size
                 if len(view) < start + size:

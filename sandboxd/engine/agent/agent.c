@@ -12,8 +12,11 @@
  *
  * Frames, both ways: one type byte, a big-endian u32 length, the payload.
  *   daemon -> agent
- *     'x'  run: u32 argc, u32 envc, u32 uid, u32 gid, then argc + envc + 1
- *          NUL-terminated strings (arguments, environment, working directory)
+ *     'x'  run: u32 argc, u32 envc, u32 uid, u32 gid, u32 flags, then argc + envc + 1
+ *          NUL-terminated strings (arguments, environment, working directory).
+ *          Flag 1 (status pipe): the process gets the write end of a pipe as fd 3, for
+ *          what a runtime's own check reports (a program that does not parse, say); an
+ *          exit status cannot say that, since every status 0-255 is the program's own.
  *     'i'  bytes for the process's stdin
  *     'c'  end of stdin (always sent once per 'x', after its stdin)
  *     'k'  kill every other process in the sandbox (between processes only)
@@ -22,6 +25,8 @@
  *     'o'  bytes the process wrote to stdout
  *     'e'  bytes the process wrote to stderr
  *     'f'  the process could not be started: payload is the reason
+ *     's'  what the process wrote to its status pipe (at most MAX_STATUS bytes, the rest
+ *          dropped); sent once, before 'x', only with flag 1 and when it wrote anything
  *     'x'  the process ended: u32 exit status (128 + signal when killed)
  * One process runs at a time; the daemon waits for its 'x' before the next.
  */
@@ -40,12 +45,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL "sandboxd-agent 1"
+#define PROTOCOL "sandboxd-agent 2"
 #define MAX_COMMAND (1u << 20)
 #define MAX_STDIN_FRAME (1u << 16)
 #define CHUNK (1u << 15)
 #define OUTPUT_GRACE_MS 1000
 #define CAP_LAST 63
+#define FLAG_STATUS_PIPE 1u
+#define STATUS_FD 3
+#define MAX_STATUS 64
 
 static int sigchld_pipe[2];
 
@@ -146,17 +154,20 @@ struct command {
     const char *cwd;
     uid_t uid;
     gid_t gid;
+    uint32_t flags;
 };
 
 static int parse_command(char *payload, uint32_t size, struct command *command) {
-    if (size < 16) return -1;
+    if (size < 20) return -1;
     uint32_t argc = be32((unsigned char *)payload), envc = be32((unsigned char *)payload + 4);
     command->uid = be32((unsigned char *)payload + 8);
     command->gid = be32((unsigned char *)payload + 12);
+    command->flags = be32((unsigned char *)payload + 16);
     if (argc == 0 || argc > MAX_COMMAND || envc > MAX_COMMAND || command->uid == 0) return -1;
+    if (command->flags & ~FLAG_STATUS_PIPE) return -1;
     char **strings = calloc((size_t)argc + envc + 3, sizeof *strings);
     if (!strings) die("calloc");
-    char *p = payload + 16, *end = payload + size;
+    char *p = payload + 20, *end = payload + size;
     for (uint32_t i = 0; i < argc + envc + 1; i++) {
         char *nul = memchr(p, 0, (size_t)(end - p));
         if (!nul) return -1;
@@ -175,9 +186,17 @@ static void set_nonblocking(int fd) {
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) die("fcntl");
 }
 
+/* Makes fd `from` the process's fd `to`, open across exec. */
+static int give_fd(int from, int to) {
+    if (from == to) return fcntl(to, F_SETFD, 0);
+    return dup2(from, to) < 0 ? -1 : 0;
+}
+
 /* In the child: become the unprivileged user for good, then exec. Never returns. */
-static void become_and_exec(const struct command *command, int in, int out, int err, int report) {
-    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) goto fail;
+static void become_and_exec(const struct command *command, int in, int out, int err, int status, int report) {
+    /* Every pipe end is above 3 (the agent's own stdio and its SIGCHLD pipe come first). */
+    if (give_fd(in, 0) < 0 || give_fd(out, 1) < 0 || give_fd(err, 2) < 0) goto fail;
+    if (status >= 0 && give_fd(status, STATUS_FD) < 0) goto fail;
     for (int cap = 0; cap <= CAP_LAST; cap++) prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
     gid_t groups[1] = {command->gid};
     if (setgroups(1, groups) < 0 || setresgid(command->gid, command->gid, command->gid) < 0 ||
@@ -206,25 +225,28 @@ struct stream {
  * path (/dev/stdin, /proc/self/fd/0), as programs do: they are made with that
  * effective user and group, and the agent takes root back afterwards.
  */
-static void make_stdio_pipes(const struct command *command, int in[2], int out[2], int err[2]) {
+static void make_stdio_pipes(const struct command *command, int in[2], int out[2], int err[2], int status[2]) {
     if (setresgid((gid_t)-1, command->gid, (gid_t)-1) < 0 || setresuid((uid_t)-1, command->uid, (uid_t)-1) < 0)
         die("taking the program's user to make its pipes");
-    int failed = pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC);
+    /* The status pipe too: a check written in a language without descriptor I/O opens /proc/self/fd/3. */
+    int failed = pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) ||
+                 ((command->flags & FLAG_STATUS_PIPE) && pipe2(status, O_CLOEXEC));
     if (setresuid((uid_t)-1, 0, (uid_t)-1) < 0 || setresgid((gid_t)-1, 0, (gid_t)-1) < 0)
         die("taking root back");
     if (failed) die("pipe");
 }
 
 static void run(const struct command *command) {
-    int in[2], out[2], err[2], report[2];
-    make_stdio_pipes(command, in, out, err);
+    int in[2], out[2], err[2], status_pipe[2] = {-1, -1}, report[2];
+    make_stdio_pipes(command, in, out, err, status_pipe);
     if (pipe2(report, O_CLOEXEC)) die("pipe");
     pid_t pid = fork();
     if (pid < 0) die("fork");
-    if (pid == 0) become_and_exec(command, in[0], out[1], err[1], report[1]);
+    if (pid == 0) become_and_exec(command, in[0], out[1], err[1], status_pipe[1], report[1]);
     close(in[0]);
     close(out[1]);
     close(err[1]);
+    if (status_pipe[1] >= 0) close(status_pipe[1]);
     close(report[1]);
     int code;
     ssize_t got = read(report[0], &code, sizeof code);
@@ -233,10 +255,13 @@ static void run(const struct command *command) {
 
     int child_in = in[1];
     set_nonblocking(child_in);
-    struct stream streams[2] = {{out[0], 'o'}, {err[0], 'e'}};
+    /* The status pipe is read like an output, but what it says is kept for one frame. */
+    struct stream streams[3] = {{out[0], 'o'}, {err[0], 'e'}, {status_pipe[0], 's'}};
+    char status[MAX_STATUS];
+    uint32_t status_size = 0;
     char *pending = NULL;
     uint32_t pending_size = 0, pending_done = 0;
-    int stdin_closed = 0, exited = 0, status = 0;
+    int stdin_closed = 0, exited = 0, wait_status = 0;
     long exited_at = 0;
     char buffer[CHUNK];
 
@@ -244,17 +269,17 @@ static void run(const struct command *command) {
         if (!exited) {
             char drain[64];
             while (read(sigchld_pipe[0], drain, sizeof drain) > 0) {}
-            pid_t done = waitpid(pid, &status, WNOHANG);
+            pid_t done = waitpid(pid, &wait_status, WNOHANG);
             if (done == pid) {
                 exited = 1;
                 exited_at = now_ms();
             }
         }
-        int outputs_open = streams[0].fd >= 0 || streams[1].fd >= 0;
+        int outputs_open = streams[0].fd >= 0 || streams[1].fd >= 0 || streams[2].fd >= 0;
         if (exited && (!outputs_open || now_ms() - exited_at >= OUTPUT_GRACE_MS)) break;
 
-        struct pollfd fds[5];
-        int n = 0, at_daemon = -1, at_child_in = -1, at_stream[2] = {-1, -1};
+        struct pollfd fds[6];
+        int n = 0, at_daemon = -1, at_child_in = -1, at_stream[3] = {-1, -1, -1};
         fds[n] = (struct pollfd){.fd = sigchld_pipe[0], .events = POLLIN};
         n++;
         if (!stdin_closed && pending == NULL) {
@@ -265,7 +290,7 @@ static void run(const struct command *command) {
             at_child_in = n;
             fds[n++] = (struct pollfd){.fd = child_in, .events = POLLOUT};
         }
-        for (int s = 0; s < 2; s++) {
+        for (int s = 0; s < 3; s++) {
             if (streams[s].fd >= 0) {
                 at_stream[s] = n;
                 fds[n++] = (struct pollfd){.fd = streams[s].fd, .events = POLLIN};
@@ -276,10 +301,14 @@ static void run(const struct command *command) {
             if (errno == EINTR) continue;
             die("poll");
         }
-        for (int s = 0; s < 2; s++) {
+        for (int s = 0; s < 3; s++) {
             if (at_stream[s] >= 0 && fds[at_stream[s]].revents) {
                 ssize_t r = read(streams[s].fd, buffer, sizeof buffer);
-                if (r > 0) {
+                if (r > 0 && streams[s].type == 's') {
+                    uint32_t room = MAX_STATUS - status_size, kept = (uint32_t)r < room ? (uint32_t)r : room;
+                    memcpy(status + status_size, buffer, kept);
+                    status_size += kept;
+                } else if (r > 0) {
                     send_frame(streams[s].type, buffer, (uint32_t)r);
                 } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
                     close(streams[s].fd);
@@ -320,7 +349,7 @@ static void run(const struct command *command) {
             child_in = -1;
         }
     }
-    for (int s = 0; s < 2; s++)
+    for (int s = 0; s < 3; s++)
         if (streams[s].fd >= 0) close(streams[s].fd);
     if (child_in >= 0) close(child_in);
     free(pending);
@@ -341,7 +370,8 @@ static void run(const struct command *command) {
         send_u32('x', code == ENOENT ? 127 : 126);
         return;
     }
-    uint32_t exit_status = WIFEXITED(status) ? (uint32_t)WEXITSTATUS(status) : 128u + (uint32_t)WTERMSIG(status);
+    if (status_size > 0) send_frame('s', status, status_size);
+    uint32_t exit_status = WIFEXITED(wait_status) ? (uint32_t)WEXITSTATUS(wait_status) : 128u + (uint32_t)WTERMSIG(wait_status);
     send_u32('x', exit_status);
 }
 
