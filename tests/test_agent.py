@@ -15,6 +15,7 @@ from sandboxd.engine.agent import (
     AgentProtocolError,
     build_agent,
 )
+from sandboxd.engine.agent._build import CHECKS_DIR
 from sandboxd.engine.agent._protocol import (
     MAX_REPLY_PAYLOAD,
     MAX_STATUS,
@@ -128,6 +129,15 @@ async def test_a_status_frame_is_kept_only_for_a_process_with_a_status_pipe() ->
         with_pipe._receive(Frame(Reply.STATUS, b"again"))
     with pytest.raises(AgentProtocolError, match="STATUS"):
         AgentProcess(1024, lambda: None)._receive(Frame(Reply.STATUS, b"syntax"))
+
+
+def test_the_checks_are_built_beside_the_agent(tmp_path: Path) -> None:
+    """The agent's directory holds the shipped syntax checks, readable by the program's user."""
+    checks = build_agent(tmp_path) / CHECKS_DIR
+    names = {path.name for path in checks.iterdir()}
+    assert {"python.py", "javascript.js", "ruby.rb", "SandboxdSyntaxCheck.pm"} <= names
+    assert checks.stat().st_mode & 0o777 == 0o755
+    assert {path.stat().st_mode & 0o777 for path in checks.iterdir()} == {0o644}
 
 
 def _run_in_agent(agent: Path, script: str, flags: RunFlag) -> list[Frame]:
