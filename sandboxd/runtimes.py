@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
@@ -83,6 +84,8 @@ class Conformance:
     utf8: str
     runtime_error: str
     infinite_loop: str
+    # Source that does not parse: a compile error, where the language has a parse step.
+    syntax_error: str
     compile_error: str | None = None
     # Programs that print "hello" under an entry name other than the default (see EntryPoint).
     named_entry: tuple[str, ...] = ()
@@ -93,6 +96,10 @@ def _argv(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, 
 
 
 ENTRY_PLACEHOLDER: Final = "{entry}"
+# In ``run`` and a [syntax_check]: the directory of sandboxd's syntax checks in the sandbox,
+# which is the agent's directory (sandboxd.engine.oci.AGENT_DIR, mounted read-only) + checks/.
+CHECKS_PLACEHOLDER: Final = "{checks}"
+SANDBOX_CHECKS_DIR: Final = "/dev/.sandboxd/checks"
 # What a name found in the code may be before it names a file or goes into a command: an
 # identifier (dots for module paths), never a path, an option or shell syntax.
 _ENTRY_NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]{0,63}(\.[A-Za-z_$][A-Za-z0-9_$]{0,63}){0,7}$")
@@ -133,13 +140,54 @@ class EntryPoint:
         return self.default
 
 
+class SyntaxCheckKind(enum.Enum):
+    """Where a runtime without a compile step finds out that a program does not parse."""
+
+    # The run command parses the program before any of it runs (a check from {checks} that it
+    # loads) and writes b"syntax" to fd 3, a pipe sandboxd gives that process alone.
+    IN_PROCESS = "in_process"
+    # A parse-only command runs first (bash -n); a non-zero exit is a compile error.
+    COMMAND = "command"
+    # The language parses as it runs (``reason`` says how): a program's error is its own.
+    NONE = "none"
+
+
+@attrs.frozen
+class SyntaxCheck:
+    """How a runtime without a compile step tells a program that does not parse from one that fails."""
+
+    kind: SyntaxCheckKind
+    command: tuple[str, ...] = attrs.field(default=(), validator=_argv)
+    # Variables the run process gets besides the runtime's, to load its check (R's profile).
+    environment: Mapping[str, str] = attrs.field(factory=dict)
+    reason: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        kind = self.kind
+        only_for = "required for kind = {!r}, and only there"
+        check(bool(self.command) == (kind is SyntaxCheckKind.COMMAND), "command", only_for.format("command"))
+        check(not self.environment or kind is SyntaxCheckKind.IN_PROCESS, "environment",
+              'only for kind = "in_process"')  # fmt: skip
+        check(bool(self.reason) == (kind is SyntaxCheckKind.NONE), "reason",
+              only_for.format("none") + " (why the language has no parse step of its own)")  # fmt: skip
+        bad_env = [k for k in self.environment if not _ENV_NAME.match(k)]
+        check(not bad_env, "environment", f"invalid variable names: {', '.join(bad_env)}")
+
+
 @attrs.frozen
 class Program:
-    """How one snippet is written and started: its file name and its commands, names filled in."""
+    """How one snippet is written and started: its file name and its commands, names filled in.
+
+    ``check`` is a parse-only command that runs before ``run``; with ``check_in_run`` the run
+    command checks itself and reports on fd 3, given ``run_environment`` besides the runtime's.
+    """
 
     source_file: str
     compile: tuple[str, ...]
     run: tuple[str, ...]
+    check: tuple[str, ...] = ()
+    check_in_run: bool = False
+    run_environment: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -158,6 +206,7 @@ class Runtime:
     compile: tuple[str, ...] = attrs.field(default=(), validator=_argv)
     environment: Mapping[str, str] = attrs.field(factory=dict)
     entry: EntryPoint | None = None
+    syntax_check: SyntaxCheck | None = None
 
     def __attrs_post_init__(self) -> None:
         check(bool(_NAME.match(self.name)), "name", "must be lower-case letters, digits or +#.- (at most 32)")
@@ -179,6 +228,27 @@ class Runtime:
         if self.compiled:
             message = "required for a runtime with a compile step"
             check(self.conformance.compile_error is not None, "conformance.compile_error", message)
+        self._check_syntax_check()
+
+    def _check_syntax_check(self) -> None:
+        declared = self.syntax_check
+        if self.compiled:
+            check(declared is None, "syntax_check", "not for a runtime with a compile step (it reports them)")
+        else:
+            message = 'required without a compile step (kind = "none" when the language has no parse step)'
+            check(declared is not None, "syntax_check", message)
+        for name, value in self._templates():
+            check(CHECKS_PLACEHOLDER not in value or name in ("run", "syntax_check.command"), name,
+                  f"uses {CHECKS_PLACEHOLDER}, which belongs in run or syntax_check only")  # fmt: skip
+        in_process = declared is not None and declared.kind is SyntaxCheckKind.IN_PROCESS
+        loading = [*self.run, *(declared.environment.values() if declared else ())]
+        loads = any(CHECKS_PLACEHOLDER in value for value in loading)
+        check(in_process or not any(CHECKS_PLACEHOLDER in a for a in self.run), "run",
+              f'uses {CHECKS_PLACEHOLDER}, which needs a [syntax_check] of kind = "in_process"')  # fmt: skip
+        message = (
+            f'"in_process": run (or syntax_check.environment) must load a check from {CHECKS_PLACEHOLDER}'
+        )
+        check(not in_process or loads, "syntax_check.kind", message)
 
     @property
     def compiled(self) -> bool:
@@ -186,19 +256,28 @@ class Runtime:
         return bool(self.compile)
 
     def _templates(self) -> list[tuple[str, str]]:
+        command = self.syntax_check.command if self.syntax_check else ()
         return [("source_file", self.source_file), *(("compile", a) for a in self.compile),
-                *(("run", a) for a in self.run)]  # fmt: skip
+                *(("run", a) for a in self.run), *(("syntax_check.command", a) for a in command)]  # fmt: skip
 
-    def program_for(self, code: str) -> Program:
-        """The file name and commands for ``code``, with the entry name it declares filled in."""
-        if self.entry is None:
-            return Program(self.source_file, self.compile, self.run)
-        name = self.entry.name_in(code)
+    def program_for(self, code: str, checks_dir: str = SANDBOX_CHECKS_DIR) -> Program:
+        """The file name and commands for ``code``, with its entry name and ``checks_dir`` filled in."""
+        name = self.entry.name_in(code) if self.entry is not None else None
 
         def fill(value: str) -> str:
-            return value.replace(ENTRY_PLACEHOLDER, name)
+            if name is not None:
+                value = value.replace(ENTRY_PLACEHOLDER, name)
+            return value.replace(CHECKS_PLACEHOLDER, checks_dir)
 
-        return Program(fill(self.source_file), tuple(map(fill, self.compile)), tuple(map(fill, self.run)))
+        syntax_check = self.syntax_check
+        return Program(
+            source_file=fill(self.source_file),
+            compile=tuple(map(fill, self.compile)),
+            run=tuple(map(fill, self.run)),
+            check=tuple(map(fill, syntax_check.command)) if syntax_check else (),
+            check_in_run=syntax_check is not None and syntax_check.kind is SyntaxCheckKind.IN_PROCESS,
+            run_environment={k: fill(v) for k, v in syntax_check.environment.items()} if syntax_check else {},
+        )
 
 
 class RuntimeConfigError(Exception):

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
 import pytest
 
-from sandboxd.runtimes import RuntimeConfigError, load_runtimes
+from sandboxd.engine.agent import build_agent
+from sandboxd.engine.agent._build import CHECKS_DIR
+from sandboxd.engine.oci import AGENT_DIR
+from sandboxd.runtimes import (
+    CHECKS_PLACEHOLDER,
+    SANDBOX_CHECKS_DIR,
+    RuntimeConfigError,
+    SyntaxCheckKind,
+    load_runtimes,
+)
 from tests.helpers import shipped_runtimes
+
+SYNTAX_CHECK = """\
+[syntax_check]
+kind = "command"
+command = ["python3", "-m", "py_compile", "main.py"]
+"""
 
 VALID = """
 name = "python"
@@ -23,7 +39,7 @@ memory_mib = 128
 pids = 32
 [build]
 packages = ["python3-minimal"]
-[conformance]
+{syntax_check}[conformance]
 hello = "print('hello')"
 echo_stdin = "import sys; sys.stdout.write(sys.stdin.read())"
 read_env = "import os; print(os.environ['SANDBOXD_CONFORMANCE'])"
@@ -31,7 +47,8 @@ exit_3 = "raise SystemExit(3)"
 utf8 = "print('é')"
 runtime_error = "1/0"
 infinite_loop = "while True: pass"
-"""
+syntax_error = "print('unclosed'"
+""".replace("{syntax_check}", SYNTAX_CHECK)
 
 
 ASKED_FOR = {
@@ -88,7 +105,9 @@ def test_semantic_problems_name_the_field(tmp_path: Path) -> None:
 def test_compiled_runtime_needs_a_compile_error_snippet(tmp_path: Path) -> None:
     """A runtime with a compile step must say how its compiler fails, for the conformance suite."""
     (tmp_path / "a.toml").write_text(
-        VALID.replace('run = ["python3", "main.py"]', 'run = ["./a"]\ncompile = ["cc", "x.c"]')
+        VALID.replace('run = ["python3", "main.py"]', 'run = ["./a"]\ncompile = ["cc", "x.c"]').replace(
+            SYNTAX_CHECK, ""
+        )
     )
     with pytest.raises(RuntimeConfigError) as caught:
         load_runtimes(tmp_path)
@@ -176,6 +195,105 @@ def test_invalid_entry_points_are_reported(tmp_path: Path, change: str, problem:
         if change.startswith("source_file")
         else VALID + change
     )
+    (tmp_path / "x.toml").write_text(text)
+    with pytest.raises(RuntimeConfigError) as raised:
+        load_runtimes(tmp_path)
+    assert problem in str(raised.value)
+
+
+def test_every_shipped_interpreted_runtime_says_how_it_finds_syntax_errors() -> None:
+    """Each runtime without a compile step declares its syntax check; in-process ones load shipped files."""
+    checks = build_agent(Path("/tmp/sandboxd-test-agent")) / CHECKS_DIR
+    kinds = {}
+    for runtime in shipped_runtimes():
+        if runtime.compiled:
+            assert runtime.syntax_check is None, runtime.name
+            continue
+        assert runtime.syntax_check is not None, runtime.name
+        kinds[runtime.name] = runtime.syntax_check.kind
+        program = runtime.program_for(runtime.conformance.hello, checks_dir=str(checks))
+        for arg in (*program.run, *program.run_environment.values()):
+            for path in re.findall(rf"{re.escape(str(checks))}[^'\"]*", arg):
+                assert Path(path).exists(), (runtime.name, path)
+    assert kinds["python"] is kinds["javascript"] is kinds["ruby"] is SyntaxCheckKind.IN_PROCESS
+    assert kinds["bash"] is SyntaxCheckKind.COMMAND
+    assert kinds["sqlite"] is SyntaxCheckKind.NONE
+
+
+def test_the_checks_placeholder_is_the_agent_directory_in_the_sandbox() -> None:
+    """{checks} becomes the checks/ beside the agent, mounted at AGENT_DIR, before any argument follows."""
+    assert f"{AGENT_DIR}/{CHECKS_DIR}" == SANDBOX_CHECKS_DIR
+    python = shipped_runtimes().get("python")
+    assert python is not None
+    program = python.program_for("print(1)")
+    assert program.run == ("python3", f"{SANDBOX_CHECKS_DIR}/python.py", "main.py")
+    assert (program.check, program.check_in_run) == ((), True)
+    r = shipped_runtimes().get("r")
+    assert r is not None
+    assert r.program_for("1").run_environment == {"R_PROFILE_USER": f"{SANDBOX_CHECKS_DIR}/r.R"}
+    bash = shipped_runtimes().get("bash")
+    assert bash is not None
+    assert bash.program_for("echo").check == ("bash", "-n", "main.sh")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ('kind = "sometimes"', "syntax_check.kind: must be one of: in_process, command, none"),
+        ('kind = "command"', "syntax_check.command: required for kind = 'command', and only there"),
+        ('kind = "in_process"\ncommand = ["x"]', "syntax_check.command: required for kind = 'command'"),
+        ('kind = "none"', "syntax_check.reason: required for kind = 'none'"),
+        (
+            'kind = "command"\ncommand = ["x"]\nreason = "y"',
+            "syntax_check.reason: required for kind = 'none'",
+        ),
+        (
+            'kind = "command"\ncommand = ["x"]\nenvironment = { A = "1" }',
+            "syntax_check.environment: only for",
+        ),
+        ('kind = "in_process"\nenvironment = { "1A" = "x" }', "syntax_check.environment: invalid variable"),
+        (
+            'kind = "in_process"',
+            'syntax_check.kind: "in_process": run (or syntax_check.environment) must load',
+        ),
+        (
+            'kind = "command"\ncommand = ["{entry}"]',
+            "syntax_check.command: uses {entry}, which needs an [entry]",
+        ),
+    ],
+)
+def test_invalid_syntax_checks_name_the_field(tmp_path: Path, change: str, problem: str) -> None:
+    """A [syntax_check] that cannot work is reported with the field at fault."""
+    (tmp_path / "x.toml").write_text(VALID.replace(SYNTAX_CHECK, f"[syntax_check]\n{change}\n"))
+    with pytest.raises(RuntimeConfigError) as raised:
+        load_runtimes(tmp_path)
+    assert problem in str(raised.value)
+
+
+# Compiled, with the snippet a compiled runtime needs, so that the check named is the one failing.
+_COMPILED = ('infinite_loop = "while True: pass"', 'infinite_loop = "while True: pass"\ncompile_error = "x"')
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ([(SYNTAX_CHECK, "")], "syntax_check: required without a compile step"),
+        ([('run = ["python3", "main.py"]', 'run = ["./a"]\ncompile = ["cc", "x.c"]'), _COMPILED],
+         "syntax_check: not for a runtime with a compile step"),
+        ([('run = ["python3", "main.py"]', f'run = ["python3", "{CHECKS_PLACEHOLDER}/x.py"]')],
+         'run: uses {checks}, which needs a [syntax_check] of kind = "in_process"'),
+        ([('run = ["python3", "main.py"]', f'run = ["./a"]\ncompile = ["{CHECKS_PLACEHOLDER}/cc"]'),
+          (SYNTAX_CHECK, ""), _COMPILED],
+         "compile: uses {checks}, which belongs in run or syntax_check only"),
+        ([('syntax_error = "print(\'unclosed\'"\n', "")], "conformance.syntax_error: required field missing"),
+    ],
+)  # fmt: skip
+def test_syntax_checks_fit_the_runtime(tmp_path: Path, changes: list[tuple[str, str]], problem: str) -> None:
+    """Every runtime has a syntax_error snippet; only one without a compile step says how it checks them."""
+    text = VALID
+    for old, new in changes:
+        assert old in text
+        text = text.replace(old, new)
     (tmp_path / "x.toml").write_text(text)
     with pytest.raises(RuntimeConfigError) as raised:
         load_runtimes(tmp_path)

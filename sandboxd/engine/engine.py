@@ -451,41 +451,61 @@ class Engine:
             self._active.discard(sandbox_id)  # the caller marks the booted sandbox active itself
 
     async def _run_steps(self, sandbox: Sandbox, plan: Plan, limits: SandboxLimits) -> _Ending:
-        """Compile (if the runtime does) and run; say how it ended."""
-        runtime = plan.runtime
+        """Compile or check the syntax (if the runtime does), then run; say how it ended."""
+        program = plan.program
         budget = plan.timeout
         elapsed = 0.0
-        if runtime.compiled:
-            built = await self._exec(sandbox, plan.program.compile, plan, b"", budget)
+        # A compile step and a parse-only check end alike when they fail: nothing of the program ran.
+        first = program.compile or program.check
+        if first:
+            built = await self._exec(sandbox, first, plan, b"", budget)
             elapsed = built.duration
             failure = await self._failure(sandbox, built, plan, limits)
             if failure is not None or built.exit_code != 0:
                 status, note = failure or (
                     ExecutionStatus.COMPILE_ERROR,
-                    f"compilation failed with exit status {built.exit_code}",
+                    f"{_NOT_PARSED} (its syntax check exited with status {built.exit_code})"
+                    if program.check
+                    else f"compilation failed with exit status {built.exit_code}",
                 )
                 stderr = built.stdout.data + built.stderr.data
                 return _Ending(b"", stderr, -1, elapsed, status, note)
             budget = max(budget - elapsed, 0.001)
         stdin = (plan.request.stdin or "").encode()
-        ran = await self._exec(sandbox, plan.program.run, plan, stdin, budget)
+        ran = await self._exec(
+            sandbox, program.run, plan, stdin, budget, status_pipe=program.check_in_run,
+            extra_environment=program.run_environment,
+        )  # fmt: skip
         elapsed += ran.duration
         failure = await self._failure(sandbox, ran, plan, limits)
         if failure is not None:
             status, note = failure
             return _Ending(ran.stdout.data, ran.stderr.data, -1, elapsed, status, note)
+        if _did_not_parse(program, ran):
+            # The interpreter's own message; whatever else it printed belongs with it, as a compiler's does.
+            stderr = ran.stdout.data + ran.stderr.data
+            return _Ending(b"", stderr, -1, elapsed, ExecutionStatus.COMPILE_ERROR, _NOT_PARSED)
         exit_code = -1 if ran.exit_code is None else ran.exit_code
         return _Ending(ran.stdout.data, ran.stderr.data, exit_code, elapsed, ExecutionStatus.COMPLETED, None)
 
     async def _exec(
-        self, sandbox: Sandbox, argv: tuple[str, ...], plan: Plan, stdin: bytes, timeout: float
+        self,
+        sandbox: Sandbox,
+        argv: tuple[str, ...],
+        plan: Plan,
+        stdin: bytes,
+        timeout: float,
+        *,
+        status_pipe: bool = False,
+        extra_environment: Mapping[str, str] | None = None,
     ) -> ProcessOutcome:
         return await sandbox.run(
             argv,
-            environment=plan.environment,
+            environment={**plan.environment, **(extra_environment or {})},
             stdin=stdin,
             timeout=timeout,
             output_cap=self._settings.output_limit_bytes,
+            status_pipe=status_pipe,
         )
 
     async def _failure(
@@ -542,3 +562,18 @@ class _Ending:
     elapsed: float
     status: ExecutionStatus
     note: str | None
+
+
+# What a run command's syntax check writes to its status pipe when the program does not parse.
+_SYNTAX_STATUS: Final = b"syntax"
+_NOT_PARSED: Final = "the program does not parse"
+
+
+def _did_not_parse(program: Program, outcome: ProcessOutcome) -> bool:
+    """Whether the run's own syntax check reported that the program does not parse.
+
+    Only the status pipe says so, which the check writes before any of the program runs (and
+    closes then, where the language can): every exit status stays the program's own. A
+    check that reported and yet exited 0 is not believed.
+    """
+    return program.check_in_run and outcome.status == _SYNTAX_STATUS and outcome.exit_code not in (0, None)
