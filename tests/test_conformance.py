@@ -12,7 +12,7 @@ import pytest
 
 from sandboxd.engine.engine import Engine
 from sandboxd.models import ExecutionStatus
-from sandboxd.runtimes import Runtime
+from sandboxd.runtimes import Runtime, SyntaxCheckKind
 from tests.helpers import engine_run, shipped_runtimes
 
 pytestmark = pytest.mark.integration
@@ -20,6 +20,11 @@ pytestmark = pytest.mark.integration
 RUNTIMES = shipped_runtimes().runtimes
 ALL = pytest.mark.parametrize("runtime", RUNTIMES, ids=[r.name for r in RUNTIMES])
 COMPILED = [r for r in RUNTIMES if r.compiled]
+# sandboxd's note after a compiler's or a syntax check's own message.
+_NOT_PARSED_NOTE = re.compile(
+    r"sandboxd: (compilation failed with exit status [1-9]\d*"
+    r"|the program does not parse( \(its syntax check exited with status [1-9]\d*\))?)"
+)
 
 
 @ALL
@@ -87,12 +92,37 @@ async def test_compile_error(engine: Engine, runtime: Runtime) -> None:
 
 
 @ALL
+async def test_syntax_error(engine: Engine, runtime: Runtime) -> None:
+    """Source that does not parse is a compile error: the compiler's or interpreter's message, nothing run.
+
+    Every snippet prints "before" ahead of its error: only a language without a parse step
+    of its own (kind = "none") gets that far, and its error stays the program's own.
+    """
+    code = runtime.conformance.syntax_error
+    result = await engine_run(engine, runtime.name, code)
+    if runtime.syntax_check is not None and runtime.syntax_check.kind is SyntaxCheckKind.NONE:
+        assert (result.status, result.stdout) == (ExecutionStatus.COMPLETED, "before\n"), result
+        assert result.exit_code not in (0, -1), result
+        assert result.stderr.strip(), result
+        assert "sandboxd:" not in result.stderr, result
+        return
+    assert (result.status, result.exit_code, result.stdout) == (ExecutionStatus.COMPILE_ERROR, -1, ""), result
+    message, note = result.stderr.rstrip("\n").rsplit("\n", 1)
+    assert _NOT_PARSED_NOTE.fullmatch(note), result
+    # The message is the language's own, and names the source file (sandboxd's note does not).
+    assert runtime.program_for(code).source_file in message, result
+
+
+@ALL
 async def test_uncaught_error(engine: Engine, runtime: Runtime) -> None:
-    """An uncaught runtime error is a non-zero exit, with the error on stderr."""
+    """An uncaught runtime error stays the program's: completed, its own non-zero exit, its own message."""
     result = await engine_run(engine, runtime.name, runtime.conformance.runtime_error)
     assert result.status == ExecutionStatus.COMPLETED, result
     assert result.exit_code not in (0, -1)
     assert result.stderr.strip()
+    # Nothing of a syntax check shows: no note, no frame or path of the check in a traceback.
+    assert "sandboxd:" not in result.stderr, result
+    assert "/dev/.sandboxd" not in result.stderr, result
 
 
 @ALL

@@ -66,12 +66,17 @@ async def test_different_configurations_batch(http: Client, headers: dict[str, s
 
 
 async def test_individual_failure_does_not_fail_the_batch(http: Client, headers: dict[str, str]) -> None:
-    """One item failing gives exit_code -1 for it alone; the items around it run."""
+    """One item failing gives exit_code -1 for it alone; the items around it run.
+
+    The document's example: a JavaScript item with a syntax error ends with exit_code -1
+    and Node's SyntaxError in stderr, as a compiled language's compile error does.
+    """
     status, results = await batch(
         http,
         headers,
         [
             {"code": "print('Success')", "language": "python"},
+            {"code": "console.log('before');\nconsole.log(1));", "language": "javascript"},
             {"code": "package main\nfunc main() { syntax error }", "language": "go"},
             {"code": "while True: pass", "language": "python", "timeout": 1},
             {"code": "print('Success')", "language": "python", "stdin": "ignored"},
@@ -81,9 +86,12 @@ async def test_individual_failure_does_not_fail_the_batch(http: Client, headers:
     assert [(r["stdout"], r["exit_code"], r["status"]) for r in results] == [
         ("Success\n", 0, "completed"),
         ("", -1, "compile_error"),
+        ("", -1, "compile_error"),
         ("", -1, "timeout"),
         ("Success\n", 0, "completed"),
     ]
+    assert "SyntaxError: Unexpected token" in results[1]["stderr"], results[1]
+    assert results[1]["language"] == "javascript"
 
 
 async def test_batch_size_exceeded(http: Client, headers: dict[str, str]) -> None:
