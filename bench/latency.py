@@ -44,6 +44,7 @@ import attrs
 from sandboxd.api.auth import generate_key
 from sandboxd.config import Config, load_config
 from sandboxd.containerd import NotFoundError
+from sandboxd.engine.agent import shipped_checks
 from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.engine import EngineSettings, sandbox_limits
 from sandboxd.engine.host import client_for, prepare_host
@@ -51,7 +52,7 @@ from sandboxd.engine.oci import NOBODY
 from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.sandbox import Sandbox
 from sandboxd.images.inspect import inspect_image
-from sandboxd.runtimes import Program, Runtime, load_runtimes
+from sandboxd.runtimes import SANDBOX_CHECKS_DIR, Program, Runtime, load_runtimes
 
 HELLO: Final = {
     "python": "print('hello')",
@@ -228,17 +229,31 @@ def time_runs(runs: int, once: Callable[[], None]) -> list[float]:
     return samples
 
 
-def hello_program(runtime: Runtime) -> Program:
+def hello_program(runtime: Runtime, checks_dir: str = SANDBOX_CHECKS_DIR) -> Program:
     """The file name and commands of the runtime's hello, names filled in as sandboxd fills them."""
-    return runtime.program_for(hello(runtime))
+    return runtime.program_for(hello(runtime), checks_dir)
 
 
-def shell_script(runtime: Runtime) -> str:
+def shell_script(runtime: Runtime, checks_dir: str = SANDBOX_CHECKS_DIR) -> str:
     """The runtime's steps as one command line (the benchmark's own fixed programs only)."""
-    program = hello_program(runtime)
+    program = hello_program(runtime, checks_dir)
     run = shlex.join(program.run)
+    if program.check_in_run:
+        # Its syntax check reports on fd 3, which sandboxd's agent gives it: here, a sink.
+        variables = [f"{name}={shlex.quote(value)}" for name, value in program.run_environment.items()]
+        run = " ".join([*variables, run, "3>/dev/null"])
+    first = program.compile or program.check
     # As in sandboxd, what the compiler prints on stdout is not the program's output.
-    return f"{shlex.join(program.compile)} >/dev/null && {run}" if runtime.compiled else run
+    return f"{shlex.join(first)} >/dev/null && {run}" if first else run
+
+
+def write_checks(directory: str) -> str:
+    """Shell commands that write sandboxd's syntax checks into ``directory`` (a root without the agent's)."""
+    writes = [
+        f"printf %s {shlex.quote(content.decode())} > {directory}/{name}"
+        for name, content in shipped_checks().items()
+    ]
+    return " && ".join([f"mkdir -p {directory}", *writes])
 
 
 def checked(name: str, argv: list[str], source: bytes | None = None) -> Callable[[], None]:
@@ -258,8 +273,13 @@ def host_baseline(runtime: Runtime, runs: int) -> dict[str, float] | None:
         return None
     with tempfile.TemporaryDirectory() as directory:
         (Path(directory) / hello_program(runtime).source_file).write_text(hello(runtime))
+        checks = f"{directory}/.checks"
         argv = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in runtime.environment.items())]
-        argv += ["/bin/sh", "-c", f"cd {directory} && {shell_script(runtime)}"]
+        argv += [
+            "/bin/sh",
+            "-c",
+            f"{write_checks(checks)} && cd {directory} && {shell_script(runtime, checks)}",
+        ]
         return summary(time_runs(runs, checked(runtime.name, argv)))
 
 
@@ -305,7 +325,9 @@ async def image_rootfs(config: Config, runtime: Runtime) -> AsyncIterator[str]:
 async def runsc_do_baseline(config: Config, runtime: Runtime, runs: int) -> dict[str, float]:
     """The same program under `runsc do` on the image's root filesystem (compile step included)."""
     env = [f"{k}={v}" for k, v in runtime.environment.items()]
-    script = f"cd /tmp && cat > {hello_program(runtime).source_file} && {shell_script(runtime)}"
+    checks = "/tmp/.sandboxd-checks"  # noqa: S108 (a path in the sandbox runsc do makes)
+    script = f"{write_checks(checks)} && cd /tmp && cat > {hello_program(runtime).source_file}"
+    script += f" && {shell_script(runtime, checks)}"
     async with image_rootfs(config, runtime) as rootfs:
         argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}", "do", "-quiet"]
         argv += ["-root", rootfs, "/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]

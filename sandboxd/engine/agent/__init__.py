@@ -1,6 +1,6 @@
 """The sandbox agent: a small static program that is each sandbox's init and starts its processes."""
 
-from sandboxd.engine.agent._build import AGENT_NAME, AgentBuildError, build_agent
+from sandboxd.engine.agent._build import AGENT_NAME, AgentBuildError, build_agent, shipped_checks
 from sandboxd.engine.agent._channel import AgentChannel, AgentLostError, AgentProcess, CapturedOutput
 from sandboxd.engine.agent._protocol import AgentProtocolError
 
@@ -13,4 +13,5 @@ __all__ = [
     "AgentProtocolError",
     "CapturedOutput",
     "build_agent",
+    "shipped_checks",
 ]

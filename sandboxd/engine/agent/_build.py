@@ -29,7 +29,7 @@ def _agent_source() -> bytes:
     return resources.files("sandboxd.engine.agent").joinpath("agent.c").read_bytes()
 
 
-def _checks() -> dict[str, bytes]:
+def shipped_checks() -> dict[str, bytes]:
     """The syntax checks shipped in the package, by file name."""
     directory = resources.files("sandboxd.engine.agent").joinpath(CHECKS_DIR)
     return {
@@ -53,7 +53,7 @@ def build_agent(directory: Path, compiler: str = "cc") -> Path:
     a daemon upgraded in place never mounts files that another version is writing.
     """
     source = _agent_source()
-    checks = _checks()
+    checks = shipped_checks()
     digest = _digest(source, checks)
     target = directory / digest
     if (target / AGENT_NAME).is_file():
