@@ -43,7 +43,8 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8002, validator=positive)
-    max_body_bytes: int = attrs.field(default=2 << 20, validator=positive)
+    # Room for a request's files (limits.files_bytes) in base64, with its code and stdin.
+    max_body_bytes: int = attrs.field(default=8 << 20, validator=positive)
     # At SIGTERM: how long running executions may go on before they are cancelled.
     shutdown_grace: float = attrs.field(default=30.0, validator=positive)
 
@@ -113,6 +114,8 @@ class LimitsConfig:
     output_bytes: int = attrs.field(default=1 << 20, validator=positive)
     code_bytes: int = attrs.field(default=64 << 10, validator=positive)
     stdin_bytes: int = attrs.field(default=1 << 20, validator=positive)
+    # The request's files, decoded, in all (they share the workspace with what the program writes).
+    files_bytes: int = attrs.field(default=4 << 20, validator=positive)
     workspace_mib: int = attrs.field(default=32, validator=positive)
     tmp_mib: int = attrs.field(default=64, validator=positive)
     file_size_mib: int = attrs.field(default=32, validator=positive)
@@ -120,6 +123,13 @@ class LimitsConfig:
     rate_limit: int = attrs.field(default=600, validator=positive)
     async_queue: int = attrs.field(default=1000, validator=positive)
     retention_hours: float = attrs.field(default=24.0, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        check(
+            self.files_bytes < self.workspace_mib << 20,
+            "files_bytes",
+            f"must be less than the workspace ({self.workspace_mib} MiB)",
+        )
 
 
 def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:

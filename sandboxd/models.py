@@ -249,6 +249,7 @@ class ExecutionSummary:
     exit_code: int | None
     execution_time: float | None
     created_at: str
+    passed: bool | None = None
 
 
 @attrs.frozen

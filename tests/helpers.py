@@ -73,7 +73,11 @@ def shipped_runtimes() -> RuntimeRegistry:
 
 async def post(http: Http, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
     """POST ``body`` as JSON to ``path``; return the status code and the JSON answer."""
-    response = await http.post(path, data=json.dumps(body), headers=headers)
+    data = json.dumps(body).encode()
+    # aiohttp warns of bodies over 1 MiB given as bytes (a file object is streamed instead).
+    payload = io.BytesIO(data) if len(data) > 1 << 20 else data
+    headers = {"Content-Type": "application/json", **headers}
+    response = await http.post(path, data=payload, headers=headers)
     return response.status, await response.json()
 
 

@@ -22,6 +22,7 @@ from sandboxd.config import Config, LimitsConfig, PoolConfig
 from sandboxd.containerd import ContainerdClient, ContainerdError
 from sandboxd.engine.cgroups import CgroupUsage
 from sandboxd.engine.cleanups import Cleanups
+from sandboxd.engine.files import CollectedFormatError, parse_collected
 from sandboxd.engine.host import StartupError, prepare_host
 from sandboxd.engine.housekeeping import Housekeeping
 from sandboxd.engine.oci import SandboxLimits
@@ -31,7 +32,13 @@ from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.sandbox import ProcessOutcome, Sandbox, SandboxHost
 from sandboxd.engine.watch import ContainerdUnavailableError, ContainerdWatch
 from sandboxd.images.inspect import ImageState, inspect_image
-from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, LanguageInfo
+from sandboxd.models import (
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutionStatus,
+    LanguageInfo,
+    OutputFile,
+)
 from sandboxd.runtimes import Program, Runtime, RuntimeRegistry, load_runtimes
 from sandboxd.supervisor import Supervised, Supervisor
 from sandboxd.validation import InvalidFieldError
@@ -42,6 +49,8 @@ log = logging.getLogger(__name__)
 _TEARDOWN_DEFERRAL: Final = 3.0
 # Exit statuses of a process killed with the sandbox when the kernel's OOM killer ended it.
 _OOM_EXIT_CODES: Final = frozenset({128, 137, 143})
+# Lines about output files not returned that a result's stderr carries at most.
+_SKIPPED_NOTES: Final = 8
 # How often shims that outlived their task are looked for (besides start-up and outages).
 SHIM_REAP_INTERVAL = SWEEP_INTERVAL
 LANGUAGE_LABEL: Final = "sandboxd.io/language"
@@ -76,6 +85,7 @@ class EngineSettings:
     output_limit_bytes: int
     code_bytes: int
     stdin_bytes: int
+    files_bytes: int
     workspace_bytes: int
     tmp_bytes: int
     file_size_bytes: int
@@ -88,6 +98,7 @@ class EngineSettings:
             output_limit_bytes=limits.output_bytes,
             code_bytes=limits.code_bytes,
             stdin_bytes=limits.stdin_bytes,
+            files_bytes=limits.files_bytes,
             workspace_bytes=limits.workspace_mib << 20,
             tmp_bytes=limits.tmp_mib << 20,
             file_size_bytes=limits.file_size_mib << 20,
@@ -101,9 +112,12 @@ class Plan:
 
     request: ExecutionRequest
     runtime: Runtime
+    # The run command ends with the request's args.
     program: Program
     timeout: float
     environment: Mapping[str, str]
+    # What /workspace holds before the program starts: its source, and the request's files.
+    files: Mapping[str, bytes]
 
 
 class EngineObserver(Protocol):
@@ -254,13 +268,31 @@ class Engine:
                 "timeout", f"must be at most {limits.max_timeout:g} seconds for {runtime.name}"
             )
         timeout = float(request.timeout) if request.timeout is not None else limits.timeout
+        if request.expected_output is not None:
+            expected = len(request.expected_output.encode())
+            output_limit = self._settings.output_limit_bytes
+            if expected > output_limit:
+                raise InvalidFieldError("expected_output", f"must be at most {output_limit} bytes")
+        if request.args and not runtime.arguments:
+            raise InvalidFieldError("args", f"{runtime.name} programs take no command-line arguments")
+        program = runtime.program_for(request.code)
         return Plan(
             request=request,
             runtime=runtime,
-            program=runtime.program_for(request.code),
+            program=attrs.evolve(program, run=program.run + request.args),
             timeout=timeout,
             environment={**runtime.environment, **(request.environment or {})},
+            files=self._workspace_files(request, program.source_file),
         )
+
+    def _workspace_files(self, request: ExecutionRequest, source_file: str) -> dict[str, bytes]:
+        files = {file.name: file.data() for file in request.files}
+        if source_file in files or any(name.startswith(f"{source_file}/") for name in files):
+            raise InvalidFieldError("files", f"{source_file} is the program's own source file")
+        size = sum(map(len, files.values()))
+        if size > self._settings.files_bytes:
+            raise InvalidFieldError("files", f"must be at most {self._settings.files_bytes} bytes in all")
+        return {source_file: request.code.encode(), **files}
 
     def check_available(self, plan: Plan) -> str:
         """The chain ID of the plan's runtime image; raise when it cannot run now.
@@ -307,10 +339,12 @@ class Engine:
             self._active.add(sandbox.id)
             try:
                 with self._watch.translating():
-                    await sandbox.write_files({plan.program.source_file: plan.request.code.encode()})
+                    await sandbox.write_files(plan.files)
                     setup = time.monotonic() - started
                     with self._housekeeping.program_running():
                         ending = await self._run_steps(sandbox, plan, self.sandbox_limits(runtime))
+                        if plan.request.output_files:
+                            ending = await self._collect(sandbox, plan, ending)
                     usage = await sandbox.usage()
             except ContainerdUnavailableError:
                 note = "internal error: containerd became unavailable during the execution"
@@ -477,6 +511,24 @@ class Engine:
         exit_code = -1 if ran.exit_code is None else ran.exit_code
         return _Ending(ran.stdout.data, ran.stderr.data, exit_code, elapsed, ExecutionStatus.COMPLETED, None)
 
+    async def _collect(self, sandbox: Sandbox, plan: Plan, ending: _Ending) -> _Ending:
+        """The ending with the files the request asked for; only a program that ended on its own has any."""
+        if ending.status is not ExecutionStatus.COMPLETED or not sandbox.alive:
+            return attrs.evolve(ending, files=())
+        collected = await sandbox.collect(plan.request.output_files)
+        try:
+            found = parse_collected(
+                collected.stdout.data, exit_code=collected.exit_code, truncated=collected.output_exceeded
+            )
+        except CollectedFormatError as error:
+            note = f"sandboxd: output files could not be read: {error}\n"
+            return attrs.evolve(ending, stderr=ending.stderr + note.encode(), files=())
+        notes = list(found.skipped[:_SKIPPED_NOTES])
+        if len(found.skipped) > _SKIPPED_NOTES:
+            notes.append(f"{len(found.skipped) - _SKIPPED_NOTES} more output files not returned")
+        stderr = ending.stderr + "".join(f"sandboxd: {note}\n" for note in notes).encode()
+        return attrs.evolve(ending, stderr=stderr, files=found.files)
+
     async def _exec(
         self, sandbox: Sandbox, argv: tuple[str, ...], plan: Plan, stdin: bytes, timeout: float
     ) -> ProcessOutcome:
@@ -518,9 +570,15 @@ def _result(execution_id: str, plan: Plan, ending: _Ending, usage: CgroupUsage |
     if ending.note is not None:
         text += ("" if not text or text.endswith("\n") else "\n") + f"sandboxd: {ending.note}\n"
     cpu_ns = usage.cpu_time_ns if usage else None
+    request = plan.request
+    stdout = ending.stdout.decode(errors="replace")
+    passed = None
+    if request.expected_output is not None:
+        ran_clean = ending.status is ExecutionStatus.COMPLETED and ending.exit_code == 0
+        passed = ran_clean and request.compare.matches(stdout, request.expected_output)
     return ExecutionResult(
         execution_id=execution_id,
-        stdout=ending.stdout.decode(errors="replace"),
+        stdout=stdout,
         stderr=text,
         exit_code=ending.exit_code,
         execution_time=round(ending.elapsed, 4),
@@ -529,6 +587,8 @@ def _result(execution_id: str, plan: Plan, ending: _Ending, usage: CgroupUsage |
         status=ending.status,
         cpu_time=None if cpu_ns is None else round(cpu_ns / 1e9, 4),
         memory_peak=usage.peak_memory_bytes if usage else None,
+        passed=passed,
+        output_files=ending.files if request.output_files else None,
     )
 
 
@@ -542,3 +602,4 @@ class _Ending:
     elapsed: float
     status: ExecutionStatus
     note: str | None
+    files: tuple[OutputFile, ...] = ()

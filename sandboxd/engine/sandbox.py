@@ -34,7 +34,8 @@ from sandboxd.containerd import (
 from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput
 from sandboxd.engine.cgroups import CgroupUsage, read_usage
 from sandboxd.engine.cleanups import Cleanups
-from sandboxd.engine.oci import NOBODY, WORKSPACE, SandboxLimits, sandbox_spec
+from sandboxd.engine.files import COLLECT_OUTPUT_CAP, COLLECT_TIMEOUT, collect_argv
+from sandboxd.engine.oci import AGENT_DIR, NOBODY, WORKSPACE, SandboxLimits, sandbox_spec
 from sandboxd.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,7 @@ class Sandbox:
         """Put ``files`` into /workspace, before any process of the execution runs."""
         if self.workspace is None:
             raise SandboxError(f"sandbox {self.id} has no workspace")
-        for name, content in files.items():
-            await self.workspace.write_file(name, content)
+        await self.workspace.write_files(files)
 
     async def run(
         self,
@@ -310,6 +310,13 @@ class Sandbox:
             duration=ended - started,
             timed_out=timed_out,
             output_exceeded=overflow.is_set(),
+        )
+
+    async def collect(self, patterns: tuple[str, ...]) -> ProcessOutcome:
+        """Have the agent read the files ``patterns`` match in /workspace, as the program's user."""
+        argv = collect_argv(f"{AGENT_DIR}/{self.host.agent_name}", patterns)
+        return await self.run(
+            argv, environment={}, stdin=b"", timeout=COLLECT_TIMEOUT, output_cap=COLLECT_OUTPUT_CAP
         )
 
     async def end_processes(self) -> None:

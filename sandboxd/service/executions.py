@@ -457,6 +457,7 @@ class ExecutionService:
                 language=item.language,
                 exit_code=item.result.exit_code if item.result else None,
                 execution_time=item.result.execution_time if item.result else None,
+                passed=item.result.passed if item.result else None,
                 created_at=dt.datetime.fromtimestamp(item.created_at, dt.UTC).isoformat(
                     timespec="milliseconds"
                 ),
