@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
 from sandboxd.api.openapi import SPEC_URL, UI_PATH
+from sandboxd.models import ExecutionRequest
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +71,12 @@ async def test_schemas_come_from_the_models(http: Client) -> None:
     """The request schema has the model's fields, with the two required ones marked so."""
     schemas = (await spec_of(http))["components"]["schemas"]
     request = schemas["ExecutionRequest"]
-    assert set(request["properties"]) == {"code", "language", "stdin", "environment", "timeout", "session_id"}
+    assert set(request["properties"]) == {field.name for field in attrs.fields(ExecutionRequest)}
+    assert {"expected_output", "files", "args", "output_files"} <= set(request["properties"])
     assert sorted(request["required"]) == ["code", "language"]
+    file = schemas["InputFile"]
+    assert set(file["properties"]["encoding"]["enum"]) == {"utf8", "base64"}
+    assert sorted(file["required"]) == ["content", "name"]
     result = schemas["ExecutionResult"]
     assert "status" in result["properties"]
     assert set(result["properties"]["status"]["enum"]) >= {"completed", "timeout", "memory_limit"}
