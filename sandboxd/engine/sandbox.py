@@ -47,6 +47,8 @@ HOST_LABEL: Final = "sandboxd.io/host"
 SANDBOX_LABEL: Final = "sandboxd.io/sandbox"
 RUNC_V2: Final = "io.containerd.runc.v2"
 _KILL_WAIT: Final = 5.0
+# How long an agent that quit may take to end its sandbox before it is killed after all.
+_QUIT_WAIT: Final = 2.0
 # From task start to the agent's first frame: a sandbox that takes longer is broken.
 _AGENT_READY_TIMEOUT: Final = 30.0
 
@@ -320,11 +322,20 @@ class Sandbox:
         )
 
     async def end_processes(self) -> None:
-        """End every process but the agent: through the agent (cheap), else by killing the sandbox."""
-        if self._agent is not None and self._agent.end_processes():
+        """End every process of the sandbox: its agent quits (cheap), else the sandbox is killed."""
+        if await self._quit_agent():
             return
         with contextlib.suppress(ContainerdError):
             await self.kill()
+
+    async def _quit_agent(self) -> bool:
+        """End the sandbox through its agent, without a `runsc kill`; return whether it stopped."""
+        if self._agent is None or not self._agent.quit():
+            return False
+        if await self.wait_stopped(_QUIT_WAIT):
+            return True
+        log.warning("sandbox %s: still running %g s after its agent quit; killing it", self.id, _QUIT_WAIT)
+        return False
 
     async def kill(self) -> None:
         """SIGKILL every process in the sandbox; a sandbox that already stopped needs nothing."""
@@ -382,7 +393,7 @@ class Sandbox:
             self._init_exit = (
                 asyncio.ensure_future(tasks.wait(self.id)) if status is not TaskStatus.STOPPED else None
             )
-        if self._init_exit is not None and not self._init_exit.done():
+        if self._init_exit is not None and not self._init_exit.done() and not await self._quit_agent():
             try:
                 await tasks.kill(self.id, signal.SIGKILL, all_processes=True)
             except NotFoundError:

@@ -27,7 +27,7 @@ from sandboxd.engine.agent._protocol import (
     Frame,
     FrameDecoder,
     Reply,
-    kill_all,
+    quit_agent,
     run_command,
     stdin_frames,
 )
@@ -212,11 +212,16 @@ class AgentChannel:
         self._commands.writelines(stdin_frames(stdin))
         return process
 
-    def end_processes(self) -> bool:
-        """Have the agent SIGKILL every other process; False when it cannot be asked now."""
-        if self._commands is None or self.lost or self._current is not None:
+    def quit(self) -> bool:
+        """Have the agent exit, which ends the sandbox with its init process.
+
+        False when that cannot end it now: the agent never answered, is gone, or runs a process
+        (it reads no more commands until that ends).
+        """
+        ready = self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+        if self._commands is None or self.lost or self._current is not None or not ready:
             return False
-        self._commands.write(kill_all())
+        self._commands.write(quit_agent())
         return True
 
     def _receive(self, frame: Frame) -> None:

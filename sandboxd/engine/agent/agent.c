@@ -17,6 +17,7 @@
  *     'i'  bytes for the process's stdin
  *     'c'  end of stdin (always sent once per 'x', after its stdin)
  *     'k'  kill every other process in the sandbox (between processes only)
+ *     'q'  exit (between processes only): the sandbox ends with its init
  *   agent -> daemon
  *     'r'  ready (once, at start), payload: protocol version
  *     'o'  bytes the process wrote to stdout
@@ -496,6 +497,8 @@ int main(int argc, char **argv) {
             }
             run(&command);
             free(command.argv);
+        } else if (type == 'q') {
+            exit(0);
         } else if (type == 'k') {
             /* Every process but the agent itself (kill(-1) spares the caller). */
             kill(-1, SIGKILL);
