@@ -53,7 +53,8 @@ from sandboxd.engine.engine import EngineSettings, sandbox_limits
 from sandboxd.engine.host import client_for, prepare_host
 from sandboxd.engine.oci import NOBODY
 from sandboxd.engine.reconcile import reconcile
-from sandboxd.engine.sandbox import Sandbox
+from sandboxd.engine.roots import SharedRoots
+from sandboxd.engine.sandbox import HOST_LABEL, MANAGED_LABEL, Sandbox
 from sandboxd.images.inspect import inspect_image
 from sandboxd.runtimes import Program, Runtime, load_runtimes
 
@@ -400,8 +401,9 @@ async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[st
     limits = sandbox_limits(runtime, EngineSettings.from_limits(config.limits))
     sandbox_id = f"bench-exec-{runtime.name}-{os.getpid()}"
     cleanups = Cleanups()
+    roots = SharedRoots(client, host.roots, labels={MANAGED_LABEL: "true", HOST_LABEL: host.host_id})
     sandbox = await Sandbox.create(
-        host, sandbox_id, image=runtime.image, chain_id=state.chain_id, limits=limits,
+        host, sandbox_id, image=runtime.image, root=await roots.path_for(state.chain_id), limits=limits,
         workspace_bytes=32 << 20, labels={}, cleanups=cleanups,
     )  # fmt: skip
     try:
@@ -425,6 +427,7 @@ async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[st
         return {"runsc_exec": runsc_exec, "agent_in_running_sandbox": summary(agent_runs[1:])}
     finally:
         await sandbox.destroy()
+        await roots.close()
         await client.close()
         shutil.rmtree(state_dir, ignore_errors=True)
 

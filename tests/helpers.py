@@ -239,8 +239,8 @@ def is_quiet(engine: Engine) -> bool:
 
 
 def pooled(engine: Engine) -> Callable[[], set[str]]:
-    """The sandboxes ``engine``'s pool holds or boots now: idle, they are no execution's leftovers."""
-    return engine.pooled_sandbox_ids
+    """What ``engine`` itself holds: its pool's sandboxes and the images' shared roots, no execution's."""
+    return lambda: engine.pooled_sandbox_ids() | engine.shared_root_keys()
 
 
 async def finish_cleanups(owner: Engine | SandboxPool) -> None:

@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Final, Protocol
 
 import attrs
@@ -29,7 +30,8 @@ from sandboxd.engine.oci import SandboxLimits
 from sandboxd.engine.orphans import SWEEP_INTERVAL, reap_forever, reap_orphaned_shims
 from sandboxd.engine.pool import SandboxPool
 from sandboxd.engine.reconcile import reconcile
-from sandboxd.engine.sandbox import ProcessOutcome, Sandbox, SandboxHost
+from sandboxd.engine.roots import SharedRoots
+from sandboxd.engine.sandbox import HOST_LABEL, MANAGED_LABEL, ProcessOutcome, Sandbox, SandboxHost
 from sandboxd.engine.watch import ContainerdUnavailableError, ContainerdWatch
 from sandboxd.images.inspect import ImageState, inspect_image
 from sandboxd.models import (
@@ -185,6 +187,9 @@ class Engine:
         # Sandboxes in use, which reconciliation after an outage must leave alone.
         self._active: set[str] = set()
         self._cleanups = Cleanups()
+        self._roots = SharedRoots(
+            host.client, host.roots, labels={MANAGED_LABEL: "true", HOST_LABEL: host.host_id}
+        )
         self._housekeeping = Housekeeping()
         self._watch = ContainerdWatch(host.client, self._after_outage)
         self._pool = (
@@ -241,6 +246,7 @@ class Engine:
         if self._pool is not None:
             await self._cleanups.complete_even_if_cancelled(self._pool.close())
         await self._cleanups.drain()
+        await self._roots.close()
         await asyncio.to_thread(reap_orphaned_shims, self._host.client.namespace)
 
     async def drain(self) -> None:
@@ -416,6 +422,14 @@ class Engine:
         """Every sandbox the pool holds or is booting: idle, they are no execution's."""
         return self._pool.sandbox_ids() if self._pool is not None else set()
 
+    async def root_for(self, chain_id: str) -> Path:
+        """The host directory where the image of ``chain_id`` is mounted read-only for its sandboxes."""
+        return await self._roots.path_for(chain_id)
+
+    def shared_root_keys(self) -> set[str]:
+        """The images' shared roots (view snapshots, leases, mounts): the engine's, no execution's."""
+        return self._roots.keys()
+
     # -- the parts' work -------------------------------------------------------------------
 
     def sandbox_limits(self, runtime: Runtime) -> SandboxLimits:
@@ -431,7 +445,7 @@ class Engine:
             self._host,
             sandbox_id,
             image=runtime.image,
-            chain_id=chain_id,
+            root=await self.root_for(chain_id),
             limits=self.sandbox_limits(runtime),
             workspace_bytes=self._settings.workspace_bytes,
             labels=labels,
@@ -465,7 +479,7 @@ class Engine:
     async def _after_outage(self) -> None:
         # Idle sandboxes outlive a containerd restart (their agents answer through FIFOs); one
         # that died meanwhile is never handed out. Flushing them here only delayed recovery.
-        keep: Collection[str] = self._active | self.pooled_sandbox_ids()
+        keep: Collection[str] = self._active | self.pooled_sandbox_ids() | self.shared_root_keys()
         await reconcile(self._host, keep=keep)
         await self.refresh_images()
 

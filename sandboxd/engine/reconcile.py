@@ -10,6 +10,7 @@ from typing import Final
 
 from sandboxd.engine.agent import AgentChannel
 from sandboxd.engine.orphans import reap_orphaned_shims
+from sandboxd.engine.roots import remove_stale_roots
 from sandboxd.engine.sandbox import HOST_LABEL, Sandbox, SandboxHost
 from sandboxd.engine.workspace import Workspace
 
@@ -22,8 +23,8 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
     """Remove every sandbox a previous run of this daemon left behind; return how many.
 
     Run at start-up, before any execution: a task in any state (CREATED ones
-    included) is torn down like a sandbox whose execution ended, and workspaces
-    and FIFO directories nobody owns any more are removed.
+    included) is torn down like a sandbox whose execution ended, and workspaces,
+    FIFO directories and shared roots nobody owns any more are removed.
     """
     client = host.client
     mine = [f'labels."{HOST_LABEL}"=={host.host_id}']
@@ -31,6 +32,8 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
     found |= {snapshot.name for snapshot in await client.snapshots.list(mine)}
     found |= {lease.id for lease in await client.leases.list(mine)}
     found -= set(keep)
+    # An earlier run's shared roots: unmounted here, their views and leases removed below.
+    await asyncio.to_thread(remove_stale_roots, host.roots, keep)
     limit = asyncio.Semaphore(_RECONCILE_PARALLEL)
 
     async def remove(sandbox_id: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import logging
 import os
@@ -70,7 +69,7 @@ class SandboxHost:
     agent_name: str
     workspaces: Path
     fifos: Path
-    lease_ttl: dt.timedelta
+    roots: Path
     cgroup_root: Path = Path("/sys/fs/cgroup")
 
     @property
@@ -143,18 +142,20 @@ class Sandbox:
         sandbox_id: str,
         *,
         image: str,
-        chain_id: str,
+        root: Path,
         limits: SandboxLimits,
         workspace_bytes: int,
         labels: Mapping[str, str],
         cleanups: Cleanups,
     ) -> Sandbox:
-        """Boot a sandbox of ``image`` with an empty /workspace; return once its agent is ready.
+        """Boot a sandbox of ``image`` (mounted read-only at ``root``) with an empty /workspace.
+
+        It returns once the sandbox's agent is ready.
 
         A boot that fails or is cancelled is undone whole, in ``cleanups`` (which shutdown waits for).
         """
         sandbox = cls(host, sandbox_id)
-        boot = asyncio.ensure_future(sandbox._boot(image, chain_id, limits, workspace_bytes, labels))
+        boot = asyncio.ensure_future(sandbox._boot(image, root, limits, workspace_bytes, labels))
         try:
             await asyncio.shield(boot)
         except BaseException:
@@ -174,16 +175,13 @@ class Sandbox:
     async def _boot(
         self,
         image: str,
-        chain_id: str,
+        root: Path,
         limits: SandboxLimits,
         workspace_bytes: int,
         labels: Mapping[str, str],
     ) -> None:
         client, sid = self.host.client, self.id
         all_labels = {MANAGED_LABEL: "true", HOST_LABEL: self.host.host_id, SANDBOX_LABEL: sid, **labels}
-        await client.leases.create(sid, expires_in=self.host.lease_ttl, labels=all_labels)
-        self._push("lease", client.leases.delete, sid)
-
         self.workspace = await Workspace.create(self.host.workspaces, sid, workspace_bytes)
         self._push("workspace", self.workspace.remove)
 
@@ -192,9 +190,6 @@ class Sandbox:
         agent = self._agent = AgentChannel(self._fifo_dir)
         await agent.open_replies()
 
-        mounts = await client.snapshots.prepare(sid, chain_id, labels=all_labels, lease=sid)
-        self._push("snapshot", client.snapshots.remove, sid)
-
         spec = sandbox_spec(
             hostname="sandbox",
             workspace=self.workspace.path,
@@ -202,22 +197,17 @@ class Sandbox:
             agent_name=self.host.agent_name,
             limits=limits,
             cgroups_path=self.cgroups_path,
+            root=root,
         )
         await client.containers.create(
-            sid,
-            spec=spec,
-            runtime=RUNC_V2,
-            runtime_options=self.host.runtime_options(),
-            snapshotter=client.snapshots.snapshotter,
-            snapshot_key=sid,
-            image=image,
+            sid, spec=spec, runtime=RUNC_V2, runtime_options=self.host.runtime_options(), image=image,
             labels=all_labels,
-            lease=sid,
-        )
+        )  # fmt: skip
         self._push("container", self._delete_container)
 
+        # No rootfs mounts: the spec's root is the image's shared, already mounted root.
         await client.tasks.create(
-            sid, rootfs=mounts, stdin=str(agent.stdin), stdout=str(agent.stdout), stderr=str(agent.stderr)
+            sid, rootfs=[], stdin=str(agent.stdin), stdout=str(agent.stdout), stderr=str(agent.stderr)
         )
         self._push("task", self._teardown_task)
         await agent.open_commands()
