@@ -141,7 +141,8 @@ class PoolSizeConfig:
     """How many idle sandboxes one runtime keeps ready."""
 
     min: int = attrs.field(default=0, validator=_non_negative)
-    max: int = attrs.field(default=4, validator=_non_negative)
+    # As many as a batch holds: a batch's sandboxes are all booted ahead while it runs.
+    max: int = attrs.field(default=10, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         check(self.max >= self.min, "max", f"must be at least min ({self.min}), got {self.max}")

@@ -28,6 +28,7 @@ from typing import Final
 
 from sandboxd.containerd import ContainerdClient, ContainerdError, Mount, NotFoundError
 from sandboxd.engine.oci import AGENT_DIR, WORKSPACE
+from sandboxd.engine.sandbox import HOST_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,35 @@ def unmount_root(target: Path) -> None:
         points.rmdir()
 
 
-def remove_stale_roots(directory: Path, keep: Collection[str]) -> None:
-    """Unmount and remove every root in ``directory`` but those ``keep`` names; file system work."""
+def _mounted_roots(directory: Path) -> set[str]:
     try:
-        names = {entry.name.removesuffix(_POINTS_SUFFIX) for entry in directory.iterdir()}
+        return {entry.name.removesuffix(_POINTS_SUFFIX) for entry in directory.iterdir()}
     except FileNotFoundError:
-        return
-    for name in sorted(names - set(keep)):
-        unmount_root(directory / name)
+        return set()
+
+
+async def remove_root(client: ContainerdClient, directory: Path, key: str) -> None:
+    """Unmount a root and remove its view and lease; what fails is logged, and found again later."""
+    await asyncio.to_thread(unmount_root, directory / key)
+    for remove in (client.snapshots.remove, client.leases.delete):
+        try:
+            await remove(key)
+        except NotFoundError:
+            pass
+        except ContainerdError:
+            log.exception("removing the shared root %s failed; reconciliation retries", key)
+
+
+async def remove_stale_roots(
+    client: ContainerdClient, directory: Path, host_id: str, keep: Collection[str]
+) -> int:
+    """Remove every root of this host (its roots are mounted in ``directory``) but those ``keep`` names."""
+    labelled = await client.leases.list([f'labels."{HOST_LABEL}"=={host_id},labels."{ROOT_LABEL}"'])
+    host_roots = {lease.id for lease in labelled}
+    stale = (host_roots | await asyncio.to_thread(_mounted_roots, directory)) - set(keep)
+    for key in sorted(stale):
+        await remove_root(client, directory, key)
+    return len(stale)
 
 
 class RootError(OSError):
@@ -151,14 +173,7 @@ class SharedRoots:
         return target
 
     async def _remove(self, key: str) -> None:
-        await asyncio.to_thread(unmount_root, self._directory / key)
-        for remove in (self._client.snapshots.remove, self._client.leases.delete):
-            try:
-                await remove(key)
-            except NotFoundError:
-                pass
-            except ContainerdError:
-                log.exception("removing the shared root %s failed; reconciliation retries", key)
+        await remove_root(self._client, self._directory, key)
 
     async def close(self) -> None:
         """Unmount and remove every root (once no sandbox uses them)."""

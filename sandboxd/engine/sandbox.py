@@ -120,6 +120,8 @@ class Sandbox:
         self._init_exit: asyncio.Future[ExitStatus] | None = None
         self._fifo_dir = host.fifos / sandbox_id
         self._agent: AgentChannel | None = None
+        # Set once this handle deleted the task: the container can go without asking again.
+        self._task_deleted = False
         self.workspace: Workspace | None = None
 
     @classmethod
@@ -237,6 +239,9 @@ class Sandbox:
         # containerd's Containers service deletes a container even while its task
         # lives, and an orphaned task can no longer be reached through the API.
         # Keep the record instead, so that reconciliation finds the sandbox again.
+        if self._task_deleted:
+            await self.host.client.containers.delete(self.id)
+            return
         try:
             await self.host.client.tasks.get(self.id)
         except NotFoundError:
@@ -399,6 +404,7 @@ class Sandbox:
                 await asyncio.wait_for(asyncio.shield(self._init_exit), _KILL_WAIT)
         self._stop_watching()
         await tasks.delete(self.id)
+        self._task_deleted = True
 
     async def _teardown_adopted_task(self) -> None:
         # The agent of a dead daemon's sandbox may block writing to a FIFO nobody
