@@ -10,7 +10,7 @@ import secrets
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import attrs
@@ -22,7 +22,8 @@ from sandboxd.api.state import STORE
 from sandboxd.config import Config, ConfigError, StoreConfig, WebhooksConfig, load_config
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, Kind
 from sandboxd.service.store import DeliveryRecord, DeliveryState, ExecutionStore, make_store, open_store
-from sandboxd.service.webhooks import AddressPolicy, literal_address, non_public, signature
+from sandboxd.service.webhooks import AddressPolicy, Webhooks, literal_address, non_public, signature
+from sandboxd.supervisor import Supervisor
 from sandboxd.validation import ValidationError, structure
 from tests.daemons import Daemon, free_port
 from tests.helpers import EXECUTE, Client, batch, execute, metrics, poll, post, submit, wait_for
@@ -326,10 +327,10 @@ def finished(execution_id: str) -> ExecutionResult:
     return ExecutionResult(execution_id, "out\n", "", 0, 0.1, "python", None, ExecutionStatus.COMPLETED)
 
 
-async def queue_with_callback(store: ExecutionStore) -> str:
+async def queue_with_callback(store: ExecutionStore, url: str = "https://example.com/hook") -> str:
     """Queue an asynchronous execution with a callback URL; return its id."""
     execution_id = str(uuid.uuid4())
-    request = ExecutionRequest(code="print(1)", language="python", callback_url="https://example.com/hook")
+    request = ExecutionRequest(code="print(1)", language="python", callback_url=url)
     await store.insert(execution_id, "alice", Kind.ASYNC, request, "python", ExecutionStatus.QUEUED)
     return execution_id
 
@@ -399,6 +400,72 @@ async def test_an_expired_or_released_claim_is_taken_again(hosts: list[Execution
     assert done.finished_at is not None
     assert await a.release_deliveries() == 1  # the second one, as a restarted host-a does
     assert [d.execution_id for d in await b.claim_deliveries(10, 30)] == [second]
+
+
+class FakeSender:
+    """A sender that reaches no network: it answers 204, or meets a defect for URLs of broken.example."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """Record the delivery; raise for broken.example."""
+        assert verify(SECRET, CIMultiDict(headers), body)
+        if "broken.example" in url:
+            raise RuntimeError("a defect")
+        self.sent.append((url, body))
+        return 204
+
+
+class Counted:
+    """An observer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+        self.done: list[DeliveryState] = []
+
+    def webhook_attempt(self, result: str) -> None:
+        """Keep the attempt's result."""
+        self.attempts.append(result)
+
+    def webhook_done(self, state: DeliveryState) -> None:
+        """Keep the final state."""
+        self.done.append(state)
+
+
+async def test_a_defect_fails_one_delivery_and_the_loop_goes_on(hosts: list[ExecutionStore]) -> None:
+    """An attempt that meets a defect fails that delivery (given up at max_attempts); the others are made."""
+    store = hosts[0]
+    broken = await queue_with_callback(store, "https://broken.example/hook")
+    fine = await queue_with_callback(store)
+    for execution_id in (broken, fine):
+        await store.finish(finished(execution_id))
+    sender, observer = FakeSender(), Counted()
+    settings = WebhooksConfig(secret=SECRET, max_attempts=2, first_retry_seconds=0.05, max_retry_seconds=0.1)
+    webhooks = Webhooks(
+        store,
+        sender,
+        AddressPolicy(),
+        settings=settings,
+        secret_for=lambda _: SECRET,
+        observer=observer,
+        poll=0.05,
+    )
+    supervisor = Supervisor()
+    delivering = supervisor.start("webhook deliveries", webhooks.deliver_forever)
+    try:
+        failed = await delivery_done(store, broken)
+        delivered = await delivery_done(store, fine)
+    finally:
+        await delivering.stop()
+    assert (failed.state, failed.attempts, failed.last_error) == (
+        DeliveryState.FAILED, 2, "internal error (RuntimeError)",
+    )  # fmt: skip
+    assert (delivered.state, delivered.attempts) == (DeliveryState.DELIVERED, 1)
+    assert [json.loads(body)["execution_id"] for _, body in sender.sent] == [fine]
+    assert sorted(observer.attempts) == ["delivered", "internal_error", "internal_error"]
+    assert sorted(observer.done) == [DeliveryState.DELIVERED, DeliveryState.FAILED]
+    assert supervisor.restarts("webhook deliveries") == 0
 
 
 # -- through the API, against a real daemon and a real receiver ---------------------------------

@@ -81,7 +81,7 @@ class Metrics:
         self.webhook_attempts = Counter(
             "sandboxd_webhook_attempts",
             "Webhook delivery attempts by result: delivered, http_error (a non-2xx answer), network_error, "
-            "refused (by the address policy, or no secret)",
+            "refused (by the address policy, or no secret), internal_error",
             ["result"],
             registry=registry,
         )

@@ -160,7 +160,7 @@ class DeliveryObserver(Protocol):
     """What the delivery loop tells an observer (metrics) about attempts and deliveries."""
 
     def webhook_attempt(self, result: str) -> None:
-        """An attempt ended: delivered, http_error (a non-2xx answer), network_error or refused."""
+        """An attempt ended: delivered, http_error (not 2xx), network_error, refused or internal_error."""
 
     def webhook_done(self, state: DeliveryState) -> None:
         """A delivery is done for good: delivered, or failed (given up)."""
@@ -261,7 +261,13 @@ class Webhooks:
 
     async def _attempt(self, delivery: DueDelivery) -> None:
         try:
-            outcome = await self._send(delivery)
+            try:
+                outcome = await self._send(delivery)
+            except Exception as error:
+                # A defect met by this delivery fails its attempt (retried, then given up); the
+                # loop and the other deliveries go on, rather than trip over it after every restart.
+                log.exception("webhook delivery %s: the attempt failed unexpectedly", delivery.delivery_id)
+                outcome = _Outcome("internal_error", error=f"internal error ({type(error).__name__})")
             await self._record(delivery, outcome)
         except StoreUnavailableError as error:
             # Unrecorded: the claim expires, and the attempt is made again (at least once).
