@@ -69,7 +69,10 @@ async def test_schemas_come_from_the_models(http: Client) -> None:
     """The request schema has the model's fields, with the two required ones marked so."""
     schemas = (await spec_of(http))["components"]["schemas"]
     request = schemas["ExecutionRequest"]
-    assert set(request["properties"]) == {"code", "language", "stdin", "environment", "timeout", "session_id"}
+    assert set(request["properties"]) == {
+        "code", "language", "stdin", "environment", "timeout", "session_id",
+        "expected_output", "compare", "files", "args", "output_files", "callback_url",
+    }  # fmt: skip
     assert sorted(request["required"]) == ["code", "language"]
     result = schemas["ExecutionResult"]
     assert "status" in result["properties"]

@@ -105,7 +105,8 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # After the service (cleanup runs in reverse): the results of its last executions are due too.
+        # The service, which wakes it, has stopped (cleanup runs in reverse). What is still due is
+        # made at the next start, or at once by another host: the claims are given back.
         await delivering.stop()
         await webhooks.release()
         await sender.close()

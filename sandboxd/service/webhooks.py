@@ -122,11 +122,13 @@ class AddressPolicy:
 
     def refusal(self, address: Address) -> str | None:
         """Why no delivery may go to ``address``, or None when it may."""
-        candidates = {address, _embedded_ipv4(address) or address}
+        embedded = _embedded_ipv4(address)
+        candidates = {address, embedded or address}
         if any(c.version == n.version and c in n for c in candidates for n in self.allowed):
             return None
         kind = non_public(address)
-        return None if kind is None else f"{address} is not a public address ({kind})"
+        shown = f"{address} ({embedded})" if embedded else str(address)
+        return None if kind is None else f"{shown} is not a public address ({kind})"
 
     def check_host(self, host: str) -> None:
         """Refuse ``host`` if it is an IP address the policy forbids (names are checked once resolved)."""
