@@ -359,12 +359,15 @@ class ExecutionService:
         """Renew this host's leases every third of the lease; drop what it lost, cancel what was asked."""
         while True:
             await asyncio.sleep(self._store.lease / 3)
+            # Only the jobs that were here before the renewal: one claimed while it ran is not in
+            # its answer, and cancelling it would leave its claim renewed here forever, never run.
+            renewing = list(self._jobs.items())
             try:
                 held = await self._store.renew()
             except StoreUnavailableError as error:
                 log.warning("lease renewal: %s", error)
                 continue
-            for execution_id, job in list(self._jobs.items()):
+            for execution_id, job in renewing:
                 if execution_id not in held and execution_id not in self._cancelled_by_owner:
                     # Finished just now, or its lease expired and another host holds it: stop here.
                     log.warning("execution %s: this host's claim is gone; it stops here", execution_id)
