@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -385,24 +386,23 @@ async def test_an_expired_or_released_claim_is_taken_again(hosts: list[Execution
     first, second = await queue_with_callback(a), await queue_with_callback(a)
     for execution_id in (first, second):
         await a.finish(finished(execution_id))
-    claimed = await a.claim_deliveries(1, 0.05)
-    assert len(claimed) == 1
-    await a.claim_deliveries(1, 3600)
-    assert await b.claim_deliveries(10, 30) == []
+    [held] = await a.claim_deliveries(1, 3600)
+    [short] = await a.claim_deliveries(1, 0.05)
+    assert (held.execution_id, short.execution_id) == (first, second)
     lost = await poll(lambda: b.claim_deliveries(10, 30), bool, "the expired claim being taken")
-    assert [d.delivery_id for d in lost] == [claimed[0].delivery_id]
+    assert [d.delivery_id for d in lost] == [short.delivery_id]
     assert not await a.record_attempt(
-        claimed[0].delivery_id, state=DeliveryState.DELIVERED, status=200, error=None, next_attempt_at=0
+        short.delivery_id, state=DeliveryState.DELIVERED, status=200, error=None, next_attempt_at=0
     ), "host-a's claim was lost: host-b records the outcome"
     assert await b.record_attempt(
-        claimed[0].delivery_id, state=DeliveryState.DELIVERED, status=200, error=None, next_attempt_at=0
+        short.delivery_id, state=DeliveryState.DELIVERED, status=200, error=None, next_attempt_at=0
     )
-    done = await b.delivery(first)
+    done = await b.delivery(second)
     assert done is not None
     assert (done.state, done.attempts, done.last_status) == (DeliveryState.DELIVERED, 1, 200)
     assert done.finished_at is not None
-    assert await a.release_deliveries() == 1  # the second one, as a restarted host-a does
-    assert [d.execution_id for d in await b.claim_deliveries(10, 30)] == [second]
+    assert await a.release_deliveries() == 1  # the first one, as a restarted host-a does
+    assert [d.execution_id for d in await b.claim_deliveries(10, 30)] == [first]
 
 
 class FakeSender:
@@ -593,6 +593,32 @@ async def test_private_addresses_are_refused(
     assert "127.0.0.1 is not a public address (loopback)" in record.last_error
     assert (await metrics(http))['sandboxd_webhook_attempts_total{result="refused"}'] == 1
     assert receiver.received == []
+
+
+@pytest.mark.integration
+async def test_hosts_sharing_a_store_deliver_each_result_once(
+    postgres_url: str,  # first: its schema is dropped only after the servers have stopped
+    make_server: Callable[..., Awaitable[Client]],
+    headers: dict[str, str],
+    make_receiver: MakeReceiver,
+) -> None:
+    """Two hosts on one PostgreSQL, both looking for due deliveries all the time: each is made once."""
+    receiver = await make_receiver()
+    # Polling ten times a second, the host that ran an execution races the other for its delivery.
+    store = StoreConfig(url=postgres_url, poll_seconds=0.1)
+    first = await make_server(webhooks=LOOPBACK_RECEIVER, store=store)
+    second = await make_server(webhooks=LOOPBACK_RECEIVER, store=store)
+    ids = [
+        await submit(http, headers, code=f"print({n})", language="python", callback_url=receiver.url())
+        for n, http in enumerate([first, second] * 3)
+    ]
+    records = [await delivery_done(store_of(first), execution_id) for execution_id in ids]
+    await asyncio.sleep(1)  # a second delivery of any of them would have come by now
+    delivered = sorted(json.loads(request.body)["execution_id"] for request in receiver.received)
+    assert delivered == sorted(ids)
+    assert [(record.state, record.attempts) for record in records] == [(DeliveryState.DELIVERED, 1)] * 6
+    made = [await metrics(http) for http in (first, second)]
+    assert sum(m.get('sandboxd_webhook_attempts_total{result="delivered"}', 0) for m in made) == 6
 
 
 @pytest.mark.integration

@@ -104,11 +104,11 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     delivering = app[SUPERVISOR].start("webhook deliveries", webhooks.deliver_forever)
     try:
         yield
-    finally:
         # The service, which wakes it, has stopped (cleanup runs in reverse). What is still due is
         # made at the next start, or at once by another host: the claims are given back.
         await delivering.stop()
         await webhooks.release()
+    finally:
         await sender.close()
 
 
