@@ -72,7 +72,7 @@ async def test_schemas_come_from_the_models(http: Client) -> None:
     schemas = (await spec_of(http))["components"]["schemas"]
     request = schemas["ExecutionRequest"]
     assert set(request["properties"]) == {field.name for field in attrs.fields(ExecutionRequest)}
-    assert {"expected_output", "files", "args", "output_files"} <= set(request["properties"])
+    assert {"expected_output", "files", "args", "output_files", "callback_url"} <= set(request["properties"])
     assert sorted(request["required"]) == ["code", "language"]
     file = schemas["InputFile"]
     assert set(file["properties"]["encoding"]["enum"]) == {"utf8", "base64"}

@@ -55,9 +55,11 @@ def _owner(request: web.Request) -> str:
     return request[IDENTITY].name
 
 
-async def _accept_one(request: web.Request) -> Plan:
+async def _accept_one(request: web.Request, *, asynchronous: bool = False) -> Plan:
     """Read, validate and plan one execution, then charge it: an invalid request costs nothing."""
-    plan = request.app[SERVICE].plan(structure(await read_json(request), ExecutionRequest))
+    body = structure(await read_json(request), ExecutionRequest)
+    service = request.app[SERVICE]
+    plan = service.plan_async(_owner(request), body) if asynchronous else service.plan(body)
     await charge(request, 1)
     return plan
 
@@ -97,8 +99,12 @@ async def execute_batch(request: web.Request) -> web.Response:
     errors=BODY_ERRORS,
 )
 async def execute_async(request: web.Request) -> web.Response:
-    """POST /api/v1/execute/async: accept one snippet and answer at once; poll for its result."""
-    plan = await _accept_one(request)
+    """POST /api/v1/execute/async: accept one snippet and answer at once; poll for its result.
+
+    With ``callback_url``, the result is also POSTed there once the execution has finished,
+    signed with the key's webhook secret (see the README's Webhooks section).
+    """
+    plan = await _accept_one(request, asynchronous=True)
     execution_id = await request.app[SERVICE].submit(_owner(request), plan)
     return json_response(AsyncAccepted(execution_id=execution_id, status=ExecutionStatus.QUEUED), status=202)
 

@@ -8,6 +8,7 @@ for documentation only.
 from __future__ import annotations
 
 import enum
+import inspect
 import types
 import typing
 import warnings
@@ -117,7 +118,7 @@ def documented(
         decorated = docs(
             responses=plain if model is None else None,
             summary=summary,
-            description=(handler.__doc__ or "").strip(),
+            description=inspect.cleandoc(handler.__doc__ or ""),
             parameters=parameters or [],
             security=[{"ApiKey": []}] if 401 in errors else [],
         )(decorated)

@@ -40,6 +40,7 @@ from sandboxd.models import (
 )
 from sandboxd.service.admission import Admission, QueueFullError
 from sandboxd.service.store import CANCEL_CHANNEL, ExecutionStore, StoredExecution, StoreUnavailableError
+from sandboxd.service.webhooks import Webhooks
 from sandboxd.supervisor import Supervised, Supervisor
 from sandboxd.validation import InvalidFieldError, ValidationError, structure
 
@@ -84,6 +85,7 @@ class ExecutionService:
         supervisor: Supervisor,
         observer: ExecutionObserver,
         *,
+        webhooks: Webhooks,
         async_queue: int,
         retention: dt.timedelta,
         poll: float,
@@ -94,6 +96,7 @@ class ExecutionService:
         self._admission = admission
         self._supervisor = supervisor
         self._observer = observer
+        self._webhooks = webhooks
         self._async_queue = async_queue
         self._retention = retention
         self._poll = poll
@@ -112,7 +115,20 @@ class ExecutionService:
     # -- checking requests -----------------------------------------------------------------
 
     def plan(self, request: ExecutionRequest) -> Plan:
-        """Validate a request against its runtime (400s and 503s happen here, before anything runs)."""
+        """Validate a synchronous or batch request (400s and 503s happen here, before anything runs)."""
+        if request.callback_url is not None:
+            raise InvalidFieldError(
+                "callback_url", "is only for asynchronous requests (POST /api/v1/execute/async)"
+            )
+        return self._plan(request)
+
+    def plan_async(self, owner: str, request: ExecutionRequest) -> Plan:
+        """Validate an asynchronous request; its callback_url must be deliverable for ``owner``'s key."""
+        if request.callback_url is not None:
+            self._webhooks.check(owner, request.callback_url)
+        return self._plan(request)
+
+    def _plan(self, request: ExecutionRequest) -> Plan:
         plan = self._engine.plan(request)
         self._engine.check_available(plan)
         return plan
@@ -343,12 +359,15 @@ class ExecutionService:
         """Renew this host's leases every third of the lease; drop what it lost, cancel what was asked."""
         while True:
             await asyncio.sleep(self._store.lease / 3)
+            # Only the jobs that were here before the renewal: one claimed while it ran is not in
+            # its answer, and cancelling it would leave its claim renewed here forever, never run.
+            renewing = list(self._jobs.items())
             try:
                 held = await self._store.renew()
             except StoreUnavailableError as error:
                 log.warning("lease renewal: %s", error)
                 continue
-            for execution_id, job in list(self._jobs.items()):
+            for execution_id, job in renewing:
                 if execution_id not in held and execution_id not in self._cancelled_by_owner:
                     # Finished just now, or its lease expired and another host holds it: stop here.
                     log.warning("execution %s: this host's claim is gone; it stops here", execution_id)
@@ -411,6 +430,8 @@ class ExecutionService:
             raise
         finally:
             self._running.discard(execution_id)
+            if plan.request.callback_url is not None:
+                self._webhooks.wake()  # its delivery is due once its result is recorded
 
     async def get(self, owner: str, execution_id: str) -> StoredExecution:
         """The caller's execution with that id."""

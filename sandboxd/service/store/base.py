@@ -10,13 +10,19 @@ capacity and holds each claim as a lease (``claimed_by``, ``lease_expires_at``)
 that it renews; a row whose lease expired (its host died) is claimed again.
 Synchronous rows carry their host's claim too, so that only that host's restart,
 or the expiry of its leases, settles them.
+
+An asynchronous execution with a ``callback_url`` gets a ``webhook_deliveries`` row in
+the transaction that records it; the row is due once the execution has finished, is
+claimed under a lease like the queue's rows, and goes with its execution when purged.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Protocol
@@ -39,6 +45,9 @@ _COLUMNS: Final = (
 _SELECTED: Final = f"{_COLUMNS}, cancel_requested"
 _HOST_COLUMNS: Final = "host_id, address, capacity, runtimes, started_at, heartbeat_at"
 _FINISH: Final = "status = ?, result = ?, request = NULL, finished_at = ?"
+_DELIVERY_COLUMNS: Final = (
+    "delivery_id, execution_id, url, state, attempts, last_status, last_error, next_attempt_at, finished_at"
+)
 
 
 class StoreUnavailableError(Exception):
@@ -83,6 +92,44 @@ class Bucket:
 
     tokens: float
     updated: float
+
+
+class DeliveryState(enum.StrEnum):
+    """Where a webhook delivery is: still to be made (again), made, or given up."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class DueDelivery:
+    """A webhook delivery this host claimed for one attempt, with the result it sends."""
+
+    delivery_id: str
+    execution_id: str
+    owner: str
+    url: str
+    # Attempts made before this one.
+    attempts: int
+    # When the execution finished (seconds since the epoch): retries stop a while after it.
+    finished_at: float
+    result: ExecutionResult
+
+
+@attrs.frozen
+class DeliveryRecord:
+    """A webhook delivery as stored: its state, attempts and the last attempt's answer or error."""
+
+    delivery_id: str
+    execution_id: str
+    url: str
+    state: DeliveryState
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: float
+    finished_at: float | None
 
 
 def _execution(row: Sequence[Any]) -> StoredExecution:
@@ -235,15 +282,24 @@ class ExecutionStore(abc.ABC):
         queued = kind is Kind.ASYNC
         kept = json.dumps(converter.unstructure(request)) if queued else None
         claimed_by, lease = (None, None) if queued else (self.host_id, self._clock() + self.lease)
+        created = self._created_now()
         values = (
             execution_id, owner, kind.value, language, request.session_id, status.value, kept,
-            None, self._created_now(), claimed_by, lease,
+            None, created, claimed_by, lease,
         )  # fmt: skip
         async with self.transaction() as tx:
             await tx.run(
                 f"INSERT INTO executions ({_COLUMNS}, lease_expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 values,
             )
+            if queued and request.callback_url is not None:
+                # Due as soon as the execution has a result: the row exists before anyone can finish it.
+                await tx.run(
+                    "INSERT INTO webhook_deliveries (delivery_id, execution_id, owner, url, state, "
+                    "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (str(uuid.uuid4()), execution_id, owner, request.callback_url,
+                     DeliveryState.PENDING.value, created, created),
+                )  # fmt: skip
             if queued:
                 await tx.notify(WORK_CHANNEL, execution_id)
 
@@ -293,8 +349,13 @@ class ExecutionStore(abc.ABC):
         return [_execution(row) for row in rows]
 
     async def purge(self, finished_before: float) -> int:
-        """Delete results that finished before ``finished_before``; return how many."""
+        """Delete results finished before ``finished_before`` (with their deliveries); return how many."""
         async with self.transaction() as tx:
+            await tx.run(
+                "DELETE FROM webhook_deliveries WHERE execution_id IN "
+                "(SELECT execution_id FROM executions WHERE finished_at < ?)",
+                (finished_before,),
+            )
             return await tx.run("DELETE FROM executions WHERE finished_at < ?", (finished_before,))
 
     # -- the queue ------------------------------------------------------------------------------
@@ -430,3 +491,83 @@ class ExecutionStore(abc.ABC):
             HostRecord(host_id, address, capacity, tuple(filter(None, runtimes.split(","))), started, beat)
             for host_id, address, capacity, runtimes, started, beat in rows
         ]
+
+    # -- webhook deliveries -----------------------------------------------------------------------
+
+    async def claim_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
+        """Claim up to ``limit`` due deliveries of finished executions for ``lease`` s, soonest due first.
+
+        A delivery whose claim expired (its host died during an attempt) is due again.
+        """
+        now = self._clock()
+        async with self.transaction() as tx:
+            claimed = await tx.fetch(
+                "UPDATE webhook_deliveries SET claimed_by = ?, lease_expires_at = ? "
+                "WHERE delivery_id IN (SELECT d.delivery_id FROM webhook_deliveries d "
+                "WHERE d.finished_at IS NULL AND d.next_attempt_at <= ? "
+                "AND (d.claimed_by IS NULL OR d.lease_expires_at < ?) AND EXISTS (SELECT 1 FROM executions e "
+                "WHERE e.execution_id = d.execution_id AND e.finished_at IS NOT NULL) "
+                f"ORDER BY d.next_attempt_at LIMIT ?{self.skip_locked}) RETURNING delivery_id",
+                (self.host_id, now + lease, now, now, limit),
+            )
+            if not claimed:
+                return []
+            rows = await tx.fetch(
+                "SELECT d.delivery_id, d.execution_id, d.owner, d.url, d.attempts, e.finished_at, e.result "
+                "FROM webhook_deliveries d JOIN executions e ON e.execution_id = d.execution_id "
+                f"WHERE d.delivery_id IN ({', '.join('?' * len(claimed))}) ORDER BY d.next_attempt_at",
+                [row[0] for row in claimed],
+            )
+        return [
+            DueDelivery(
+                delivery_id, execution_id, owner, url, attempts, finished_at,
+                converter.structure(json.loads(result), ExecutionResult),
+            )
+            for delivery_id, execution_id, owner, url, attempts, finished_at, result in rows
+        ]  # fmt: skip
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        state: DeliveryState,
+        status: int | None,
+        error: str | None,
+        next_attempt_at: float,
+    ) -> bool:
+        """Record an attempt this host made and give the claim back; False if the claim was lost meanwhile.
+
+        ``state`` is pending to retry at ``next_attempt_at``, else the delivery is done.
+        """
+        now = self._clock()
+        finished = None if state is DeliveryState.PENDING else now
+        async with self.transaction() as tx:
+            changed = await tx.run(
+                "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, last_attempt_at = ?, "
+                "last_status = ?, last_error = ?, next_attempt_at = ?, finished_at = ?, claimed_by = NULL, "
+                "lease_expires_at = NULL WHERE delivery_id = ? AND claimed_by = ? AND finished_at IS NULL",
+                (state.value, now, status, error, next_attempt_at, finished, delivery_id, self.host_id),
+            )
+        return changed > 0
+
+    async def release_deliveries(self) -> int:
+        """Give back this host's claims on deliveries (at start-up and shutdown): due again at once."""
+        async with self.transaction() as tx:
+            return await tx.run(
+                "UPDATE webhook_deliveries SET claimed_by = NULL, lease_expires_at = NULL "
+                "WHERE claimed_by = ? AND finished_at IS NULL",
+                (self.host_id,),
+            )
+
+    async def delivery(self, execution_id: str) -> DeliveryRecord | None:
+        """The webhook delivery of an execution, if its request had a callback_url."""
+        async with self.transaction() as tx:
+            rows = await tx.fetch(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE execution_id = ?", (execution_id,)
+            )
+        if not rows:
+            return None
+        delivery_id, execution, url, state, attempts, status, error, next_at, finished = rows[0]
+        return DeliveryRecord(
+            delivery_id, execution, url, DeliveryState(state), attempts, status, error, next_at, finished
+        )
