@@ -242,11 +242,17 @@ class Sandbox:
         if self._task_deleted:
             await self.host.client.containers.delete(self.id)
             return
-        try:
-            await self.host.client.tasks.get(self.id)
-        except NotFoundError:
-            await self.host.client.containers.delete(self.id)
-            return
+        for attempt in range(2):
+            try:
+                await self.host.client.tasks.get(self.id)
+            except NotFoundError:
+                await self.host.client.containers.delete(self.id)
+                return
+            if attempt == 0:
+                # A task that appeared after its teardown looked: a create that a dead daemon
+                # had in flight completes in containerd all the same. It goes the same way.
+                log.info("sandbox %s: a task appeared after teardown; removing it too", self.id)
+                await self._teardown_adopted_task()
         raise SandboxError(
             f"sandbox {self.id}: its task is still there; the container is kept for reconciliation"
         )
