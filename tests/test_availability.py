@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +15,7 @@ from sandboxd.containerd import ContainerdClient
 from sandboxd.engine.engine import Engine, RuntimeUnavailableError
 from sandboxd.images.build import ImageBuilder, image_build_dir
 from sandboxd.images.inspect import inspect_image
+from sandboxd.images.progress import BuildProgress
 from sandboxd.models import ExecutionRequest
 from tests.helpers import EXECUTE, Client, execute, execute_plan, images_of, metric_reaches
 
@@ -44,13 +46,14 @@ async def test_current_image_is_not_rebuilt(
     """`images build` skips an image built from the current recipe, and says so."""
     python = engine.runtimes.get("python")
     assert python is not None
-    said: list[str] = []
-    builder = ImageBuilder(containerd, image_build_dir(config), said.append)
-    state = await builder.build(python)
+    shown = io.StringIO()
+    work = image_build_dir(config)
+    progress = BuildProgress(["python"], shown, work / "logs", redraw=False)
+    state = await ImageBuilder(containerd, work, progress).build(python)
     assert state.available
     assert state.version is not None
     assert state.version.startswith("Python 3.")
-    assert said == [f"[python] {python.image} is current ({state.version}); skipped"]
+    assert shown.getvalue() == f"python  current: {python.image}, {state.version}\n"
 
 
 async def test_full_queue_is_503_with_retry_after(
