@@ -33,7 +33,7 @@ from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.roots import SharedRoots
 from sandboxd.engine.sandbox import HOST_LABEL, MANAGED_LABEL, ProcessOutcome, Sandbox, SandboxHost
 from sandboxd.engine.watch import ContainerdUnavailableError, ContainerdWatch
-from sandboxd.images.inspect import ImageState, inspect_image
+from sandboxd.images.inspect import ImageState, building_since, builds_in_progress, inspect_image
 from sandboxd.models import (
     ExecutionRequest,
     ExecutionResult,
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 _TEARDOWN_DEFERRAL: Final = 3.0
 # Exit statuses of a process killed with the sandbox when the kernel's OOM killer ended it.
 _OOM_EXIT_CODES: Final = frozenset({128, 137, 143})
+# How often runtimes without an image are looked at again (an `images build` may be under way).
+_IMAGE_REFRESH_INTERVAL: Final = 5.0
 # Lines about output files not returned that a result's stderr carries at most.
 _SKIPPED_NOTES: Final = 8
 # How often shims that outlived their task are looked for (besides start-up and outages).
@@ -175,11 +177,15 @@ class Engine:
         settings: EngineSettings,
         pool: PoolConfig,
         observer: EngineObserver | None = None,
+        *,
+        image_builds: Path | None = None,
     ) -> None:
         unknown = sorted(set(pool.runtimes) - {runtime.name for runtime in runtimes})
         if unknown:
             raise StartupError(f"pool.runtimes: no such runtime: {', '.join(unknown)}")
         self._host = host
+        # Where `images build` marks what it is building: such a runtime is "image building".
+        self._image_builds = image_builds
         self._runtimes = runtimes
         self._settings = settings
         self._observer: EngineObserver = observer or _Unobserved()
@@ -223,7 +229,10 @@ class Engine:
         """
         host = await asyncio.to_thread(prepare_host, config, client)
         runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
-        engine = cls(host, runtimes, EngineSettings.from_limits(config.limits), config.pool, observer)
+        engine = cls(
+            host, runtimes, EngineSettings.from_limits(config.limits), config.pool, observer,
+            image_builds=builds_in_progress(config.paths.data),
+        )  # fmt: skip
         if reconcile_leftovers:
             await reconcile(host)
         await engine.refresh_images()
@@ -238,6 +247,7 @@ class Engine:
         self._loops.append(
             supervisor.start("orphaned shim reaper", lambda: reap_forever(namespace, SHIM_REAP_INTERVAL))
         )
+        self._loops.append(supervisor.start("image refresh", self._refresh_images_forever))
 
     async def close(self) -> None:
         """Stop the loops, remove the pool's sandboxes, and wait for every removal under way."""
@@ -470,11 +480,27 @@ class Engine:
         """Look up every runtime's image in containerd."""
         for runtime in self._runtimes:
             try:
-                self._images[runtime.name] = await inspect_image(self._host.client, runtime)
+                state = await inspect_image(self._host.client, runtime)
             except ContainerdError as error:
-                self._images[runtime.name] = ImageState(
+                state = ImageState(
                     runtime=runtime.name, reference=runtime.image, available=False, reason=str(error)
                 )
+            since = building_since(self._image_builds, runtime.name) if self._image_builds else None
+            if not state.available and since is not None:
+                state = attrs.evolve(state, reason=f"image building (since {since})")
+            if state.available and not self._images.get(runtime.name, state).available:
+                log.info("runtime %s is available now: %s", runtime.name, state.version)
+            self._images[runtime.name] = state
+
+    async def _refresh_images_forever(self) -> None:
+        """While a runtime has no image, look again every few seconds: one built meanwhile serves at once."""
+        while True:
+            await asyncio.sleep(_IMAGE_REFRESH_INTERVAL)
+            await self._refresh_unavailable()
+
+    async def _refresh_unavailable(self) -> None:
+        if self._watch.available and not all(state.available for state in self._images.values()):
+            await self.refresh_images()
 
     async def _after_outage(self) -> None:
         # Idle sandboxes outlive a containerd restart (their agents answer through FIFOs); one

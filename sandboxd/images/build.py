@@ -24,7 +24,15 @@ import attrs
 
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.images.inspect import BUILD_KEY_LABEL, RUNTIME_LABEL, VERSION_LABEL, ImageState, inspect_image
+from sandboxd.images.inspect import (
+    BUILD_KEY_LABEL,
+    RUNTIME_LABEL,
+    VERSION_LABEL,
+    ImageState,
+    inspect_image,
+    mark_building,
+    unmark_building,
+)
 from sandboxd.images.layers import add_whiteouts, diff_trees
 from sandboxd.images.oci_image import (
     CONFIG_TYPE,
@@ -95,6 +103,8 @@ class ImageBuilder:
         await asyncio.to_thread(shutil.rmtree, build_dir, True)
         build_dir.mkdir(parents=True)
         self._start_log(runtime.name)
+        # A daemon serving meanwhile lists the runtime as "image building" until it is ready.
+        marker = mark_building(self.work_dir / "building", runtime.name)
         try:
             built = await self._build_in(runtime, build_dir)
         except ImageBuildError as error:
@@ -103,6 +113,7 @@ class ImageBuilder:
             self.progress.finished(runtime.name, State.FAILED, f"{summary}; log: {self._log(runtime.name)}")
             raise
         finally:
+            unmark_building(marker)
             await asyncio.to_thread(shutil.rmtree, build_dir, True)
         self.progress.finished(runtime.name, State.READY, f"{runtime.image}, {built.version}")
         return built
