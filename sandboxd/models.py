@@ -73,6 +73,13 @@ def _trimmed(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).rstrip("\n")
 
 
+class OutputStream(enum.StrEnum):
+    """Which of a program's output streams a chunk of output came from."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
 class Kind(enum.StrEnum):
     """How an execution was requested."""
 
