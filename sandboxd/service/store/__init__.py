@@ -7,11 +7,14 @@ from pathlib import Path
 from sandboxd.config import Config
 from sandboxd.service.store.base import (
     CANCEL_CHANNEL,
+    OUTPUT_CHANNEL,
     WORK_CHANNEL,
     Bucket,
     ExecutionStore,
     HostRecord,
+    LiveState,
     Notice,
+    OutputChunk,
     StoredExecution,
     StoreUnavailableError,
 )
@@ -20,11 +23,14 @@ from sandboxd.service.store.sqlite import SqliteStore
 
 __all__ = [
     "CANCEL_CHANNEL",
+    "OUTPUT_CHANNEL",
     "WORK_CHANNEL",
     "Bucket",
     "ExecutionStore",
     "HostRecord",
+    "LiveState",
     "Notice",
+    "OutputChunk",
     "PostgresStore",
     "SqliteStore",
     "StoreUnavailableError",
