@@ -247,6 +247,22 @@ class ExecutionState:
 
 
 @attrs.frozen
+class OutputEvent:
+    """The data of a ``stdout`` or ``stderr`` event: the next piece of that stream's text."""
+
+    # The piece's number within the execution's run, from 1, across both streams.
+    seq: int
+    data: str
+
+
+@attrs.frozen
+class RestartEvent:
+    """The data of a ``reset`` event: the execution runs again from its start (its host stopped)."""
+
+    attempt: int
+
+
+@attrs.frozen
 class ExecutionSummary:
     """One line of a session's listing; the full result is at /api/v1/executions/{execution_id}."""
 

@@ -96,10 +96,13 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         retention=dt.timedelta(hours=limits.retention_hours),
         poll=app[CONFIG].store.poll_seconds,
         pending_writes=app[CONFIG].store.pending_writes,
+        event_streams=limits.event_streams,
+        heartbeat=app[CONFIG].server.heartbeat_seconds,
     )
     app[SERVICE] = service
     store = app[STORE]
     app[METRICS].track_store(lambda: store.available, lambda: service.pending_writes)
+    app[METRICS].track_event_streams(lambda: service.open_streams)
     await service.recover()
     service.start()
     server = app[CONFIG].server
