@@ -199,6 +199,9 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/api/v1/executions/{execution_id}", handlers.get_execution, allow_head=False)
     app.router.add_delete("/api/v1/executions/{execution_id}", handlers.cancel_execution)
     app.router.add_get(
+        "/api/v1/executions/{execution_id}/events", handlers.execution_events, allow_head=False
+    )
+    app.router.add_get(
         "/api/v1/sessions/{session_id}/executions", handlers.session_executions, allow_head=False
     )
     openapi.setup(app)
