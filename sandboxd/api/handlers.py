@@ -148,13 +148,13 @@ LAST_EVENT_ID_PARAMETER: Final = {
     "name": "Last-Event-ID",
     "required": False,
     "description": "Resume after this event (the id of the last stdout or stderr event received)",
-    "schema": {"type": "string", "pattern": "^[0-9]{1,9}-[0-9]{1,12}$"},
+    "schema": {"type": "string", "pattern": "^[0-9]{1,9}-[0-9]{1,12}-[0-9]{1,12}-[0-9]{1,12}$"},
 }
 EVENTS_DESCRIPTION: Final = (
     "Server-Sent Events, each with JSON data: `status` (as GET answers while unfinished), `stdout` "
-    'and `stderr` (`{"seq": n, "data": "text"}`, with an `id:` to resume from), `reset` (`{"attempt": n}`: '
-    "it runs again from its start; drop the output received), then `result` (as GET answers), and the "
-    "stream ends. Comment lines keep an idle stream open."
+    'and `stderr` (`{"seq": n, "data": "text"}`, with an `id:` to resume from; a stream\'s pieces add '
+    'up to the result\'s text), `reset` (`{"attempt": n}`: it runs again from its start; drop the output '
+    "received), then `result` (as GET answers), and the stream ends. Comment lines keep an idle stream open."
 )
 _SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream; charset=utf-8",

@@ -21,7 +21,7 @@ import enum
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
 import attrs
@@ -40,7 +40,7 @@ MAX_CHUNK_CHARS: Final = 8 << 10
 # What one reader reads from the store at a time, and so holds at most before it is sent.
 PAGE_ROWS: Final = 16
 _RETRY_PAUSE: Final = 1.0
-_EVENT_ID = re.compile(r"([0-9]{1,9})-([0-9]{1,12})")
+_EVENT_ID = re.compile(r"([0-9]{1,9})-([0-9]{1,12})-([0-9]{1,12})-([0-9]{1,12})")
 
 
 class EventKind(enum.StrEnum):
@@ -61,6 +61,12 @@ class TooManyStreamsError(Exception):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"Too many open event streams: at most {limit} on this host; retry later")
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` in pieces of at most MAX_CHUNK_CHARS."""
+    for start in range(0, len(text), MAX_CHUNK_CHARS):
+        yield text[start : start + MAX_CHUNK_CHARS]
 
 
 class _Relayed:
@@ -89,12 +95,9 @@ class _Relayed:
     def take(self) -> list[OutputChunk]:
         """Number what waits as rows; return every row not written yet."""
         for stream, pieces in self._waiting:
-            text = "".join(pieces)
-            for start in range(0, len(text), MAX_CHUNK_CHARS):
+            for piece in _pieces("".join(pieces)):
                 self._seq += 1
-                self.unwritten.append(
-                    OutputChunk(self.attempt, self._seq, stream, text[start : start + MAX_CHUNK_CHARS])
-                )
+                self.unwritten.append(OutputChunk(self.attempt, self._seq, stream, piece))
         self._waiting.clear()
         self.waiting_bytes = 0
         return list(self.unwritten)
@@ -172,10 +175,16 @@ class OutputRelay:
 
 @attrs.frozen
 class EventPosition:
-    """Where a reader is in an execution's live output: run ``attempt``, up to chunk ``seq``."""
+    """Where a reader is in an execution's output: run ``attempt``, chunk ``seq``, characters of each stream.
+
+    The characters it has of each stream say what of the result's text it lacks, once the
+    result replaces the chunks (or when it came before they were written).
+    """
 
     attempt: int = 0
     seq: int = 0
+    stdout: int = 0
+    stderr: int = 0
 
     @classmethod
     def parse(cls, event_id: str | None) -> EventPosition:
@@ -184,13 +193,17 @@ class EventPosition:
             return cls()
         found = _EVENT_ID.fullmatch(event_id.strip())
         if found is None:
-            raise InvalidFieldError(
-                "Last-Event-ID", "must be the id of an event of this stream: ATTEMPT-SEQ, such as 1-5"
-            )
-        return cls(int(found[1]), int(found[2]))
+            raise InvalidFieldError("Last-Event-ID", "must be the id of an event of this stream")
+        return cls(*(int(number) for number in found.groups()))
+
+    def after(self, stream: OutputStream, seq: int, text: str) -> EventPosition:
+        """The position after chunk ``seq`` of this run, ``text`` on ``stream``."""
+        if stream is OutputStream.STDOUT:
+            return attrs.evolve(self, seq=seq, stdout=self.stdout + len(text))
+        return attrs.evolve(self, seq=seq, stderr=self.stderr + len(text))
 
     def __str__(self) -> str:
-        return f"{self.attempt}-{self.seq}"
+        return f"{self.attempt}-{self.seq}-{self.stdout}-{self.stderr}"
 
 
 @attrs.frozen
@@ -319,7 +332,9 @@ def _news(
 ) -> tuple[list[LiveEvent], EventPosition, ExecutionStatus | None]:
     """The events ``state`` holds for a reader at ``position`` that last showed status ``shown``.
 
-    Also where the reader is then, and the status it has shown.
+    Also where the reader is then, and the status it has shown. With the result comes what
+    the reader lacks of its text (never written as chunks, or replaced by it before it read
+    them): a stream's chunks always add up to the result's text.
     """
     news = []
     if state.attempt > position.attempt:
@@ -327,7 +342,7 @@ def _news(
             news.append(
                 LiveEvent(EventKind.RESET, converter.unstructure(RestartEvent(attempt=state.attempt)))
             )
-        position = EventPosition(state.attempt, 0)
+        position = EventPosition(state.attempt)
     if state.result is None and state.status is not shown:
         shown = state.status
         current = ExecutionState(
@@ -337,8 +352,18 @@ def _news(
             session_id=state.session_id,
         )
         news.append(LiveEvent(EventKind.STATUS, converter.unstructure(current)))
-    for chunk in state.chunks:
-        position = EventPosition(chunk.attempt, chunk.seq)
+    chunks = list(state.chunks)
+    if state.result is not None:
+        seq = position.seq
+        for stream, text, known in (
+            (OutputStream.STDOUT, state.result.stdout, position.stdout),
+            (OutputStream.STDERR, state.result.stderr, position.stderr),
+        ):
+            for piece in _pieces(text[known:]):
+                seq += 1
+                chunks.append(OutputChunk(state.attempt, seq, stream, piece))
+    for chunk in chunks:
+        position = position.after(chunk.stream, chunk.seq, chunk.text)
         output = converter.unstructure(OutputEvent(seq=chunk.seq, data=chunk.text))
         news.append(LiveEvent(EventKind(chunk.stream.value), output, str(position)))
     if state.result is not None:
