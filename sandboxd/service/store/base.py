@@ -298,12 +298,14 @@ class ExecutionStore(abc.ABC):
 
     @staticmethod
     async def _finished(tx: Transaction, execution_id: str, finished: Sequence[tuple[Any, ...]]) -> None:
-        """The execution got its result in ``tx`` (if ``finished`` holds its kind): readers learn of it."""
-        if not finished:
-            return
-        if finished[0][0] == Kind.ASYNC.value:  # only asynchronous executions relay their output
+        """The execution got its result in ``tx`` (if ``finished`` holds its kind): its live output goes.
+
+        Only asynchronous executions relay output, and only their readers are notified: the
+        synchronous path keeps its cost (their rare readers see the result at their next poll).
+        """
+        if finished and finished[0][0] == Kind.ASYNC.value:
             await tx.run("DELETE FROM execution_output WHERE execution_id = ?", (execution_id,))
-        await tx.notify(OUTPUT_CHANNEL, execution_id)
+            await tx.notify(OUTPUT_CHANNEL, execution_id)
 
     async def get(self, execution_id: str, owner: str) -> StoredExecution | None:
         """The execution with that id, if ``owner`` created it."""
