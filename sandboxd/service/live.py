@@ -145,6 +145,7 @@ class OutputRelay:
 
     async def run_forever(self) -> None:
         """Write what waits: ``interval`` after the first of it arrived, or once ``flush_bytes`` wait."""
+        self._due.set()  # restarted after a failure: what its last write held waits still
         while True:
             await self._due.wait()
             with contextlib.suppress(TimeoutError):
