@@ -12,7 +12,7 @@ import contextlib
 import json
 import signal
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,23 @@ import attrs
 import pytest
 
 from sandboxd.api.auth import generate_key, hash_key
+from sandboxd.api.state import SUPERVISOR
 from sandboxd.config import ApiKey, Config, ServerConfig, StoreConfig
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, Kind, OutputStream
 from sandboxd.service.live import EventKind, EventPosition, LiveEvent, LiveFeeds, OutputRelay
-from sandboxd.service.store import OUTPUT_CHANNEL, ExecutionStore, make_store
+from sandboxd.service.store import OUTPUT_CHANNEL, ExecutionStore, OutputChunk, make_store
 from tests.daemons import Daemon
-from tests.helpers import Client, Http, engine_of, execute, execution, submit, wait_for, wait_started
+from tests.helpers import (
+    Client,
+    Http,
+    engine_of,
+    execute,
+    execution,
+    metrics,
+    submit,
+    wait_for,
+    wait_started,
+)
 from tests.postgres import suite_on_postgres
 
 pytestmark = pytest.mark.integration
@@ -362,11 +373,40 @@ async def test_an_idle_stream_has_heartbeats_and_streams_are_bounded(
             "detail": "Too many open event streams: at most 1 on this host; retry later"
         }
         assert second.headers["Retry-After"] == "5"
+        assert (await metrics(http))["sandboxd_event_streams"] == 1
         await open_gate(state, gate)
         events = await read_to_end(stream)
     assert text(events) == "done\n"
     async with events_of(http, execution_id, alice) as stream:  # the slot is free again
         assert [event.kind for event in await read_to_end(stream)] == ["stdout", "result"]
+
+
+async def test_the_relay_is_restarted_after_an_unexpected_failure(
+    make_server: Callable[..., Awaitable[Client]], headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay's write fails unexpectedly: the supervisor restarts it, and it writes what waited."""
+    failed: list[str] = []
+    append = ExecutionStore.append_output
+
+    async def fail_once(store: ExecutionStore, chunks: Sequence[tuple[str, OutputChunk]]) -> None:
+        if not failed:
+            failed.append(chunks[0][1].text)
+            raise RuntimeError("injected failure of append_output")
+        await append(store, chunks)
+
+    monkeypatch.setattr(ExecutionStore, "append_output", fail_once)
+    http = await make_server()
+    code, (gate,) = gated("print('before')\ngate(N)\nprint('after')\n")
+    execution_id = await submit(http, headers, code=code, language="python", timeout=60)
+    async with events_of(http, execution_id, headers) as stream:
+        # "before" is written only by the restarted relay: the program waits at its gate until then.
+        before = await read_until(stream, printed("before\n"))
+        assert failed == ["before\n"]
+        assert http.app[SUPERVISOR].restarts("output relay") == 1
+        await open_gate(state_of(http), gate)
+        events = before + await read_to_end(stream)
+    assert_ordered(events)
+    assert text(events) == "before\nafter\n"
 
 
 # -- daemons ----------------------------------------------------------------------------

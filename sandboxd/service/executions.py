@@ -487,8 +487,8 @@ class ExecutionService:
         """The events of the caller's execution, after ``last_event_id`` (None: from the start).
 
         An asynchronous execution's output as it is produced, whichever host runs it, then its
-        result; a synchronous or batch execution's status, then its result. None from the
-        iterator: nothing happened for a while (a heartbeat is due).
+        result; a synchronous or batch execution's status, then its output and result once it
+        has them. None from the iterator: nothing happened for a while (a heartbeat is due).
         """
         position = EventPosition.parse(last_event_id)
         async with self._feeds.follow(owner, execution_id, position) as events:
