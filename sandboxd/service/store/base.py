@@ -45,6 +45,8 @@ _COLUMNS: Final = (
 _SELECTED: Final = f"{_COLUMNS}, cancel_requested"
 _HOST_COLUMNS: Final = "host_id, address, capacity, runtimes, started_at, heartbeat_at"
 _FINISH: Final = "status = ?, result = ?, request = NULL, finished_at = ?"
+# Rows of live output one INSERT writes (five parameters each; SQLite takes 32766 at most).
+_ROWS_PER_INSERT: Final = 1000
 
 
 class StoreUnavailableError(Exception):
@@ -377,12 +379,18 @@ class ExecutionStore(abc.ABC):
 
         A chunk written already (a retry after a commit whose answer was lost) is kept as it was.
         """
+        rows = [
+            (execution_id, chunk.attempt, chunk.seq, chunk.stream.value, chunk.text.encode())
+            for execution_id, chunk in chunks
+        ]
         async with self.transaction() as tx:
-            for execution_id, chunk in chunks:
+            # Many rows to a statement (a round trip each on PostgreSQL), within SQLite's bound on parameters.
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                batch = rows[start : start + _ROWS_PER_INSERT]
                 await tx.run(
-                    "INSERT INTO execution_output (execution_id, attempt, seq, stream, data) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (execution_id, chunk.attempt, chunk.seq, chunk.stream.value, chunk.text.encode()),
+                    "INSERT INTO execution_output (execution_id, attempt, seq, stream, data) VALUES "
+                    f"{', '.join(['(?, ?, ?, ?, ?)'] * len(batch))} ON CONFLICT DO NOTHING",
+                    [value for row in batch for value in row],
                 )
             for execution_id in dict.fromkeys(execution_id for execution_id, _ in chunks):
                 await tx.notify(OUTPUT_CHANNEL, execution_id)
