@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -21,6 +22,7 @@ import attrs
 import pytest
 
 from sandboxd.api.auth import generate_key, hash_key
+from sandboxd.api.openapi import SPEC_URL
 from sandboxd.api.state import SUPERVISOR
 from sandboxd.config import ApiKey, Config, ServerConfig, StoreConfig
 from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, Kind, OutputStream
@@ -321,6 +323,17 @@ async def test_last_event_id_resumes_after_that_event(
     assert resumed[-1].json()["stdout"] == "one\ntwo\nthree\n"
 
 
+async def test_the_route_is_documented_as_an_event_stream(http: Client) -> None:
+    """The OpenAPI document has the route: text/event-stream, the Last-Event-ID header, its errors."""
+    document = await (await http.get(SPEC_URL)).json()
+    operation = document["paths"]["/api/v1/executions/{execution_id}/events"]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {"text/event-stream"}
+    assert {"400", "401", "404", "503"} <= set(operation["responses"])
+    header = next(p for p in operation["parameters"] if p["in"] == "header")
+    assert header["name"] == "Last-Event-ID"
+    assert re.fullmatch(header["schema"]["pattern"].strip("^$"), "1-3-120-0")
+
+
 # -- servers of their own ---------------------------------------------------------------
 
 
@@ -521,6 +534,19 @@ async def test_output_of_a_run_that_ended_before_a_flush_is_never_written(store:
     assert await relay.flush()
     async with store.transaction() as tx:
         assert await tx.fetch("SELECT COUNT(*) FROM execution_output") == [(0,)]
+
+
+async def test_a_large_write_keeps_every_chunk(store: ExecutionStore) -> None:
+    """Thousands of chunks written at once (several statements) are all there, in order, once."""
+    attempt = await running(store, "big")
+    chunks = [("big", OutputChunk(attempt, seq, OutputStream.STDOUT, f"{seq}\n")) for seq in range(1, 2501)]
+    await store.append_output(chunks)
+    await store.append_output(chunks[:10])  # a retry of rows written already changes nothing
+    live = await store.live("big", "alice", (attempt, 2490), 100)
+    assert live is not None
+    assert [chunk.text for chunk in live.chunks] == [f"{seq}\n" for seq in range(2491, 2501)]
+    async with store.transaction() as tx:
+        assert await tx.fetch("SELECT COUNT(*) FROM execution_output") == [(2500,)]
 
 
 async def follow_all(feeds: LiveFeeds, position: EventPosition) -> AsyncGenerator[LiveEvent | None]:
