@@ -61,6 +61,8 @@ class ServerConfig:
     max_body_bytes: int = attrs.field(default=8 << 20, validator=positive)
     # At SIGTERM: how long running executions may go on before they are cancelled.
     shutdown_grace: float = attrs.field(default=30.0, validator=positive)
+    # An idle event stream sends a comment this often, so that proxies keep it open.
+    heartbeat_seconds: float = attrs.field(default=15.0, validator=positive)
 
 
 @attrs.frozen
@@ -137,6 +139,8 @@ class LimitsConfig:
     rate_limit: int = attrs.field(default=600, validator=positive)
     async_queue: int = attrs.field(default=1000, validator=positive)
     retention_hours: float = attrs.field(default=24.0, validator=positive)
+    # Event streams (live output) this host serves at once.
+    event_streams: int = attrs.field(default=256, validator=positive)
 
     def __attrs_post_init__(self) -> None:
         check(

@@ -78,6 +78,13 @@ def _trimmed(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).rstrip("\n")
 
 
+class OutputStream(enum.StrEnum):
+    """Which of a program's output streams a chunk of output came from."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
 class Kind(enum.StrEnum):
     """How an execution was requested."""
 
@@ -288,6 +295,22 @@ class ExecutionState:
     status: ExecutionStatus
     language: str
     session_id: str | None
+
+
+@attrs.frozen
+class OutputEvent:
+    """The data of a ``stdout`` or ``stderr`` event: the next piece of that stream's text."""
+
+    # The piece's number within the execution's run, from 1, across both streams.
+    seq: int
+    data: str
+
+
+@attrs.frozen
+class RestartEvent:
+    """The data of a ``reset`` event: the execution runs again from its start (its host stopped)."""
+
+    attempt: int
 
 
 @attrs.frozen

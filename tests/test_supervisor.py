@@ -244,10 +244,10 @@ async def test_every_background_loop_is_restarted_after_an_unexpected_exception(
         await eventually(functools.partial(_restarted_and_ran, supervisor, name, injected), what=name)
 
     # An asynchronous execution whose job fails (the store refused a write) runs again and completes.
-    store_write = Flaky(ExecutionStore.set_status)
+    store_write = Flaky(ExecutionStore.start_attempt)
     jobs: list[str] = []
     store_write.failing = lambda: not jobs or supervisor.restarts(f"execution {jobs[0]}") == 0
-    monkeypatch.setattr(ExecutionStore, "set_status", store_write)
+    monkeypatch.setattr(ExecutionStore, "start_attempt", store_write)
     execution_id = await submit(http, headers, code="print('supervised')", language="python")
     jobs.append(execution_id)
     await eventually(lambda: supervisor.restarts(f"execution {execution_id}") == 1)

@@ -125,10 +125,13 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         retention=dt.timedelta(hours=limits.retention_hours),
         poll=app[CONFIG].store.poll_seconds,
         pending_writes=app[CONFIG].store.pending_writes,
+        event_streams=limits.event_streams,
+        heartbeat=app[CONFIG].server.heartbeat_seconds,
     )
     app[SERVICE] = service
     store = app[STORE]
     app[METRICS].track_store(lambda: store.available, lambda: service.pending_writes)
+    app[METRICS].track_event_streams(lambda: service.open_streams)
     await service.recover()
     service.start()
     server = app[CONFIG].server
@@ -233,6 +236,9 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/api/v1/execute/async", handlers.execute_async)
     app.router.add_get("/api/v1/executions/{execution_id}", handlers.get_execution, allow_head=False)
     app.router.add_delete("/api/v1/executions/{execution_id}", handlers.cancel_execution)
+    app.router.add_get(
+        "/api/v1/executions/{execution_id}/events", handlers.execution_events, allow_head=False
+    )
     app.router.add_get(
         "/api/v1/sessions/{session_id}/executions", handlers.session_executions, allow_head=False
     )

@@ -37,7 +37,7 @@ _ERRORS: Final[Mapping[int, str]] = {
     413: "Request body too large",
     415: "Content-Type is not application/json",
     429: "Rate limit exceeded (Retry-After says when to retry)",
-    503: "Busy (queue full) or the runtime is unavailable (Retry-After)",
+    503: "Busy (queue full, too many event streams), or the runtime or store is unavailable (Retry-After)",
 }
 
 
@@ -98,8 +98,13 @@ def documented(
     response_is_list: bool = False,
     errors: tuple[int, ...] = (400, 401),
     parameters: list[dict[str, Any]] | None = None,
+    media_type: str = "text/plain",
+    ok_description: str = "Success",
 ) -> Callable[[_H], _H]:
-    """Document a handler: its summary, request body, success response and error responses."""
+    """Document a handler: its summary, request body, success response and error responses.
+
+    A success response without a model is a string of ``media_type``, described by ``ok_description``.
+    """
 
     def decorate(handler: _H) -> _H:
         status, model = ok
@@ -113,7 +118,7 @@ def documented(
         if body is not None:
             decorated = request_schema(schema_for(body)(many=body_is_list), required=True)(decorated)
         plain = {
-            status: {"description": "Success", "content": {"text/plain": {"schema": {"type": "string"}}}}
+            status: {"description": ok_description, "content": {media_type: {"schema": {"type": "string"}}}}
         }
         decorated = docs(
             responses=plain if model is None else None,

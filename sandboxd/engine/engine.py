@@ -21,6 +21,7 @@ import attrs
 
 from sandboxd.config import Config, LimitsConfig, PoolConfig
 from sandboxd.containerd import ContainerdClient, ContainerdError
+from sandboxd.engine.agent import OutputListener
 from sandboxd.engine.cgroups import CgroupUsage
 from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.files import CollectedFormatError, parse_collected
@@ -192,6 +193,8 @@ class Engine:
         self._images: dict[str, ImageState] = {}
         # Sandboxes in use, which reconciliation after an outage must leave alone.
         self._active: set[str] = set()
+        # Who hears the output of the execution in each sandbox in use, as it arrives.
+        self._listeners: dict[str, OutputListener] = {}
         self._cleanups = Cleanups()
         self._roots = SharedRoots(
             host.client, host.roots, labels={MANAGED_LABEL: "true", HOST_LABEL: host.host_id}
@@ -336,8 +339,14 @@ class Engine:
         with self._housekeeping.program_running():
             yield
 
-    async def execute(self, plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
+    async def execute(
+        self, plan: Plan, execution_id: str, *, on_output: OutputListener | None = None
+    ) -> tuple[ExecutionResult, Timings]:
         """Run a planned execution in a fresh sandbox; say how long getting it ready and the run took.
+
+        ``on_output`` hears the program's output as it arrives (within the output limit, which
+        holds for it as for the result); a compile step's output is not its: it becomes the
+        result's stderr when compiling fails, and nothing when it succeeds.
 
         Raises ``ContainerdUnavailableError`` (and ``RuntimeUnavailableError``) when nothing ran,
         so the caller may retry; once the program started, every failure of the sandbox layer is
@@ -353,6 +362,8 @@ class Engine:
             except (ContainerdError, OSError) as error:
                 return _sandbox_failed(execution_id, plan, error), Timings()
             self._active.add(sandbox.id)
+            if on_output is not None:
+                self._listeners[sandbox.id] = on_output
             try:
                 with self._watch.translating():
                     await sandbox.write_files(plan.files)
@@ -369,6 +380,7 @@ class Engine:
                 return _sandbox_failed(execution_id, plan, error), Timings()
             finally:
                 self._active.discard(sandbox.id)
+                self._listeners.pop(sandbox.id, None)
                 # The caller has its result as soon as it is known; removal goes on in the background.
                 self._cleanups.destroy_in_background(
                     sandbox, self._observer.sandbox_removed, self._quiet_for_teardown
@@ -572,12 +584,14 @@ class Engine:
     async def _exec(
         self, sandbox: Sandbox, argv: tuple[str, ...], plan: Plan, stdin: bytes, timeout: float
     ) -> ProcessOutcome:
+        compiling = plan.runtime.compiled and argv == plan.program.compile
         return await sandbox.run(
             argv,
             environment=plan.environment,
             stdin=stdin,
             timeout=timeout,
             output_cap=self._settings.output_limit_bytes,
+            on_output=None if compiling else self._listeners.get(sandbox.id),
         )
 
     async def _failure(

@@ -30,7 +30,7 @@ from sandboxd.containerd import (
     RuncOptions,
     TaskStatus,
 )
-from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput
+from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput, OutputListener
 from sandboxd.engine.cgroups import CgroupUsage, read_usage
 from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.files import COLLECT_OUTPUT_CAP, COLLECT_TIMEOUT, collect_argv
@@ -276,8 +276,12 @@ class Sandbox:
         stdin: bytes,
         timeout: float,
         output_cap: int,
+        on_output: OutputListener | None = None,
     ) -> ProcessOutcome:
-        """Run ``argv`` in /workspace until it exits, ``timeout`` seconds pass or its output overflows."""
+        """Run ``argv`` in /workspace until it exits, ``timeout`` seconds pass or its output overflows.
+
+        ``on_output`` hears its output as it arrives, never more than ``output_cap`` per stream.
+        """
         if self._agent is None:
             raise SandboxError(f"sandbox {self.id} has no agent")
         loop = asyncio.get_running_loop()
@@ -286,7 +290,7 @@ class Sandbox:
         deadline = started + timeout
         process = self._agent.run(
             argv, environment, cwd=WORKSPACE, uid=NOBODY, gid=NOBODY,
-            stdin=stdin, output_cap=output_cap, on_overflow=overflow.set,
+            stdin=stdin, output_cap=output_cap, on_overflow=overflow.set, on_output=on_output,
         )  # fmt: skip
         overflowed: asyncio.Future[Any] = asyncio.ensure_future(overflow.wait())
         watched: set[asyncio.Future[Any]] = {process.exited, overflowed}

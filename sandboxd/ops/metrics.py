@@ -116,6 +116,11 @@ class Metrics:
         )
         kept.set_function(lambda: float(pending()))
 
+    def track_event_streams(self, open_streams: Callable[[], int]) -> None:
+        """Read how many event streams (live output) this host serves, when scraped."""
+        gauge = Gauge("sandboxd_event_streams", "Event streams open on this host", registry=self.registry)
+        gauge.set_function(lambda: float(open_streams()))
+
     def track_supervisor(self, supervisor: Supervisor) -> None:
         """Read how many background tasks are down (waiting to be restarted) when scraped."""
         down = Gauge(

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
 
+from sandboxd.engine.agent import OutputListener
 from sandboxd.engine.engine import (
     Engine,
     Plan,
@@ -39,7 +41,14 @@ from sandboxd.models import (
     SessionPage,
 )
 from sandboxd.service.admission import Admission, QueueFullError
-from sandboxd.service.store import CANCEL_CHANNEL, ExecutionStore, StoredExecution, StoreUnavailableError
+from sandboxd.service.live import EventPosition, LiveEvent, LiveFeeds, OutputRelay
+from sandboxd.service.store import (
+    CANCEL_CHANNEL,
+    OUTPUT_CHANNEL,
+    ExecutionStore,
+    StoredExecution,
+    StoreUnavailableError,
+)
 from sandboxd.service.webhooks import Webhooks
 from sandboxd.supervisor import Supervised, Supervisor
 from sandboxd.validation import InvalidFieldError, ValidationError, structure
@@ -90,6 +99,8 @@ class ExecutionService:
         retention: dt.timedelta,
         poll: float,
         pending_writes: int,
+        event_streams: int,
+        heartbeat: float,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -111,6 +122,10 @@ class ExecutionService:
         self._cancelled_by_owner: set[str] = set()
         self._shutting_down = False
         self._shutdown_deadline: float | None = None
+        self._relay = OutputRelay(store)
+        self._feeds = LiveFeeds(
+            store, limit=event_streams, poll=poll, heartbeat=heartbeat, runs_here=self._running.__contains__
+        )
 
     # -- checking requests -----------------------------------------------------------------
 
@@ -171,6 +186,7 @@ class ExecutionService:
         self._supervisor.start("queue", self._dispatch_forever)
         self._supervisor.start("lease renewal", self._renew_forever)
         self._supervisor.start("store watch", self._watch_store_forever)
+        self._supervisor.start("output relay", self._relay.run_forever)
 
     async def run(self, owner: str, plan: Plan) -> ExecutionResult:
         """Run one execution now, in a slot of its own."""
@@ -220,9 +236,16 @@ class ExecutionService:
         await self._record(result)
         return result
 
-    async def _execute(self, execution_id: str, plan: Plan, kind: Kind, queue_wait: float) -> ExecutionResult:
+    async def _execute(
+        self,
+        execution_id: str,
+        plan: Plan,
+        kind: Kind,
+        queue_wait: float,
+        on_output: OutputListener | None = None,
+    ) -> ExecutionResult:
         try:
-            result, timings = await self._engine.execute(plan, execution_id)
+            result, timings = await self._engine.execute(plan, execution_id, on_output=on_output)
         except RuntimeUnavailableError as error:
             result = failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
             timings = Timings()
@@ -255,6 +278,11 @@ class ExecutionService:
             log.error("pending writes full: the result of %s is lost", self._pending[0].execution_id)
         self._pending.append(result)
         log.warning("result of %s kept in memory until the store is back: %s", result.execution_id, reason)
+
+    @property
+    def open_streams(self) -> int:
+        """Event streams this host serves now."""
+        return self._feeds.open_streams
 
     @property
     def pending_writes(self) -> int:
@@ -343,11 +371,15 @@ class ExecutionService:
         self._start_job(record.execution_id, plan)
 
     def _on_notice(self, channel: str, payload: str) -> None:
-        """A notification from the store: new work to claim, or a cancel for an execution held here."""
+        """A notification from the store: new work, a cancel for an execution held here, or live output."""
         if channel == CANCEL_CHANNEL:
             self._cancel_here(payload)
+        elif channel == OUTPUT_CHANNEL:
+            self._feeds.wake(payload)
         else:
             self._wake.set()
+            if not payload:  # listening (re)started: what was missed meanwhile is looked for
+                self._feeds.wake_all()
 
     def _cancel_here(self, execution_id: str) -> None:
         job = self._jobs.get(execution_id)
@@ -405,9 +437,10 @@ class ExecutionService:
                 waited = time.monotonic() - asked
                 self._running.add(execution_id)
                 while True:
-                    await self._store.set_status(execution_id, ExecutionStatus.RUNNING)
+                    attempt = await self._store.start_attempt(execution_id)
                     try:
-                        result = await self._execute(execution_id, plan, Kind.ASYNC, waited)
+                        async with self._relay.relaying(execution_id, attempt) as on_output:
+                            result = await self._execute(execution_id, plan, Kind.ASYNC, waited, on_output)
                         break
                     except ContainerdUnavailableError:
                         # Accepted work is durable: wait for containerd instead of failing.
@@ -468,6 +501,22 @@ class ExecutionService:
             raise AlreadyFinishedError(f"Execution {execution_id} has already finished ({found.status})")
         return found
 
+    @contextlib.asynccontextmanager
+    async def events(
+        self, owner: str, execution_id: str, last_event_id: str | None
+    ) -> AsyncIterator[AsyncIterator[LiveEvent | None]]:
+        """The events of the caller's execution, after ``last_event_id`` (None: from the start).
+
+        An asynchronous execution's output as it is produced, whichever host runs it, then its
+        result; a synchronous or batch execution's status, then its output and result once it
+        has them. None from the iterator: nothing happened for a while (a heartbeat is due).
+        """
+        position = EventPosition.parse(last_event_id)
+        async with self._feeds.follow(owner, execution_id, position) as events:
+            if events is None:
+                raise ExecutionNotFoundError(execution_id)
+            yield events
+
     async def session(self, owner: str, session_id: str, limit: int, offset: int) -> SessionPage:
         """A page of the caller's executions in a session, newest first."""
         found = await self._store.in_session(owner, session_id, limit + 1, offset)
@@ -525,6 +574,7 @@ class ExecutionService:
         if self._shutdown_deadline is None:
             self._shutdown_deadline = time.monotonic() + grace
         self._shutting_down = True
+        self._feeds.close()
         for execution_id, job in self._jobs.items():
             if execution_id not in self._running:
                 job.cancel()

@@ -31,8 +31,12 @@ from sandboxd.engine.agent._protocol import (
     run_command,
     stdin_frames,
 )
+from sandboxd.models import OutputStream
 
 log = logging.getLogger(__name__)
+
+# Told each piece of a process's output as it arrives, within the cap: it must not block.
+OutputListener = Callable[[OutputStream, bytes], None]
 
 # The shim opens the stdin FIFO's read end while the task is created.
 _STDIN_OPEN_ATTEMPTS: Final = 200
@@ -62,7 +66,8 @@ class _CappedBuffer:
         self._size = 0
         self._overflowed = False
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes) -> bytes:
+        """Keep what fits under the cap; return what was kept."""
         room = self._cap - self._size
         if len(data) > room:
             data = data[: max(room, 0)]
@@ -72,6 +77,7 @@ class _CappedBuffer:
         if data:
             self._chunks.append(data)
             self._size += len(data)
+        return data
 
     def output(self) -> CapturedOutput:
         return CapturedOutput(data=b"".join(self._chunks))
@@ -80,18 +86,30 @@ class _CappedBuffer:
 class AgentProcess:
     """One process the agent runs: its output so far and, once it ended, its exit status."""
 
-    def __init__(self, output_cap: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self, output_cap: int, on_overflow: Callable[[], None], on_output: OutputListener | None = None
+    ) -> None:
         self._stdout = _CappedBuffer(output_cap, on_overflow)
         self._stderr = _CappedBuffer(output_cap, on_overflow)
+        self._on_output = on_output
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def _keep(self, stream: OutputStream, data: bytes) -> None:
+        kept = (self._stdout if stream is OutputStream.STDOUT else self._stderr).add(data)
+        if kept and self._on_output is not None:
+            try:
+                self._on_output(stream, kept)
+            except Exception:
+                # Whoever listens, the process's output is collected all the same.
+                log.exception("an output listener failed")
 
     def _receive(self, frame: Frame) -> None:
         if frame.kind is Reply.STDOUT:
-            self._stdout.add(frame.payload)
+            self._keep(OutputStream.STDOUT, frame.payload)
         elif frame.kind is Reply.STDERR:
-            self._stderr.add(frame.payload)
+            self._keep(OutputStream.STDERR, frame.payload)
         elif frame.kind is Reply.START_FAILED:
-            self._stderr.add(frame.payload.decode(errors="replace").encode() + b"\n")
+            self._keep(OutputStream.STDERR, frame.payload.decode(errors="replace").encode() + b"\n")
         elif frame.kind is Reply.EXITED:
             if not self.exited.done():
                 self.exited.set_result(frame.exit_status())
@@ -200,13 +218,17 @@ class AgentChannel:
         stdin: bytes,
         output_cap: int,
         on_overflow: Callable[[], None],
+        on_output: OutputListener | None = None,
     ) -> AgentProcess:
-        """Start ``argv`` in the sandbox and send it ``stdin``; the agent runs one process at a time."""
+        """Start ``argv`` in the sandbox and send it ``stdin``; the agent runs one process at a time.
+
+        ``on_output`` is told each piece of its output as it arrives, up to ``output_cap`` per stream.
+        """
         if self._current is not None:
             raise RuntimeError("the agent is running a process already")
         if self._commands is None or self._lost_reason is not None:
             raise AgentLostError(self._lost_reason or "the agent's stdin is not open")
-        process = AgentProcess(output_cap, on_overflow)
+        process = AgentProcess(output_cap, on_overflow, on_output)
         self._current = process
         self._commands.write(run_command(argv, environment, cwd=cwd, uid=uid, gid=gid))
         self._commands.writelines(stdin_frames(stdin))

@@ -7,6 +7,7 @@ from pathlib import Path
 from sandboxd.config import Config
 from sandboxd.service.store.base import (
     CANCEL_CHANNEL,
+    OUTPUT_CHANNEL,
     WORK_CHANNEL,
     Bucket,
     DeliveryRecord,
@@ -14,7 +15,9 @@ from sandboxd.service.store.base import (
     DueDelivery,
     ExecutionStore,
     HostRecord,
+    LiveState,
     Notice,
+    OutputChunk,
     StoredExecution,
     StoreUnavailableError,
 )
@@ -23,6 +26,7 @@ from sandboxd.service.store.sqlite import SqliteStore
 
 __all__ = [
     "CANCEL_CHANNEL",
+    "OUTPUT_CHANNEL",
     "WORK_CHANNEL",
     "Bucket",
     "DeliveryRecord",
@@ -30,7 +34,9 @@ __all__ = [
     "DueDelivery",
     "ExecutionStore",
     "HostRecord",
+    "LiveState",
     "Notice",
+    "OutputChunk",
     "PostgresStore",
     "SqliteStore",
     "StoreUnavailableError",

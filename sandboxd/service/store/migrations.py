@@ -91,6 +91,20 @@ MIGRATIONS: Final = (
             "WHERE finished_at IS NULL",
         ),
     ),
+    # Live output: what an asynchronous execution's program has written so far, relayed by the host
+    # that runs it for readers on any host, and deleted once the result holds it all. ``attempts``
+    # counts an execution's runs: one that runs again (its host stopped) starts its output anew.
+    Migration(
+        6,
+        "live output",
+        (
+            "ALTER TABLE executions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+            # data is UTF-8 text, kept as bytes: PostgreSQL's TEXT cannot hold the NUL a program may write.
+            "CREATE TABLE execution_output ("
+            "execution_id TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL, "
+            "stream TEXT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (execution_id, attempt, seq))",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version
