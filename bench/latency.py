@@ -1,13 +1,16 @@
 """Benchmark: sandboxd's latency and throughput, with the pool on and off, against baselines in the same run.
 
-It starts two daemons of its own on loopback (one with the pool, one without;
-state under /run/sandboxd-bench-*, stopped at the end) against the dev set-up's
-containerd and runtimes, and measures:
+It starts daemons of its own on loopback (state under /run/sandboxd-bench-*,
+stopped at the end) against the dev set-up's containerd and runtimes: ``pool`` and
+``no-pool`` with the shipped defaults (only the rate limit raised, which the
+benchmark would otherwise hit, and, for ``no-pool``, the pool off), and ``tuned``
+with more slots and a larger pool. It measures:
 
 - sync latency p50/p95 of a hello program per language, pool on and off, and the
   daemon's own share (end-to-end latency minus the program's reported run time);
 - a batch of 10 Python hellos;
-- Python throughput at concurrency 1, 2, 4 and 8;
+- Python throughput at concurrency 1, 2, 4 and 8, and a loop of `runsc do` at 4;
+- at concurrency 4, the CPU each execution costs by process class (bench/cpu.py);
 - baselines: the bare host process (where the host has the interpreter), `runsc do`
   of the same program on the same image's root filesystem, and `runsc exec` into a
   sandbox that is already running.
@@ -34,12 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 import attrs
+from cpu import UNATTRIBUTED, CpuBreakdown, CpuMeter, pids_named
 
 from sandboxd.api.auth import generate_key
 from sandboxd.config import Config, load_config
@@ -50,7 +54,8 @@ from sandboxd.engine.engine import EngineSettings, sandbox_limits
 from sandboxd.engine.host import client_for, prepare_host
 from sandboxd.engine.oci import NOBODY
 from sandboxd.engine.reconcile import reconcile
-from sandboxd.engine.sandbox import Sandbox
+from sandboxd.engine.roots import SharedRoots
+from sandboxd.engine.sandbox import HOST_LABEL, MANAGED_LABEL, Sandbox
 from sandboxd.images.inspect import inspect_image
 from sandboxd.runtimes import SANDBOX_CHECKS_DIR, Program, Runtime, load_runtimes
 
@@ -62,6 +67,11 @@ HELLO: Final = {
 }
 CONCURRENCY_LEVELS: Final = (1, 2, 4, 8)
 BATCH_SIZE: Final = 10
+# The concurrency the CPU breakdown and the `runsc do` loop are measured at.
+MEASURED: Final = 4
+# What each daemon sets beyond the defaults (table -> key -> TOML value).
+POOL_OFF: Final = {"pool": {"enabled": "false"}}
+TUNED: Final = {"limits": {"concurrency": "8", "queue": "256"}, "pool": {"max": "10"}}
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -94,7 +104,9 @@ def free_port() -> int:
 class BenchDaemon:
     """`sandboxd serve` of the benchmark's own, with or without the pool."""
 
-    def __init__(self, base: Config, name: str, *, pool: bool, work: Path) -> None:
+    def __init__(
+        self, base: Config, name: str, *, work: Path, settings: Mapping[str, Mapping[str, str]]
+    ) -> None:
         self.name = name
         self.key = generate_key()
         self.port = free_port()
@@ -103,17 +115,33 @@ class BenchDaemon:
         self.data = work / name
         self.config_path = work / f"{name}.toml"
         self.log = work / f"{name}.log"
+        tables: dict[str, dict[str, str]] = {
+            "server": {"port": str(self.port)},
+            "health": {"address": '"127.0.0.1:0"'},
+            "containerd": {"address": f'"{base.containerd.address}"'},
+            "runsc": {"binary": f'"{base.runsc.binary}"', "platform": f'"{base.runsc.platform}"'},
+            "paths": {
+                "runtimes": f'"{base.paths.runtimes}"', "state": f'"{self.state}"', "data": f'"{self.data}"'
+            },
+            # A policy, not a cost: the benchmark sends more a minute than the default lets one key.
+            "limits": {"rate_limit": "1000000"},
+        }  # fmt: skip
+        for table, values in settings.items():
+            tables.setdefault(table, {}).update(values)
         self.config_path.write_text(
-            f"[server]\nport = {self.port}\n"
-            '[health]\naddress = "127.0.0.1:0"\n'
-            f'[containerd]\naddress = "{base.containerd.address}"\n'
-            f'[runsc]\nbinary = "{base.runsc.binary}"\nplatform = "{base.runsc.platform}"\n'
-            f'[paths]\nruntimes = "{base.paths.runtimes}"\nstate = "{self.state}"\ndata = "{self.data}"\n'
-            # Enough slots and rate for the throughput runs; the pool sized for concurrency 8.
-            "[limits]\nconcurrency = 8\nqueue = 256\nrate_limit = 1000000\n"
-            f"[pool]\nenabled = {'true' if pool else 'false'}\nmax = {BATCH_SIZE}\n"
+            "".join(
+                f"[{table}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+                for table, values in tables.items()
+            )
         )
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The running daemon's process id."""
+        if self.process is None:
+            raise RuntimeError(f"daemon {self.name} is not running")
+        return self.process.pid
 
     def start(self) -> None:
         """Start the daemon and wait until it answers."""
@@ -216,6 +244,26 @@ async def throughput(client: Client, concurrency: int, count: int) -> float:
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return count / (time.perf_counter() - started)
+
+
+async def throughputs(client: Client, least: int, report: dict[str, Any]) -> dict[str, float]:
+    """Throughput at each concurrency; for the default daemon, the CPU breakdown at ``MEASURED`` too."""
+    rates = {}
+    for concurrency in CONCURRENCY_LEVELS:
+        count = max(least, 4 * concurrency)
+        await throughput(client, concurrency, concurrency)  # warm-up: demand for the pool
+        if client.daemon.name == "pool" and concurrency == MEASURED:
+            meter = CpuMeter({
+                "the daemon": [client.daemon.pid],
+                "containerd": pids_named("containerd"),
+                "benchmark client": [os.getpid()],
+            })  # fmt: skip
+            with meter.measuring(count):
+                rates[str(concurrency)] = await throughput(client, concurrency, count)
+            report["cpu"]["pool"] = meter.breakdown
+        else:
+            rates[str(concurrency)] = await throughput(client, concurrency, count)
+    return rates
 
 
 def time_runs(runs: int, once: Callable[[], None]) -> list[float]:
@@ -336,6 +384,33 @@ async def runsc_do_baseline(config: Config, runtime: Runtime, runs: int) -> dict
         return summary(await asyncio.to_thread(time_runs, runs, once))
 
 
+async def runsc_do_throughput(
+    config: Config, runtime: Runtime, concurrency: int, count: int
+) -> tuple[float, CpuMeter]:
+    """Hellos per second of ``concurrency`` loops of `runsc do`, a fresh sandbox each, no containerd."""
+    script = f"cd /tmp && cat > {hello_program(runtime).source_file} && {shell_script(runtime)}"
+    env = [f"{k}={v}" for k, v in runtime.environment.items()]
+    async with image_rootfs(config, runtime) as rootfs:
+        argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}", "do", "-quiet"]
+        argv += ["-root", rootfs, "/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]
+        once = checked(runtime.name, argv, hello(runtime).encode())
+        remaining = count
+
+        def loop() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                once()
+
+        await asyncio.to_thread(once)  # warm-up
+        meter = CpuMeter({"benchmark client": [os.getpid()]})
+        with meter.measuring(count):
+            started = time.perf_counter()
+            await asyncio.gather(*(asyncio.to_thread(loop) for _ in range(concurrency)))
+            rate = count / (time.perf_counter() - started)
+        return rate, meter
+
+
 async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[str, dict[str, float]]:
     """Into one running sandbox: `runsc exec` (the least an exec through containerd costs), and the agent."""
     state_dir = Path("/run/sandboxd-bench-exec")
@@ -349,8 +424,9 @@ async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[st
     limits = sandbox_limits(runtime, EngineSettings.from_limits(config.limits))
     sandbox_id = f"bench-exec-{runtime.name}-{os.getpid()}"
     cleanups = Cleanups()
+    roots = SharedRoots(client, host.roots, labels={MANAGED_LABEL: "true", HOST_LABEL: host.host_id})
     sandbox = await Sandbox.create(
-        host, sandbox_id, image=runtime.image, chain_id=state.chain_id, limits=limits,
+        host, sandbox_id, image=runtime.image, root=await roots.path_for(state.chain_id), limits=limits,
         workspace_bytes=32 << 20, labels={}, cleanups=cleanups,
     )  # fmt: skip
     try:
@@ -374,6 +450,7 @@ async def exec_baselines(config: Config, runtime: Runtime, runs: int) -> dict[st
         return {"runsc_exec": runsc_exec, "agent_in_running_sandbox": summary(agent_runs[1:])}
     finally:
         await sandbox.destroy()
+        await roots.close()
         await client.close()
         shutil.rmtree(state_dir, ignore_errors=True)
 
@@ -385,11 +462,12 @@ def ms(value: float | None) -> str:
 
 async def measure(args: argparse.Namespace, config: Config, runtimes: list[Runtime]) -> dict[str, Any]:
     """Every measurement of the run."""
-    report: dict[str, Any] = {"runs": args.runs, "languages": {}, "batch": {}, "throughput": {}}
+    report: dict[str, Any] = {"runs": args.runs, "languages": {}, "batch": {}, "throughput": {}, "cpu": {}}
     with tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as work:
         daemons = {
-            "pool": BenchDaemon(config, "pool", pool=True, work=Path(work)),
-            "no_pool": BenchDaemon(config, "no-pool", pool=False, work=Path(work)),
+            "pool": BenchDaemon(config, "pool", work=Path(work), settings={}),
+            "no_pool": BenchDaemon(config, "no-pool", work=Path(work), settings=POOL_OFF),
+            "tuned": BenchDaemon(config, "tuned", work=Path(work), settings=TUNED),
         }
         try:
             for daemon in daemons.values():
@@ -412,8 +490,8 @@ async def measure(args: argparse.Namespace, config: Config, runtimes: list[Runti
                             flush=True,
                         )
                         continue
-                    for name, client in clients.items():
-                        row[name] = await latency(client, runtime, args.runs, args.interval)
+                    for name in ("pool", "no_pool"):
+                        row[name] = await latency(clients[name], runtime, args.runs, args.interval)
                     row["pool_back_to_back"] = await latency(clients["pool"], runtime, args.runs, 0.0)
                     row["host_process"] = await asyncio.to_thread(host_baseline, runtime, args.runs)
                     row["runsc_do"] = await runsc_do_baseline(config, runtime, args.runs)
@@ -429,12 +507,12 @@ async def measure(args: argparse.Namespace, config: Config, runtimes: list[Runti
                         samples.append(await client.batch("python", HELLO["python"], BATCH_SIZE))
                     report["batch"][name] = summary(samples)
                 for name, client in clients.items():
-                    report["throughput"][name] = {}
-                    for concurrency in CONCURRENCY_LEVELS:
-                        count = max(args.throughput_count, 4 * concurrency)
-                        await throughput(client, concurrency, concurrency)  # warm-up: demand for the pool
-                        rate = await throughput(client, concurrency, count)
-                        report["throughput"][name][str(concurrency)] = rate
+                    report["throughput"][name] = await throughputs(client, args.throughput_count, report)
+                python = runtimes[0]
+                count = max(args.throughput_count, 4 * MEASURED)
+                rate, meter = await runsc_do_throughput(config, python, MEASURED, count)
+                report["throughput"]["runsc_do"] = {str(MEASURED): rate}
+                report["cpu"]["runsc_do"] = meter.breakdown
         finally:
             for daemon in daemons.values():
                 daemon.stop()
@@ -455,6 +533,17 @@ def print_language(name: str, row: dict[str, Any]) -> None:
         f"{pool['p50'] / row['runsc_exec']['p50']:>8.2f}x",
         flush=True,
     )
+
+
+def print_cpu(breakdowns: Mapping[str, CpuBreakdown]) -> None:
+    """The CPU table: milliseconds per execution by process class, for sandboxd and `runsc do`."""
+    print(f"\nCPU per python hello at concurrency {MEASURED}, ms (process accounting and /proc):")
+    per_run = {name: breakdown.per_execution_ms() for name, breakdown in breakdowns.items()}
+    classes = sorted({c for ms_by_class in per_run.values() for c in ms_by_class} - {UNATTRIBUTED})
+    print(f"  {'class':<40}" + "".join(f"{name:>12}" for name in per_run))
+    for name in [*classes, UNATTRIBUTED]:
+        print(f"  {name:<40}" + "".join(f"{row.get(name, 0.0):>12.1f}" for row in per_run.values()))
+    print(f"  {'all':<40}" + "".join(f"{b.total_ms:>12.1f}" for b in breakdowns.values()))
 
 
 def main() -> int:
@@ -498,7 +587,13 @@ def main() -> int:
         ))  # fmt: skip
         print("python executions per second at concurrency " + "/".join(map(str, CONCURRENCY_LEVELS)) + ":")
         for name, rates in report["throughput"].items():
-            print(f"  {name:<8} " + "  ".join(f"{c}: {rate:.1f}" for c, rate in rates.items()))
+            print(f"  {name:<9} " + "  ".join(f"{c}: {rate:.1f}" for c, rate in rates.items()))
+        do_rate = report["throughput"]["runsc_do"][str(MEASURED)]
+        for name in ("pool", "tuned"):
+            ratio = report["throughput"][name][str(MEASURED)] / do_rate
+            print(f"  {name} / runsc do at concurrency {MEASURED}: {ratio:.2f}x")
+        print_cpu(report["cpu"])
+        report["cpu"] = {name: attrs.asdict(breakdown) for name, breakdown in report["cpu"].items()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     print(f"written to {args.output}")

@@ -34,6 +34,7 @@ from sandboxd.config import Config, load_config
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine.engine import LANGUAGE_LABEL, POOL_LABEL
 from sandboxd.engine.host import client_for
+from sandboxd.engine.roots import ROOT_LABEL
 from sandboxd.engine.sandbox import HOST_LABEL, host_id_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -102,7 +103,7 @@ async def idle_in_pool(url: str) -> collections.Counter[str]:
 
 
 async def pool_accounted(client: ContainerdClient, host_id: str, idle: collections.Counter[str]) -> set[str]:
-    """The pool sandboxes that ``idle`` accounts for: per language, as many as the pool holds idle.
+    """The pool sandboxes that ``idle`` accounts for (per language, as many as the pool holds), and roots.
 
     A sandbox the pool booted keeps its pool label when an execution takes it, so the
     label alone does not say idle: only the count the pool reports does. Those with a
@@ -110,8 +111,10 @@ async def pool_accounted(client: ContainerdClient, host_id: str, idle: collectio
     """
     mine = f'labels."{HOST_LABEL}"=={host_id},labels."{POOL_LABEL}"==true'
     pooled = await client.containers.list([mine])
+    # The images' shared roots are the daemon's own while it runs.
+    roots = f'labels."{HOST_LABEL}"=={host_id},labels."{ROOT_LABEL}"==true'
+    accounted = {lease.id for lease in await client.leases.list([roots])}
     with_task = {task.container_id for task in await client.tasks.list()}
-    accounted: set[str] = set()
     for language, count in idle.items():
         candidates = [c.id for c in pooled if c.labels.get(LANGUAGE_LABEL) == language]
         candidates.sort(key=lambda sandbox_id: (sandbox_id not in with_task, sandbox_id))

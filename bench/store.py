@@ -98,10 +98,13 @@ async def store_costs(url: str, work: Path, runs: int) -> dict[str, list[float]]
 
 def daemon(base: Any, name: str, work: Path, key: str, *, store: str, concurrency: int) -> BenchDaemon:
     """A benchmark daemon with ``store`` as its store URL and ``concurrency`` slots."""
-    made = BenchDaemon(base, name, pool=True, work=work)
+    settings = {
+        "limits": {"concurrency": str(concurrency), "queue": "256"},
+        "pool": {"max": "10"},
+        "store": {"url": f'"{store}"', "host_id": f'"bench-{name}"'},
+    }
+    made = BenchDaemon(base, name, work=work, settings=settings)
     made.key = key
-    text = made.config_path.read_text().replace("concurrency = 8", f"concurrency = {concurrency}")
-    made.config_path.write_text(f'{text}[store]\nurl = "{store}"\nhost_id = "bench-{name}"\n')
     return made
 
 

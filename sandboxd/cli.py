@@ -81,34 +81,46 @@ async def _images_build(config: Config, names: Sequence[str], force: bool, jobs:
     # Imported here, not at the top: `sandboxd serve` runs this module too, and the daemon
     # never builds images (it only inspects them).
     from sandboxd.images.build import ImageBuilder, ImageBuildError, image_build_dir  # noqa: PLC0415
+    from sandboxd.images.progress import BuildProgress  # noqa: PLC0415
 
     runtimes = _select(load_runtimes(config.paths.runtimes).runtimes, names)
     client = client_for(config)
     slots = asyncio.Semaphore(jobs)
-    failed: list[str] = []
+    failed: dict[str, Path] = {}
+    work = image_build_dir(config)
+    progress = BuildProgress(
+        [runtime.name for runtime in runtimes], sys.stdout, work / "logs", redraw=sys.stdout.isatty()
+    )
 
     async def build(runtime: Runtime) -> None:
         async with slots:
             try:
                 await builder.build(runtime, force=force)
-            except ImageBuildError as error:
+            except ImageBuildError:
                 # One failed runtime does not stop the others; all failures are listed at the end.
-                print(f"sandboxd: {error}", file=sys.stderr, flush=True)
-                failed.append(runtime.name)
+                failed[runtime.name] = progress.log_path(runtime.name)
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            progress.tick()
 
     try:
         await connect(client)
-        builder = ImageBuilder(client, image_build_dir(config), lambda line: print(line, flush=True))
+        builder = ImageBuilder(client, work, progress)
         started = time.monotonic()
-        await asyncio.gather(*(build(runtime) for runtime in runtimes))
+        ticking = asyncio.ensure_future(tick())
+        try:
+            await asyncio.gather(*(build(runtime) for runtime in runtimes))
+        finally:
+            ticking.cancel()
         ready, took = len(runtimes) - len(failed), time.monotonic() - started
         print(f"images: {ready} of {len(runtimes)} ready in {took:.0f} s", flush=True)
     finally:
         await client.close()
-    if failed:
-        print(f"sandboxd: building failed for: {', '.join(sorted(failed))}", file=sys.stderr)
-        return 1
-    return 0
+    for name, log in sorted(failed.items()):
+        print(f"sandboxd: building {name} failed; its full log: {log}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 async def _images_list(config: Config) -> int:

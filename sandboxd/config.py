@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -18,6 +19,17 @@ from sandboxd.validation import ValidationError, check, positive, structure
 DEV_KEYS_VARIABLE: Final = "SANDBOXD_API_KEYS"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# The shortest webhook secret accepted: 128 bits of hex, or more of anything else.
+MIN_WEBHOOK_SECRET: Final = 32
+
+
+def _webhook_secret(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value:
+        check(
+            len(value) >= MIN_WEBHOOK_SECRET,
+            attribute.name,
+            f"must be at least {MIN_WEBHOOK_SECRET} characters (e.g. `openssl rand -hex 32`)",
+        )
 
 
 @attrs.frozen
@@ -27,6 +39,8 @@ class ApiKey:
     name: str
     sha256: str
     rate_limit: int | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
+    # Signs the webhook deliveries of this key's executions (kept in plain: signing needs the secret).
+    webhook_secret: str | None = attrs.field(default=None, validator=_webhook_secret, repr=False)
 
     def __attrs_post_init__(self) -> None:
         check(bool(_KEY_NAME.match(self.name)), "name", "must be 1-64 characters of A-Z a-z 0-9 . _ -")
@@ -43,9 +57,12 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8002, validator=positive)
-    max_body_bytes: int = attrs.field(default=2 << 20, validator=positive)
+    # Room for a request's files (limits.files_bytes) in base64, with its code and stdin.
+    max_body_bytes: int = attrs.field(default=8 << 20, validator=positive)
     # At SIGTERM: how long running executions may go on before they are cancelled.
     shutdown_grace: float = attrs.field(default=30.0, validator=positive)
+    # An idle event stream sends a comment this often, so that proxies keep it open.
+    heartbeat_seconds: float = attrs.field(default=15.0, validator=positive)
 
 
 @attrs.frozen
@@ -113,6 +130,8 @@ class LimitsConfig:
     output_bytes: int = attrs.field(default=1 << 20, validator=positive)
     code_bytes: int = attrs.field(default=64 << 10, validator=positive)
     stdin_bytes: int = attrs.field(default=1 << 20, validator=positive)
+    # The request's files, decoded, in all (they share the workspace with what the program writes).
+    files_bytes: int = attrs.field(default=4 << 20, validator=positive)
     workspace_mib: int = attrs.field(default=32, validator=positive)
     tmp_mib: int = attrs.field(default=64, validator=positive)
     file_size_mib: int = attrs.field(default=32, validator=positive)
@@ -120,6 +139,15 @@ class LimitsConfig:
     rate_limit: int = attrs.field(default=600, validator=positive)
     async_queue: int = attrs.field(default=1000, validator=positive)
     retention_hours: float = attrs.field(default=24.0, validator=positive)
+    # Event streams (live output) this host serves at once.
+    event_streams: int = attrs.field(default=256, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        check(
+            self.files_bytes < self.workspace_mib << 20,
+            "files_bytes",
+            f"must be less than the workspace ({self.workspace_mib} MiB)",
+        )
 
 
 def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -131,7 +159,8 @@ class PoolSizeConfig:
     """How many idle sandboxes one runtime keeps ready."""
 
     min: int = attrs.field(default=0, validator=_non_negative)
-    max: int = attrs.field(default=4, validator=_non_negative)
+    # As many as a batch holds: a batch's sandboxes are all booted ahead while it runs.
+    max: int = attrs.field(default=10, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         check(self.max >= self.min, "max", f"must be at least min ({self.min}), got {self.max}")
@@ -194,6 +223,47 @@ class StoreConfig:
 
 
 @attrs.frozen
+class WebhooksConfig:
+    """Deliveries of asynchronous results to the ``callback_url`` of their request."""
+
+    # Signs deliveries for keys without a webhook_secret of their own; with neither, such a
+    # key's requests cannot have a callback_url. Every receiver that knows it can verify
+    # (and forge) deliveries of all those keys: give keys of different clients their own.
+    secret: str = attrs.field(default="", validator=_webhook_secret, repr=False)
+    # Networks deliveries may go to although they are loopback, private, link-local, shared
+    # or reserved (by default only public addresses are reached), e.g. ["10.1.2.0/24"].
+    allow_networks: tuple[str, ...] = ()
+    # A delivery is retried with exponential backoff, from first_retry_seconds doubling up to
+    # max_retry_seconds, until it has made max_attempts or max_age_hours have passed.
+    first_retry_seconds: float = attrs.field(default=10.0, validator=positive)
+    max_retry_seconds: float = attrs.field(default=3600.0, validator=positive)
+    max_attempts: int = attrs.field(default=30, validator=positive)
+    max_age_hours: float = attrs.field(default=24.0, validator=positive)
+    # One attempt: connecting, then the whole exchange; a slower receiver counts as failed.
+    connect_timeout: float = attrs.field(default=5.0, validator=positive)
+    timeout: float = attrs.field(default=15.0, validator=positive)
+    # Attempts in flight at once on this host.
+    concurrency: int = attrs.field(default=8, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        for network in self.allow_networks:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as error:
+                check(False, "allow_networks", f"{network!r} is not a network like 10.0.0.0/8 ({error})")
+        check(
+            self.max_retry_seconds >= self.first_retry_seconds,
+            "max_retry_seconds",
+            f"must be at least first_retry_seconds ({self.first_retry_seconds:g})",
+        )
+        check(
+            self.timeout >= self.connect_timeout,
+            "timeout",
+            f"must be at least connect_timeout ({self.connect_timeout:g})",
+        )
+
+
+@attrs.frozen
 class Config:
     """Everything the daemon is told; every section is optional."""
 
@@ -206,6 +276,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     pool: PoolConfig = PoolConfig()
     store: StoreConfig = StoreConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     api_keys: tuple[ApiKey, ...] = ()
     # Plain keys from SANDBOXD_API_KEYS, for development; never read from the file.
     dev_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
@@ -214,6 +285,11 @@ class Config:
         names = [key.name for key in self.api_keys]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         check(not duplicated, "api_keys", f"names used twice: {', '.join(duplicated)}")
+
+    def webhook_secret(self, owner: str) -> str | None:
+        """The secret that signs deliveries for the key named ``owner``: its own, else the daemon's."""
+        own = next((key.webhook_secret for key in self.api_keys if key.name == owner), None)
+        return own or self.webhooks.secret or None
 
 
 class ConfigError(Exception):
@@ -279,6 +355,8 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> list
         # Convert what converts; anything else stays a string, so validation names the setting.
         if kind is bool and raw.strip().lower() in {"true", "false", "1", "0"}:
             raw = raw.strip().lower() in {"true", "1"}
+        elif typing.get_origin(kind) is tuple:  # a list, comma-separated
+            raw = [item.strip() for item in raw.split(",") if item.strip()]
         elif kind is int and raw.strip().lstrip("-").isdigit():
             raw = int(raw)
         elif kind is float:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import ipaddress
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -22,11 +24,14 @@ MAX_ARGS: Final = 64
 MAX_ARGS_BYTES: Final = 64 * 1024
 MAX_OUTPUT_FILES: Final = 8
 OUTPUT_FILE_BYTES: Final = 1 << 20
+MAX_CALLBACK_URL: Final = 2048
 # One component of a relative path a request names inside /workspace (a file, or a glob of them).
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.+@=,-]+$")
 _GLOB_PART = re.compile(r"^[A-Za-z0-9_.+@=,*?\[\]!-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]+$")
+# A host name in a callback URL: ASCII labels (an international name in its xn-- form).
+_HOST_NAME = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
 
 
 class ExecutionStatus(enum.StrEnum):
@@ -71,6 +76,13 @@ class Compare(enum.StrEnum):
 
 def _trimmed(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).rstrip("\n")
+
+
+class OutputStream(enum.StrEnum):
+    """Which of a program's output streams a chunk of output came from."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
 
 
 class Kind(enum.StrEnum):
@@ -180,6 +192,50 @@ def _output_files(_instance: object, _attribute: attrs.Attribute[Any], value: tu
         check(problem is None, "output_files", f"{pattern!r} {problem}")
 
 
+def callback_url_problem(url: str) -> str | None:  # noqa: PLR0911 -- one answer per problem
+    """Why ``url`` cannot be a webhook's address (syntax only; where it points is checked later), or None."""
+    if not url or len(url) > MAX_CALLBACK_URL:
+        return f"must be 1 to {MAX_CALLBACK_URL} characters"
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return "must be ASCII without spaces or control characters (percent-encode the rest)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unbalanced [ or ] in the host
+        return "must be an absolute http:// or https:// URL"
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return "must be an absolute http:// or https:// URL"
+    if "@" in parts.netloc:
+        return "must not contain credentials (user:password@); receivers verify the signature instead"
+    if parts.fragment or url.endswith("#"):
+        return "must not have a #fragment"
+    host = parts.hostname or ""
+    if host.startswith("[") or ":" in host:  # urlsplit strips an IPv6 literal's brackets
+        literal = host.strip("[]")
+        if not _is_ipv6(literal):
+            return f"has an invalid IPv6 address: {literal}"
+    elif not _HOST_NAME.match(host):
+        return "must name a host: letters, digits, - _ and . (an international name in its xn-- form)"
+    try:
+        parts.port  # noqa: B018 -- raises for a port out of range or not a number
+    except ValueError:
+        return "has an invalid port"
+    return None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _callback_url(_instance: object, _attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        problem = callback_url_problem(value)
+        check(problem is None, "callback_url", problem or "")
+
+
 @attrs.frozen
 class ExecutionRequest:
     """One snippet to run, as the product document defines the request."""
@@ -197,6 +253,8 @@ class ExecutionRequest:
     args: tuple[str, ...] = attrs.field(default=(), validator=_args)
     # Names or globs inside /workspace whose files come back in the result.
     output_files: tuple[str, ...] = attrs.field(default=(), validator=_output_files)
+    # Asynchronous requests only: where the result is POSTed, signed, once the execution has finished.
+    callback_url: str | None = attrs.field(default=None, validator=_callback_url)
 
 
 @attrs.frozen
@@ -240,6 +298,22 @@ class ExecutionState:
 
 
 @attrs.frozen
+class OutputEvent:
+    """The data of a ``stdout`` or ``stderr`` event: the next piece of that stream's text."""
+
+    # The piece's number within the execution's run, from 1, across both streams.
+    seq: int
+    data: str
+
+
+@attrs.frozen
+class RestartEvent:
+    """The data of a ``reset`` event: the execution runs again from its start (its host stopped)."""
+
+    attempt: int
+
+
+@attrs.frozen
 class ExecutionSummary:
     """One line of a session's listing; the full result is at /api/v1/executions/{execution_id}."""
 
@@ -249,6 +323,7 @@ class ExecutionSummary:
     exit_code: int | None
     execution_time: float | None
     created_at: str
+    passed: bool | None = None
 
 
 @attrs.frozen

@@ -207,6 +207,8 @@ class Runtime:
     environment: Mapping[str, str] = attrs.field(factory=dict)
     entry: EntryPoint | None = None
     syntax_check: SyntaxCheck | None = None
+    # Whether a request's args may follow the run command (not where they would be read as code).
+    arguments: bool = True
 
     def __attrs_post_init__(self) -> None:
         check(bool(_NAME.match(self.name)), "name", "must be lower-case letters, digits or +#.- (at most 32)")

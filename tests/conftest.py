@@ -150,16 +150,20 @@ async def make_server(
     """Start in-process servers of the test's own, for a configuration the shared server does not have.
 
     Each has its own state and data directories and accepts the test key unless ``changes``
-    say otherwise; ``limits`` changes some of the limits. Each is stopped after the test.
+    say otherwise; ``limits`` changes some of the limits, ``runtimes`` names another runtimes
+    directory. Each is stopped after the test.
     """
     clients: list[Client] = []
 
-    async def make(limits: Mapping[str, Any] | None = None, **changes: Any) -> Client:
+    async def make(
+        limits: Mapping[str, Any] | None = None, runtimes: Path | None = None, **changes: Any
+    ) -> Client:
         config = separate_daemon()
         config = attrs.evolve(
             config,
             **{"dev_keys": (api_key,), **changes},
             limits=attrs.evolve(config.limits, **(limits or {})),
+            paths=attrs.evolve(config.paths, runtimes=runtimes or config.paths.runtimes),
         )
         client: Client = TestClient(in_process_server(config))
         clients.append(client)

@@ -73,7 +73,11 @@ def shipped_runtimes() -> RuntimeRegistry:
 
 async def post(http: Http, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
     """POST ``body`` as JSON to ``path``; return the status code and the JSON answer."""
-    response = await http.post(path, data=json.dumps(body), headers=headers)
+    data = json.dumps(body).encode()
+    # aiohttp warns of bodies over 1 MiB given as bytes (a file object is streamed instead).
+    payload = io.BytesIO(data) if len(data) > 1 << 20 else data
+    headers = {"Content-Type": "application/json", **headers}
+    response = await http.post(path, data=payload, headers=headers)
     return response.status, await response.json()
 
 
@@ -235,8 +239,8 @@ def is_quiet(engine: Engine) -> bool:
 
 
 def pooled(engine: Engine) -> Callable[[], set[str]]:
-    """The sandboxes ``engine``'s pool holds or boots now: idle, they are no execution's leftovers."""
-    return engine.pooled_sandbox_ids
+    """What ``engine`` itself holds: its pool's sandboxes and the images' shared roots, no execution's."""
+    return lambda: engine.pooled_sandbox_ids() | engine.shared_root_keys()
 
 
 async def finish_cleanups(owner: Engine | SandboxPool) -> None:

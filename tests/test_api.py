@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from sandboxd.config import Config
 from tests.helpers import Client, post_raw, shipped_runtimes
 
 pytestmark = pytest.mark.integration
@@ -96,11 +97,10 @@ async def test_oversized_code_is_rejected(http: Client, headers: dict[str, str])
     assert result["detail"] == "code: must be at most 65536 bytes"
 
 
-async def test_oversized_body_is_413(http: Client, headers: dict[str, str]) -> None:
+async def test_oversized_body_is_413(http: Client, headers: dict[str, str], config: Config) -> None:
     """A body beyond the server's limit is refused with 413 and a JSON detail."""
-    status, result = await post_raw(
-        http, json.dumps({"code": "#" * (3 << 20), "language": "python"}), headers
-    )
+    code = "#" * (config.server.max_body_bytes + 1)
+    status, result = await post_raw(http, json.dumps({"code": code, "language": "python"}), headers)
     assert status == 413
     assert result["detail"].startswith("Request body too large")
 

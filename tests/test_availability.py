@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 
+from sandboxd.api.state import CONFIG
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine.engine import Engine, RuntimeUnavailableError
 from sandboxd.images.build import ImageBuilder, image_build_dir
-from sandboxd.images.inspect import inspect_image
+from sandboxd.images.inspect import builds_in_progress, inspect_image, mark_building, unmark_building
+from sandboxd.images.progress import BuildProgress
 from sandboxd.models import ExecutionRequest
-from tests.helpers import EXECUTE, Client, execute, execute_plan, images_of, metric_reaches
+from tests.helpers import (
+    EXECUTE,
+    SHIPPED_RUNTIMES,
+    Client,
+    execute,
+    execute_plan,
+    images_of,
+    metric_reaches,
+    poll,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +59,14 @@ async def test_current_image_is_not_rebuilt(
     """`images build` skips an image built from the current recipe, and says so."""
     python = engine.runtimes.get("python")
     assert python is not None
-    said: list[str] = []
-    builder = ImageBuilder(containerd, image_build_dir(config), said.append)
-    state = await builder.build(python)
+    shown = io.StringIO()
+    work = image_build_dir(config)
+    progress = BuildProgress(["python"], shown, work / "logs", redraw=False)
+    state = await ImageBuilder(containerd, work, progress).build(python)
     assert state.available
     assert state.version is not None
     assert state.version.startswith("Python 3.")
-    assert said == [f"[python] {python.image} is current ({state.version}); skipped"]
+    assert shown.getvalue() == f"python  current: {python.image}, {state.version}\n"
 
 
 async def test_full_queue_is_503_with_retry_after(
@@ -68,3 +84,50 @@ async def test_full_queue_is_503_with_retry_after(
     assert response.headers.get("Retry-After") == "1"
     assert (await response.json())["detail"].startswith("Server busy")
     assert [(await running)[0], (await queued)[0]] == [200, 200]
+
+
+async def _ctr(config: Config, *args: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "ctr", "--address", config.containerd.address, "--namespace", config.containerd.namespace, *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+
+
+async def test_an_image_built_while_the_daemon_runs_serves_without_a_restart(
+    make_server: Callable[..., Awaitable[Client]], headers: dict[str, str], config: Config, tmp_path: Path
+) -> None:
+    """A runtime listed as "image building" meanwhile becomes available by itself once its image is in."""
+    reference = f"sandboxd.local/test/late-python:{uuid.uuid4().hex[:12]}"
+    runtimes = tmp_path / "runtimes"
+    runtimes.mkdir()
+    python = (SHIPPED_RUNTIMES / "python.toml").read_text()
+    (runtimes / "python.toml").write_text(
+        python.replace("sandboxd.local/runtimes/python:bookworm", reference)
+    )
+    http = await make_server(runtimes=runtimes)
+
+    async def python_listed() -> dict[str, Any]:
+        response = await http.get("/api/v1/languages", headers=headers)
+        listing: dict[str, dict[str, Any]] = {item["language"]: item for item in await response.json()}
+        return listing["python"]
+
+    listed = await python_listed()
+    assert not listed["available"]
+    assert "is not in containerd" in listed["reason"]
+    marker = mark_building(builds_in_progress(http.app[CONFIG].paths.data), "python")
+    try:
+        await poll(
+            python_listed, lambda item: item["reason"].startswith("image building (since "), "building"
+        )
+        # What a finished build does: the image appears in containerd, and the marker goes.
+        await _ctr(config, "images", "tag", "sandboxd.local/runtimes/python:bookworm", reference)
+    finally:
+        unmark_building(marker)
+    try:
+        await poll(python_listed, lambda item: item["available"], "python available")
+        status, result = await execute(http, headers, code="print('late')", language="python")
+        assert (status, result["stdout"]) == (200, "late\n")
+    finally:
+        await _ctr(config, "images", "rm", reference)

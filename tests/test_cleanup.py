@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +32,7 @@ async def boot_small_python_sandbox(engine: Engine) -> Sandbox:
         engine.host,
         str(uuid.uuid4()),
         image=state.reference,
-        chain_id=state.chain_id,
+        root=await engine.root_for(state.chain_id),
         limits=limits,
         workspace_bytes=1 << 20,
         labels={},
@@ -130,16 +130,26 @@ async def test_boot_cancelled_as_containerd_answers_leaves_nothing(
     await assert_nothing_left(engine, containerd, config)
 
 
-async def test_lease_expires(engine: Engine, containerd: ContainerdClient, config: Config) -> None:
-    """Each sandbox holds a lease with an expiry, so a crashed daemon's leftovers are collectable."""
-    code = "import time; open('/workspace/leased', 'w').close(); time.sleep(3)"
+async def test_sandboxes_share_their_images_read_only_root(
+    engine: Engine, containerd: ContainerdClient, config: Config
+) -> None:
+    """A sandbox has no snapshot or lease of its own: its root is its image's, mounted read-only once."""
+    code = "import time; open('/workspace/shared', 'w').close(); time.sleep(3)"
     running = asyncio.ensure_future(engine_run(engine, "python", code))
     try:
-        (sandbox,) = await wait_started(config.paths.state, "leased")
-        leases = await containerd.leases.list([f'labels."{MANAGED_LABEL}"'])
-        (lease,) = [lease for lease in leases if lease.labels.get(SANDBOX_LABEL) == sandbox]
-        expiry = dt.datetime.fromisoformat(lease.labels["containerd.io/gc.expire"])
-        assert expiry > dt.datetime.now(dt.UTC), lease.labels
+        (sandbox,) = await wait_started(config.paths.state, "shared")
+        managed = [f'labels."{MANAGED_LABEL}"']
+        snapshots = await containerd.snapshots.list(managed)
+        leases = await containerd.leases.list(managed)
+        assert not [s for s in snapshots if s.labels.get(SANDBOX_LABEL) == sandbox]
+        assert not [lease for lease in leases if lease.labels.get(SANDBOX_LABEL) == sandbox]
+        chain_id = images_of(engine)["python"].chain_id
+        assert chain_id is not None
+        root = await engine.root_for(chain_id)
+        table = Path("/proc/self/mounts").read_text().splitlines()
+        options = {line.split()[1]: line.split()[3].split(",") for line in table}
+        assert options[str(root)][0] == "ro"
+        assert root.name in engine.shared_root_keys()
     finally:
         result = await running
     assert result.status == ExecutionStatus.COMPLETED

@@ -10,11 +10,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 
-from sandboxd.config import Config
+from sandboxd.config import Config, load_config
 from tests.daemons import free_port, write_config
-from tests.helpers import shipped_runtimes
+from tests.helpers import SHIPPED_RUNTIMES, shipped_runtimes
 
 pytestmark = pytest.mark.integration
 
@@ -121,4 +122,33 @@ async def test_images_build_skips_current_images(config_file: Path) -> None:
     """`sandboxd images build python` finds the image current and says so."""
     status, output = await sandboxd("--config", str(config_file), "images", "build", "python")
     assert status == 0, output
-    assert "[python] sandboxd.local/runtimes/python:bookworm is current (Python 3." in output
+    assert "python  current: sandboxd.local/runtimes/python:bookworm, Python 3." in output
+
+
+async def test_a_failed_build_says_so_and_names_its_log(
+    separate_daemon: Callable[[], Config], tmp_path: Path
+) -> None:
+    """A runtime whose packages do not exist fails on its own line, and the output names its full log."""
+    config = separate_daemon()
+    runtimes = tmp_path / "runtimes"
+    runtimes.mkdir()
+    python = (SHIPPED_RUNTIMES / "python.toml").read_text()
+    broken = python.replace('name = "python"', 'name = "broken-test"').replace(
+        'aliases = ["py", "python3"]', "aliases = []"
+    )
+    broken = broken.replace('"python3-minimal", "libpython3-stdlib"', '"sandboxd-no-such-package"')
+    broken = broken.replace("sandboxd.local/runtimes/python:", "sandboxd.local/test/broken:")
+    (runtimes / "broken-test.toml").write_text(broken)
+    # The dev set-up's data directory: its build area holds the shared base layer already.
+    dev_data = load_config(Path(os.environ["SANDBOXD_TEST_CONFIG"]), os.environ).paths.data
+    path = tmp_path / "config.toml"
+    write_config(attrs.evolve(config, paths=attrs.evolve(config.paths, runtimes=runtimes, data=dev_data)),
+                 free_port(), path, concurrency=1)  # fmt: skip
+    status, output = await sandboxd("--config", str(path), "images", "build")
+    log = dev_data / "build" / "logs" / "broken-test.log"
+    assert status == 1, output
+    assert "broken-test  step 1 of 3: installing sandboxd-no-such-package from Debian bookworm" in output
+    assert "broken-test  failed: [broken-test] mmdebstrap exited with status" in output
+    assert f"sandboxd: building broken-test failed; its full log: {log}" in output
+    assert "images: 0 of 1 ready" in output
+    assert "sandboxd-no-such-package" in log.read_text()

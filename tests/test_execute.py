@@ -44,14 +44,14 @@ async def test_product_document_examples(
 
 
 async def test_result_has_exactly_the_documented_fields(http: Client, headers: dict[str, str]) -> None:
-    """A result carries the document's fields plus status, and echoes the session id."""
+    """A result carries the document's fields plus status, usage and grading, and echoes the session id."""
     status, result = await execute(
         http, headers, code="print(1)", language="python", session_id="test-session-1"
     )
     assert status == 200
     assert set(result) == {
         "execution_id", "stdout", "stderr", "exit_code", "execution_time", "language", "session_id", "status",
-        "cpu_time", "memory_peak",
+        "cpu_time", "memory_peak", "passed", "output_files",
     }  # fmt: skip
     assert result["session_id"] == "test-session-1"
     assert 0 < result["cpu_time"] < 10

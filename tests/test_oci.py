@@ -16,7 +16,7 @@ def test_init_is_the_agent_with_four_capabilities() -> None:
     """The init process is the agent: root in the sandbox, only the capabilities to drop to nobody."""
     spec = sandbox_spec(
         hostname="sandbox", workspace=Path("/run/ws/1"), agent_dir=Path("/run/agent/abc"),
-        agent_name="sandboxd-agent", limits=LIMITS, cgroups_path="/sandboxd/1",
+        agent_name="sandboxd-agent", limits=LIMITS, cgroups_path="/sandboxd/1", root=Path("/run/roots/x"),
     )  # fmt: skip
     process = spec["process"]
     assert process["args"] == [f"{AGENT_DIR}/sandboxd-agent"]
@@ -44,8 +44,9 @@ def test_sandbox_is_confined() -> None:
         agent_name="sandboxd-agent",
         limits=LIMITS,
         cgroups_path="/sandboxd/1",
+        root=Path("/run/roots/python"),
     )
-    assert spec["root"] == {"path": "rootfs", "readonly": True}
+    assert spec["root"] == {"path": "/run/roots/python", "readonly": True}
     mounts = {m["destination"]: m for m in spec["mounts"]}
     assert mounts["/workspace"]["source"] == "/run/ws/1"
     assert "rw" in mounts["/workspace"]["options"]

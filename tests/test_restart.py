@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from sandboxd.containerd import ContainerdClient
+from sandboxd.engine.roots import ROOT_LABEL
 from sandboxd.engine.sandbox import HOST_LABEL, host_id_for
 from tests.daemons import Daemon
 from tests.helpers import execute, execution, metric_reaches, poll, submit, wait_for, wait_started
@@ -24,8 +25,15 @@ async def sandboxes_of(containerd: ContainerdClient, daemon: Daemon) -> set[str]
     """Every sandbox of ``daemon`` that containerd knows of, whole or in part, as reconciliation sees them."""
     mine = [f'labels."{HOST_LABEL}"=={host_id_for(daemon.config.paths.state)}']
     found = {container.id for container in await containerd.containers.list(mine)}
-    found |= {snapshot.name for snapshot in await containerd.snapshots.list(mine)}
-    return found | {lease.id for lease in await containerd.leases.list(mine)}
+    found |= {s.name for s in await containerd.snapshots.list(mine) if ROOT_LABEL not in s.labels}
+    leases = await containerd.leases.list(mine)
+    return found | {lease.id for lease in leases if ROOT_LABEL not in lease.labels}
+
+
+async def roots_of(containerd: ContainerdClient, daemon: Daemon) -> set[str]:
+    """The shared image roots of ``daemon`` that containerd holds (their leases)."""
+    mine = [f'labels."{HOST_LABEL}"=={host_id_for(daemon.config.paths.state)}', f'labels."{ROOT_LABEL}"']
+    return {lease.id for lease in await containerd.leases.list([",".join(mine)])}
 
 
 async def test_kill_9_loses_no_execution(
@@ -50,12 +58,17 @@ async def test_kill_9_loses_no_execution(
         orphans = await sandboxes_of(containerd, daemon)
         # The two running executions' sandboxes, and what the pool had ready or was booting.
         assert running <= orphans, "the killed daemon should have left its two running sandboxes"
+        left_roots = await roots_of(containerd, daemon)
+        assert len(left_roots) == 1, "the killed daemon should have left its python image's root"
 
         await daemon.start()
         results = {i: await wait_for(http, daemon.headers, i) for i in ids}
+        assert not left_roots & await roots_of(containerd, daemon), "the earlier run's root is gone"
     assert [results[i]["status"] for i in ids] == ["completed"] * 5
     assert [results[i]["stdout"] for i in ids] == [f"done {n}\n" for n in range(5)]
-    assert f"removed {len(orphans)} sandboxes left by a previous run" in daemon.log.read_text()
+    log = daemon.log.read_text()
+    assert f"removed {len(orphans)} sandboxes left by a previous run" in log
+    assert "removed 1 shared image roots left by a previous run" in log
 
 
 async def test_kill_9_with_eight_in_flight(

@@ -19,6 +19,7 @@ from sandboxd.config import StoreConfig
 from sandboxd.containerd import UnavailableError, Version
 from sandboxd.engine import engine as engine_module
 from sandboxd.engine import orphans
+from sandboxd.engine.engine import Engine
 from sandboxd.engine.watch import ContainerdWatch
 from sandboxd.ops.health import HealthReporter
 from sandboxd.ops.notify import Notifier
@@ -191,12 +192,15 @@ async def flaky_daemon(
         # Each store has a listener of its own (PostgreSQL's LISTEN, SQLite's in-process wake-up).
         "store listener": Flaky(SqliteStore.listen),
         "host heartbeat": Flaky(ExecutionStore.heartbeat),
+        "image refresh": Flaky(Engine._refresh_unavailable),
     }
     supervisors: list[Supervisor] = []
     for name, injected in flaky.items():
         injected.failing = functools.partial(_not_yet_restarted, supervisors, name)
     monkeypatch.setattr(orphans, "reap_orphaned_shims", flaky["orphaned shim reaper"])
     monkeypatch.setattr(engine_module, "SHIM_REAP_INTERVAL", 0.05)
+    monkeypatch.setattr(engine_module, "_IMAGE_REFRESH_INTERVAL", 0.05)
+    monkeypatch.setattr(Engine, "_refresh_unavailable", flaky["image refresh"])
     for method, name in [
         ("purge", "retention purge"), ("claim", "queue"), ("renew", "lease renewal"),
         ("heartbeat", "host heartbeat"),
@@ -240,10 +244,10 @@ async def test_every_background_loop_is_restarted_after_an_unexpected_exception(
         await eventually(functools.partial(_restarted_and_ran, supervisor, name, injected), what=name)
 
     # An asynchronous execution whose job fails (the store refused a write) runs again and completes.
-    store_write = Flaky(ExecutionStore.set_status)
+    store_write = Flaky(ExecutionStore.start_attempt)
     jobs: list[str] = []
     store_write.failing = lambda: not jobs or supervisor.restarts(f"execution {jobs[0]}") == 0
-    monkeypatch.setattr(ExecutionStore, "set_status", store_write)
+    monkeypatch.setattr(ExecutionStore, "start_attempt", store_write)
     execution_id = await submit(http, headers, code="print('supervised')", language="python")
     jobs.append(execution_id)
     await eventually(lambda: supervisor.restarts(f"execution {execution_id}") == 1)

@@ -26,6 +26,7 @@ from sandboxd.api.state import (
     SERVICE,
     STORE,
     SUPERVISOR,
+    WEBHOOKS,
 )
 from sandboxd.config import Config
 from sandboxd.engine.engine import Engine
@@ -33,10 +34,12 @@ from sandboxd.engine.host import StartupError, client_for, connect
 from sandboxd.ops.health import HealthReporter, start_server
 from sandboxd.ops.metrics import Metrics
 from sandboxd.ops.notify import Notifier
+from sandboxd.ops.webhooks import HttpSender
 from sandboxd.service.admission import Admission
 from sandboxd.service.executions import ExecutionService
 from sandboxd.service.hosts import Heartbeat, host_id
 from sandboxd.service.store import open_store
+from sandboxd.service.webhooks import AddressPolicy, Webhooks
 from sandboxd.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,31 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    policy = AddressPolicy.from_config(config.webhooks)
+    sender = HttpSender(policy, config.webhooks)
+    webhooks = Webhooks(
+        app[STORE],
+        sender,
+        policy,
+        settings=config.webhooks,
+        secret_for=config.webhook_secret,
+        observer=app[METRICS],
+        poll=config.store.poll_seconds,
+    )
+    app[WEBHOOKS] = webhooks
+    delivering = app[SUPERVISOR].start("webhook deliveries", webhooks.deliver_forever)
+    try:
+        yield
+        # The service, which wakes it, has stopped (cleanup runs in reverse). What is still due is
+        # made at the next start, or at once by another host: the claims are given back.
+        await delivering.stop()
+        await webhooks.release()
+    finally:
+        await sender.close()
+
+
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     limits = app[CONFIG].limits
     service = ExecutionService(
@@ -92,14 +120,18 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         app[ADMISSION],
         app[SUPERVISOR],
         app[METRICS],
+        webhooks=app[WEBHOOKS],
         async_queue=limits.async_queue,
         retention=dt.timedelta(hours=limits.retention_hours),
         poll=app[CONFIG].store.poll_seconds,
         pending_writes=app[CONFIG].store.pending_writes,
+        event_streams=limits.event_streams,
+        heartbeat=app[CONFIG].server.heartbeat_seconds,
     )
     app[SERVICE] = service
     store = app[STORE]
     app[METRICS].track_store(lambda: store.available, lambda: service.pending_writes)
+    app[METRICS].track_event_streams(lambda: service.open_streams)
     await service.recover()
     service.start()
     server = app[CONFIG].server
@@ -184,7 +216,16 @@ def create_app(config: Config) -> web.Application:
     )
     app[ADMISSION] = admission
     app.cleanup_ctx.extend(
-        [_supervisor_ctx, _containerd_ctx, _engine_ctx, _store_ctx, _service_ctx, _health_ctx, _notify_ctx]
+        [
+            _supervisor_ctx,
+            _containerd_ctx,
+            _engine_ctx,
+            _store_ctx,
+            _webhooks_ctx,
+            _service_ctx,
+            _health_ctx,
+            _notify_ctx,
+        ]
     )
     app.on_shutdown.append(_begin_shutdown)
     app.router.add_get("/healthz", handlers.healthz, allow_head=False)
@@ -195,6 +236,9 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/api/v1/execute/async", handlers.execute_async)
     app.router.add_get("/api/v1/executions/{execution_id}", handlers.get_execution, allow_head=False)
     app.router.add_delete("/api/v1/executions/{execution_id}", handlers.cancel_execution)
+    app.router.add_get(
+        "/api/v1/executions/{execution_id}/events", handlers.execution_events, allow_head=False
+    )
     app.router.add_get(
         "/api/v1/sessions/{session_id}/executions", handlers.session_executions, allow_head=False
     )

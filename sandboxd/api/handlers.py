@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Final
 
 from aiohttp import web
 
-from sandboxd.api.middleware import charge
+from sandboxd.api.middleware import charge, rate_headers
 from sandboxd.api.openapi import documented
 from sandboxd.api.state import IDENTITY, METRICS, SERVICE
 from sandboxd.engine.engine import Plan
@@ -21,8 +22,11 @@ from sandboxd.models import (
     LanguageInfo,
     SessionPage,
 )
+from sandboxd.service.live import LiveEvent
 from sandboxd.service.store import StoredExecution
 from sandboxd.validation import InvalidFieldError, ValidationError, converter, structure
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE: Final = 200
 # What can go wrong for a route that takes an execution request in its body.
@@ -55,9 +59,11 @@ def _owner(request: web.Request) -> str:
     return request[IDENTITY].name
 
 
-async def _accept_one(request: web.Request) -> Plan:
+async def _accept_one(request: web.Request, *, asynchronous: bool = False) -> Plan:
     """Read, validate and plan one execution, then charge it: an invalid request costs nothing."""
-    plan = request.app[SERVICE].plan(structure(await read_json(request), ExecutionRequest))
+    body = structure(await read_json(request), ExecutionRequest)
+    service = request.app[SERVICE]
+    plan = service.plan_async(_owner(request), body) if asynchronous else service.plan(body)
     await charge(request, 1)
     return plan
 
@@ -97,8 +103,12 @@ async def execute_batch(request: web.Request) -> web.Response:
     errors=BODY_ERRORS,
 )
 async def execute_async(request: web.Request) -> web.Response:
-    """POST /api/v1/execute/async: accept one snippet and answer at once; poll for its result."""
-    plan = await _accept_one(request)
+    """POST /api/v1/execute/async: accept one snippet and answer at once; poll for its result.
+
+    With ``callback_url``, the result is also POSTed there once the execution has finished,
+    signed with the key's webhook secret (see the README's Webhooks section).
+    """
+    plan = await _accept_one(request, asynchronous=True)
     execution_id = await request.app[SERVICE].submit(_owner(request), plan)
     return json_response(AsyncAccepted(execution_id=execution_id, status=ExecutionStatus.QUEUED), status=202)
 
@@ -137,6 +147,62 @@ async def cancel_execution(request: web.Request) -> web.Response:
     """DELETE /api/v1/executions/{execution_id}: cancel a queued or running asynchronous execution."""
     record = await request.app[SERVICE].cancel(_owner(request), request.match_info["execution_id"])
     return _record_response(record)
+
+
+LAST_EVENT_ID_PARAMETER: Final = {
+    "in": "header",
+    "name": "Last-Event-ID",
+    "required": False,
+    "description": "Resume after this event (the id of the last stdout or stderr event received)",
+    "schema": {"type": "string", "pattern": "^[0-9]{1,9}-[0-9]{1,12}-[0-9]{1,12}-[0-9]{1,12}$"},
+}
+EVENTS_DESCRIPTION: Final = (
+    "Server-Sent Events, each with JSON data: `status` (as GET answers while unfinished), `stdout` "
+    'and `stderr` (`{"seq": n, "data": "text"}`, with an `id:` to resume from; a stream\'s pieces add '
+    'up to the result\'s text), `reset` (`{"attempt": n}`: it runs again from its start; drop the output '
+    "received), then `result` (as GET answers), and the stream ends. Comment lines keep an idle stream open."
+)
+_SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    # nginx and its kind would hold the events back to fill their buffers.
+    "X-Accel-Buffering": "no",
+}
+_HEARTBEAT: Final = b": keep-alive\n\n"
+
+
+def _sse(event: LiveEvent | None) -> bytes:
+    """One event in text/event-stream framing (a heartbeat comment for None); JSON keeps it on one line."""
+    if event is None:
+        return _HEARTBEAT
+    identity = f"id: {event.event_id}\n" if event.event_id is not None else ""
+    return f"{identity}event: {event.kind}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n".encode()
+
+
+@documented(
+    "Follow an execution's output as it is produced (Server-Sent Events)",
+    ok=(200, None),
+    media_type="text/event-stream",
+    ok_description=EVENTS_DESCRIPTION,
+    errors=(400, 401, 404, 503),
+    parameters=[EXECUTION_ID_PARAMETER, LAST_EVENT_ID_PARAMETER],
+)
+async def execution_events(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/executions/{execution_id}/events: output chunks as they are produced, then the result."""
+    execution_id = request.match_info["execution_id"]
+    last_event_id = request.headers.get("Last-Event-ID")
+    async with request.app[SERVICE].events(_owner(request), execution_id, last_event_id) as events:
+        response = web.StreamResponse(headers={**_SSE_HEADERS, **await rate_headers(request)})
+        await response.prepare(request)
+        try:
+            async for event in events:
+                await response.write(_sse(event))
+        except ConnectionResetError:
+            pass  # the client went away
+        except Exception:
+            # The headers are sent: no error response can follow. The stream ends; the client may resume.
+            log.exception("event stream of %s failed", execution_id)
+    return response
 
 
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -15,6 +15,7 @@ from sandboxd.engine.engine import RuntimeUnavailableError, UnsupportedLanguageE
 from sandboxd.engine.watch import ContainerdUnavailableError
 from sandboxd.service.admission import QueueFullError
 from sandboxd.service.executions import AlreadyFinishedError, ExecutionNotFoundError
+from sandboxd.service.live import TooManyStreamsError
 from sandboxd.service.store import StoreUnavailableError
 from sandboxd.validation import InvalidFieldError, ValidationError
 
@@ -45,6 +46,7 @@ _PLAIN_ERRORS: Final[tuple[tuple[type[Exception], int, Mapping[str, str]], ...]]
     (RuntimeUnavailableError, 503, {"Retry-After": "30"}),
     (ContainerdUnavailableError, 503, {"Retry-After": "5"}),
     (StoreUnavailableError, 503, {"Retry-After": "5"}),
+    (TooManyStreamsError, 503, {"Retry-After": "5"}),
 )
 
 
@@ -100,15 +102,21 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(401, "Invalid API key")
     request[IDENTITY] = identity
     response = await handler(request)  # error_middleware runs inside: errors are responses here
+    if not response.prepared:  # a stream sent its headers itself, with rate_headers
+        response.headers.update(await rate_headers(request))
+    return response
+
+
+async def rate_headers(request: web.Request) -> dict[str, str]:
+    """The X-RateLimit headers of an authenticated request's response (none while the store is away)."""
+    identity = request[IDENTITY]
     decision = request.get(RATE)
     if decision is None:
         try:
             decision = await request.app[LIMITER].peek(identity.name, identity.rate_limit)
         except StoreUnavailableError:
-            return response  # the answer stands; the bucket's state is unknown while the store is away
-    response.headers["X-RateLimit-Limit"] = str(decision.limit)
-    response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
-    return response
+            return {}  # the answer stands; the bucket's state is unknown while the store is away
+    return {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining)}
 
 
 async def charge(request: web.Request, cost: int) -> None:

@@ -8,6 +8,7 @@ for documentation only.
 from __future__ import annotations
 
 import enum
+import inspect
 import types
 import typing
 import warnings
@@ -36,7 +37,7 @@ _ERRORS: Final[Mapping[int, str]] = {
     413: "Request body too large",
     415: "Content-Type is not application/json",
     429: "Rate limit exceeded (Retry-After says when to retry)",
-    503: "Busy (queue full) or the runtime is unavailable (Retry-After)",
+    503: "Busy (queue full, too many event streams), or the runtime or store is unavailable (Retry-After)",
 }
 
 
@@ -97,8 +98,13 @@ def documented(
     response_is_list: bool = False,
     errors: tuple[int, ...] = (400, 401),
     parameters: list[dict[str, Any]] | None = None,
+    media_type: str = "text/plain",
+    ok_description: str = "Success",
 ) -> Callable[[_H], _H]:
-    """Document a handler: its summary, request body, success response and error responses."""
+    """Document a handler: its summary, request body, success response and error responses.
+
+    A success response without a model is a string of ``media_type``, described by ``ok_description``.
+    """
 
     def decorate(handler: _H) -> _H:
         status, model = ok
@@ -112,12 +118,12 @@ def documented(
         if body is not None:
             decorated = request_schema(schema_for(body)(many=body_is_list), required=True)(decorated)
         plain = {
-            status: {"description": "Success", "content": {"text/plain": {"schema": {"type": "string"}}}}
+            status: {"description": ok_description, "content": {media_type: {"schema": {"type": "string"}}}}
         }
         decorated = docs(
             responses=plain if model is None else None,
             summary=summary,
-            description=(handler.__doc__ or "").strip(),
+            description=inspect.cleandoc(handler.__doc__ or ""),
             parameters=parameters or [],
             security=[{"ApiKey": []}] if 401 in errors else [],
         )(decorated)

@@ -14,6 +14,7 @@ from sandboxd.ops.notify import Notifier
 from sandboxd.service.admission import Admission
 from sandboxd.service.executions import ExecutionService
 from sandboxd.service.store import ExecutionStore
+from sandboxd.service.webhooks import Webhooks
 from sandboxd.supervisor import Supervisor
 
 CONFIG = web.AppKey("config", Config)
@@ -24,6 +25,7 @@ CLIENT = web.AppKey("client", ContainerdClient)
 ENGINE = web.AppKey("engine", Engine)
 ADMISSION = web.AppKey("admission", Admission)
 STORE = web.AppKey("store", ExecutionStore)
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
 SERVICE = web.AppKey("service", ExecutionService)
 HEALTH_PORT = web.AppKey("health_port", int)
 NOTIFIER = web.AppKey("notifier", Notifier)

@@ -294,9 +294,13 @@ class Snapshots(_Service):
         )
         return [_mount_from_pb(m) for m in response.mounts]
 
-    async def view(self, key: str, parent: str, *, lease: str | None) -> list[Mount]:
+    async def view(
+        self, key: str, parent: str, *, lease: str | None, labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
         """Create a read-only view of ``parent`` and return its mounts."""
-        request = snapshots_pb2.ViewSnapshotRequest(snapshotter=self.snapshotter, key=key, parent=parent)
+        request = snapshots_pb2.ViewSnapshotRequest(
+            snapshotter=self.snapshotter, key=key, parent=parent, labels=labels or {}
+        )
         response = await self._channel.unary(
             self._method("View"), request, snapshots_pb2.ViewSnapshotResponse, lease=lease
         )
@@ -338,13 +342,13 @@ class Containers(_Service):
         spec: Mapping[str, Any],
         runtime: str,
         runtime_options: RuncOptions,
-        snapshotter: str,
-        snapshot_key: str,
         image: str,
         labels: Mapping[str, str],
-        lease: str | None,
+        snapshotter: str = "",
+        snapshot_key: str = "",
+        lease: str | None = None,
     ) -> None:
-        """Store a new container record."""
+        """Store a new container record (with no snapshot, its spec names its root)."""
         options = options_pb2.Options(binary_name=runtime_options.binary_name, root=runtime_options.root)
         container = containers_pb2.Container(
             id=container_id,
@@ -453,10 +457,14 @@ class Leases(_Service):
 
     PREFIX = "containerd.services.leases.v1.Leases"
 
-    async def create(self, lease_id: str, *, expires_in: dt.timedelta, labels: Mapping[str, str]) -> None:
-        """Create a lease that containerd's garbage collector drops after ``expires_in``."""
-        expiry = (dt.datetime.now(dt.UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%SZ")
-        request = leases_pb2.CreateRequest(id=lease_id, labels={**labels, _GC_EXPIRE_LABEL: expiry})
+    async def create(
+        self, lease_id: str, *, expires_in: dt.timedelta | None, labels: Mapping[str, str]
+    ) -> None:
+        """Create a lease that containerd's garbage collector drops after ``expires_in`` (None: never)."""
+        labels = dict(labels)
+        if expires_in is not None:
+            labels[_GC_EXPIRE_LABEL] = (dt.datetime.now(dt.UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%SZ")
+        request = leases_pb2.CreateRequest(id=lease_id, labels=labels)
         await self._channel.unary(self._method("Create"), request, leases_pb2.CreateResponse)
 
     async def delete(self, lease_id: str) -> None:

@@ -14,24 +14,34 @@ import logging
 import secrets
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Final, Protocol
 
 import attrs
 
 from sandboxd.config import Config, LimitsConfig, PoolConfig
 from sandboxd.containerd import ContainerdClient, ContainerdError
+from sandboxd.engine.agent import OutputListener
 from sandboxd.engine.cgroups import CgroupUsage
 from sandboxd.engine.cleanups import Cleanups
+from sandboxd.engine.files import CollectedFormatError, parse_collected
 from sandboxd.engine.host import StartupError, prepare_host
 from sandboxd.engine.housekeeping import Housekeeping
 from sandboxd.engine.oci import SandboxLimits
 from sandboxd.engine.orphans import SWEEP_INTERVAL, reap_forever, reap_orphaned_shims
 from sandboxd.engine.pool import SandboxPool
 from sandboxd.engine.reconcile import reconcile
-from sandboxd.engine.sandbox import ProcessOutcome, Sandbox, SandboxHost
+from sandboxd.engine.roots import SharedRoots
+from sandboxd.engine.sandbox import HOST_LABEL, MANAGED_LABEL, ProcessOutcome, Sandbox, SandboxHost
 from sandboxd.engine.watch import ContainerdUnavailableError, ContainerdWatch
-from sandboxd.images.inspect import ImageState, inspect_image
-from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, LanguageInfo
+from sandboxd.images.inspect import ImageState, building_since, builds_in_progress, inspect_image
+from sandboxd.models import (
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutionStatus,
+    LanguageInfo,
+    OutputFile,
+)
 from sandboxd.runtimes import Program, Runtime, RuntimeRegistry, load_runtimes
 from sandboxd.supervisor import Supervised, Supervisor
 from sandboxd.validation import InvalidFieldError
@@ -42,6 +52,10 @@ log = logging.getLogger(__name__)
 _TEARDOWN_DEFERRAL: Final = 3.0
 # Exit statuses of a process killed with the sandbox when the kernel's OOM killer ended it.
 _OOM_EXIT_CODES: Final = frozenset({128, 137, 143})
+# How often runtimes without an image are looked at again (an `images build` may be under way).
+_IMAGE_REFRESH_INTERVAL: Final = 5.0
+# Lines about output files not returned that a result's stderr carries at most.
+_SKIPPED_NOTES: Final = 8
 # How often shims that outlived their task are looked for (besides start-up and outages).
 SHIM_REAP_INTERVAL = SWEEP_INTERVAL
 LANGUAGE_LABEL: Final = "sandboxd.io/language"
@@ -76,6 +90,7 @@ class EngineSettings:
     output_limit_bytes: int
     code_bytes: int
     stdin_bytes: int
+    files_bytes: int
     workspace_bytes: int
     tmp_bytes: int
     file_size_bytes: int
@@ -88,6 +103,7 @@ class EngineSettings:
             output_limit_bytes=limits.output_bytes,
             code_bytes=limits.code_bytes,
             stdin_bytes=limits.stdin_bytes,
+            files_bytes=limits.files_bytes,
             workspace_bytes=limits.workspace_mib << 20,
             tmp_bytes=limits.tmp_mib << 20,
             file_size_bytes=limits.file_size_mib << 20,
@@ -101,9 +117,12 @@ class Plan:
 
     request: ExecutionRequest
     runtime: Runtime
+    # The run command ends with the request's args.
     program: Program
     timeout: float
     environment: Mapping[str, str]
+    # What /workspace holds before the program starts: its source, and the request's files.
+    files: Mapping[str, bytes]
 
 
 class EngineObserver(Protocol):
@@ -159,18 +178,27 @@ class Engine:
         settings: EngineSettings,
         pool: PoolConfig,
         observer: EngineObserver | None = None,
+        *,
+        image_builds: Path | None = None,
     ) -> None:
         unknown = sorted(set(pool.runtimes) - {runtime.name for runtime in runtimes})
         if unknown:
             raise StartupError(f"pool.runtimes: no such runtime: {', '.join(unknown)}")
         self._host = host
+        # Where `images build` marks what it is building: such a runtime is "image building".
+        self._image_builds = image_builds
         self._runtimes = runtimes
         self._settings = settings
         self._observer: EngineObserver = observer or _Unobserved()
         self._images: dict[str, ImageState] = {}
         # Sandboxes in use, which reconciliation after an outage must leave alone.
         self._active: set[str] = set()
+        # Who hears the output of the execution in each sandbox in use, as it arrives.
+        self._listeners: dict[str, OutputListener] = {}
         self._cleanups = Cleanups()
+        self._roots = SharedRoots(
+            host.client, host.roots, labels={MANAGED_LABEL: "true", HOST_LABEL: host.host_id}
+        )
         self._housekeeping = Housekeeping()
         self._watch = ContainerdWatch(host.client, self._after_outage)
         self._pool = (
@@ -204,7 +232,10 @@ class Engine:
         """
         host = await asyncio.to_thread(prepare_host, config, client)
         runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
-        engine = cls(host, runtimes, EngineSettings.from_limits(config.limits), config.pool, observer)
+        engine = cls(
+            host, runtimes, EngineSettings.from_limits(config.limits), config.pool, observer,
+            image_builds=builds_in_progress(config.paths.data),
+        )  # fmt: skip
         if reconcile_leftovers:
             await reconcile(host)
         await engine.refresh_images()
@@ -219,6 +250,7 @@ class Engine:
         self._loops.append(
             supervisor.start("orphaned shim reaper", lambda: reap_forever(namespace, SHIM_REAP_INTERVAL))
         )
+        self._loops.append(supervisor.start("image refresh", self._refresh_images_forever))
 
     async def close(self) -> None:
         """Stop the loops, remove the pool's sandboxes, and wait for every removal under way."""
@@ -227,6 +259,7 @@ class Engine:
         if self._pool is not None:
             await self._cleanups.complete_even_if_cancelled(self._pool.close())
         await self._cleanups.drain()
+        await self._roots.close()
         await asyncio.to_thread(reap_orphaned_shims, self._host.client.namespace)
 
     async def drain(self) -> None:
@@ -254,13 +287,31 @@ class Engine:
                 "timeout", f"must be at most {limits.max_timeout:g} seconds for {runtime.name}"
             )
         timeout = float(request.timeout) if request.timeout is not None else limits.timeout
+        if request.expected_output is not None:
+            expected = len(request.expected_output.encode())
+            output_limit = self._settings.output_limit_bytes
+            if expected > output_limit:
+                raise InvalidFieldError("expected_output", f"must be at most {output_limit} bytes")
+        if request.args and not runtime.arguments:
+            raise InvalidFieldError("args", f"{runtime.name} programs take no command-line arguments")
+        program = runtime.program_for(request.code)
         return Plan(
             request=request,
             runtime=runtime,
-            program=runtime.program_for(request.code),
+            program=attrs.evolve(program, run=program.run + request.args),
             timeout=timeout,
             environment={**runtime.environment, **(request.environment or {})},
+            files=self._workspace_files(request, program.source_file),
         )
+
+    def _workspace_files(self, request: ExecutionRequest, source_file: str) -> dict[str, bytes]:
+        files = {file.name: file.data() for file in request.files}
+        if source_file in files or any(name.startswith(f"{source_file}/") for name in files):
+            raise InvalidFieldError("files", f"{source_file} is the program's own source file")
+        size = sum(map(len, files.values()))
+        if size > self._settings.files_bytes:
+            raise InvalidFieldError("files", f"must be at most {self._settings.files_bytes} bytes in all")
+        return {source_file: request.code.encode(), **files}
 
     def check_available(self, plan: Plan) -> str:
         """The chain ID of the plan's runtime image; raise when it cannot run now.
@@ -288,8 +339,14 @@ class Engine:
         with self._housekeeping.program_running():
             yield
 
-    async def execute(self, plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
+    async def execute(
+        self, plan: Plan, execution_id: str, *, on_output: OutputListener | None = None
+    ) -> tuple[ExecutionResult, Timings]:
         """Run a planned execution in a fresh sandbox; say how long getting it ready and the run took.
+
+        ``on_output`` hears the program's output as it arrives (within the output limit, which
+        holds for it as for the result); a compile step's output is not its: it becomes the
+        result's stderr when compiling fails, and nothing when it succeeds.
 
         Raises ``ContainerdUnavailableError`` (and ``RuntimeUnavailableError``) when nothing ran,
         so the caller may retry; once the program started, every failure of the sandbox layer is
@@ -305,12 +362,16 @@ class Engine:
             except (ContainerdError, OSError) as error:
                 return _sandbox_failed(execution_id, plan, error), Timings()
             self._active.add(sandbox.id)
+            if on_output is not None:
+                self._listeners[sandbox.id] = on_output
             try:
                 with self._watch.translating():
-                    await sandbox.write_files({plan.program.source_file: plan.request.code.encode()})
+                    await sandbox.write_files(plan.files)
                     setup = time.monotonic() - started
                     with self._housekeeping.program_running():
                         ending = await self._run_steps(sandbox, plan, self.sandbox_limits(runtime))
+                        if plan.request.output_files:
+                            ending = await self._collect(sandbox, plan, ending)
                     usage = await sandbox.usage()
             except ContainerdUnavailableError:
                 note = "internal error: containerd became unavailable during the execution"
@@ -319,6 +380,7 @@ class Engine:
                 return _sandbox_failed(execution_id, plan, error), Timings()
             finally:
                 self._active.discard(sandbox.id)
+                self._listeners.pop(sandbox.id, None)
                 # The caller has its result as soon as it is known; removal goes on in the background.
                 self._cleanups.destroy_in_background(
                     sandbox, self._observer.sandbox_removed, self._quiet_for_teardown
@@ -382,6 +444,14 @@ class Engine:
         """Every sandbox the pool holds or is booting: idle, they are no execution's."""
         return self._pool.sandbox_ids() if self._pool is not None else set()
 
+    async def root_for(self, chain_id: str) -> Path:
+        """The host directory where the image of ``chain_id`` is mounted read-only for its sandboxes."""
+        return await self._roots.path_for(chain_id)
+
+    def shared_root_keys(self) -> set[str]:
+        """The images' shared roots (view snapshots, leases, mounts): the engine's, no execution's."""
+        return self._roots.keys()
+
     # -- the parts' work -------------------------------------------------------------------
 
     def sandbox_limits(self, runtime: Runtime) -> SandboxLimits:
@@ -397,7 +467,7 @@ class Engine:
             self._host,
             sandbox_id,
             image=runtime.image,
-            chain_id=chain_id,
+            root=await self.root_for(chain_id),
             limits=self.sandbox_limits(runtime),
             workspace_bytes=self._settings.workspace_bytes,
             labels=labels,
@@ -422,16 +492,32 @@ class Engine:
         """Look up every runtime's image in containerd."""
         for runtime in self._runtimes:
             try:
-                self._images[runtime.name] = await inspect_image(self._host.client, runtime)
+                state = await inspect_image(self._host.client, runtime)
             except ContainerdError as error:
-                self._images[runtime.name] = ImageState(
+                state = ImageState(
                     runtime=runtime.name, reference=runtime.image, available=False, reason=str(error)
                 )
+            since = building_since(self._image_builds, runtime.name) if self._image_builds else None
+            if not state.available and since is not None:
+                state = attrs.evolve(state, reason=f"image building (since {since})")
+            if state.available and not self._images.get(runtime.name, state).available:
+                log.info("runtime %s is available now: %s", runtime.name, state.version)
+            self._images[runtime.name] = state
+
+    async def _refresh_images_forever(self) -> None:
+        """While a runtime has no image, look again every few seconds: one built meanwhile serves at once."""
+        while True:
+            await asyncio.sleep(_IMAGE_REFRESH_INTERVAL)
+            await self._refresh_unavailable()
+
+    async def _refresh_unavailable(self) -> None:
+        if self._watch.available and not all(state.available for state in self._images.values()):
+            await self.refresh_images()
 
     async def _after_outage(self) -> None:
         # Idle sandboxes outlive a containerd restart (their agents answer through FIFOs); one
         # that died meanwhile is never handed out. Flushing them here only delayed recovery.
-        keep: Collection[str] = self._active | self.pooled_sandbox_ids()
+        keep: Collection[str] = self._active | self.pooled_sandbox_ids() | self.shared_root_keys()
         await reconcile(self._host, keep=keep)
         await self.refresh_images()
 
@@ -488,6 +574,24 @@ class Engine:
         exit_code = -1 if ran.exit_code is None else ran.exit_code
         return _Ending(ran.stdout.data, ran.stderr.data, exit_code, elapsed, ExecutionStatus.COMPLETED, None)
 
+    async def _collect(self, sandbox: Sandbox, plan: Plan, ending: _Ending) -> _Ending:
+        """The ending with the files the request asked for; only a program that ended on its own has any."""
+        if ending.status is not ExecutionStatus.COMPLETED or not sandbox.alive:
+            return attrs.evolve(ending, files=())
+        collected = await sandbox.collect(plan.request.output_files)
+        try:
+            found = parse_collected(
+                collected.stdout.data, exit_code=collected.exit_code, truncated=collected.output_exceeded
+            )
+        except CollectedFormatError as error:
+            note = f"sandboxd: output files could not be read: {error}\n"
+            return attrs.evolve(ending, stderr=ending.stderr + note.encode(), files=())
+        notes = list(found.skipped[:_SKIPPED_NOTES])
+        if len(found.skipped) > _SKIPPED_NOTES:
+            notes.append(f"{len(found.skipped) - _SKIPPED_NOTES} more output files not returned")
+        stderr = ending.stderr + "".join(f"sandboxd: {note}\n" for note in notes).encode()
+        return attrs.evolve(ending, stderr=stderr, files=found.files)
+
     async def _exec(
         self,
         sandbox: Sandbox,
@@ -499,12 +603,15 @@ class Engine:
         status_pipe: bool = False,
         extra_environment: Mapping[str, str] | None = None,
     ) -> ProcessOutcome:
+        # A compile step or a parse-only syntax check: what they print is no program's live output.
+        compiling = argv != plan.program.run
         return await sandbox.run(
             argv,
             environment={**plan.environment, **(extra_environment or {})},
             stdin=stdin,
             timeout=timeout,
             output_cap=self._settings.output_limit_bytes,
+            on_output=None if compiling else self._listeners.get(sandbox.id),
             status_pipe=status_pipe,
         )
 
@@ -538,9 +645,15 @@ def _result(execution_id: str, plan: Plan, ending: _Ending, usage: CgroupUsage |
     if ending.note is not None:
         text += ("" if not text or text.endswith("\n") else "\n") + f"sandboxd: {ending.note}\n"
     cpu_ns = usage.cpu_time_ns if usage else None
+    request = plan.request
+    stdout = ending.stdout.decode(errors="replace")
+    passed = None
+    if request.expected_output is not None:
+        ran_clean = ending.status is ExecutionStatus.COMPLETED and ending.exit_code == 0
+        passed = ran_clean and request.compare.matches(stdout, request.expected_output)
     return ExecutionResult(
         execution_id=execution_id,
-        stdout=ending.stdout.decode(errors="replace"),
+        stdout=stdout,
         stderr=text,
         exit_code=ending.exit_code,
         execution_time=round(ending.elapsed, 4),
@@ -549,6 +662,8 @@ def _result(execution_id: str, plan: Plan, ending: _Ending, usage: CgroupUsage |
         status=ending.status,
         cpu_time=None if cpu_ns is None else round(cpu_ns / 1e9, 4),
         memory_peak=usage.peak_memory_bytes if usage else None,
+        passed=passed,
+        output_files=ending.files if request.output_files else None,
     )
 
 
@@ -562,6 +677,7 @@ class _Ending:
     elapsed: float
     status: ExecutionStatus
     note: str | None
+    files: tuple[OutputFile, ...] = ()
 
 
 # What a run command's syntax check writes to its status pipe when the program does not parse.

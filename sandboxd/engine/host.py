@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import shlex
@@ -15,10 +14,6 @@ from sandboxd.engine.agent import AGENT_NAME, build_agent
 from sandboxd.engine.sandbox import SandboxHost
 
 log = logging.getLogger(__name__)
-
-# A lease outlives any execution (the longest timeout is minutes); it only
-# matters when the daemon died and left the execution's resources behind.
-LEASE_TTL = dt.timedelta(hours=1)
 
 
 def runsc_wrapper_script(config: Config) -> str:
@@ -32,7 +27,7 @@ def runsc_wrapper_script(config: Config) -> str:
 def prepare_host(config: Config, client: ContainerdClient) -> SandboxHost:
     """Create the state directories, the runsc wrapper and the agent; return where sandboxes are made."""
     state = config.paths.state
-    for directory in (state, state / "workspaces", state / "fifos", state / "runsc", state / "agent"):
+    for directory in (state, *(state / name for name in ("workspaces", "fifos", "runsc", "agent", "roots"))):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
     wrapper = state / "runsc-sandboxd"
@@ -49,7 +44,7 @@ def prepare_host(config: Config, client: ContainerdClient) -> SandboxHost:
         agent_name=AGENT_NAME,
         workspaces=state / "workspaces",
         fifos=state / "fifos",
-        lease_ttl=LEASE_TTL,
+        roots=state / "roots",
     )
 
 

@@ -93,13 +93,15 @@ def sandbox_spec(
     agent_name: str,
     limits: SandboxLimits,
     cgroups_path: str,
+    root: Path,
 ) -> dict[str, Any]:
     """The OCI runtime spec of a sandbox: read-only root, writable /workspace and /tmp, no network."""
     tmpfs_options = ["nosuid", "nodev", "mode=1777", f"size={limits.tmp_bytes}"]
     return {
         "ociVersion": "1.0.2",
         "process": agent_process_spec(f"{AGENT_DIR}/{agent_name}", limits),
-        "root": {"path": "rootfs", "readonly": True},
+        # The image's root as the host mounted it once, for all of its sandboxes (engine/roots.py).
+        "root": {"path": str(root), "readonly": True},
         "hostname": hostname,
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},

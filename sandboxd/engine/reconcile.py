@@ -10,6 +10,7 @@ from typing import Final
 
 from sandboxd.engine.agent import AgentChannel
 from sandboxd.engine.orphans import reap_orphaned_shims
+from sandboxd.engine.roots import ROOT_LABEL, remove_stale_roots
 from sandboxd.engine.sandbox import HOST_LABEL, Sandbox, SandboxHost
 from sandboxd.engine.workspace import Workspace
 
@@ -22,14 +23,15 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
     """Remove every sandbox a previous run of this daemon left behind; return how many.
 
     Run at start-up, before any execution: a task in any state (CREATED ones
-    included) is torn down like a sandbox whose execution ended, and workspaces
-    and FIFO directories nobody owns any more are removed.
+    included) is torn down like a sandbox whose execution ended, and workspaces,
+    FIFO directories and shared roots nobody owns any more are removed.
     """
     client = host.client
     mine = [f'labels."{HOST_LABEL}"=={host.host_id}']
     found = {container.id for container in await client.containers.list(mine)}
-    found |= {snapshot.name for snapshot in await client.snapshots.list(mine)}
-    found |= {lease.id for lease in await client.leases.list(mine)}
+    # The images' shared roots are no sandbox's: removed on their own, after the sandboxes.
+    found |= {s.name for s in await client.snapshots.list(mine) if ROOT_LABEL not in s.labels}
+    found |= {lease.id for lease in await client.leases.list(mine) if ROOT_LABEL not in lease.labels}
     found -= set(keep)
     limit = asyncio.Semaphore(_RECONCILE_PARALLEL)
 
@@ -38,6 +40,7 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
             await Sandbox.adopt(host, sandbox_id).destroy()
 
     await asyncio.gather(*(remove(sandbox_id) for sandbox_id in sorted(found)))
+    roots = await remove_stale_roots(client, host.roots, host.host_id, keep)
     for directory in await asyncio.to_thread(_entries, host.workspaces):
         if directory.name not in keep:
             await Workspace(directory).remove()
@@ -47,6 +50,8 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
     await asyncio.to_thread(reap_orphaned_shims, client.namespace)
     if found:
         log.warning("removed %d sandboxes left by a previous run", len(found))
+    if roots:
+        log.info("removed %d shared image roots left by a previous run", roots)
     return len(found)
 
 

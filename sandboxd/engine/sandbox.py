@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import logging
 import os
@@ -31,10 +30,11 @@ from sandboxd.containerd import (
     RuncOptions,
     TaskStatus,
 )
-from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput
+from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput, OutputListener
 from sandboxd.engine.cgroups import CgroupUsage, read_usage
 from sandboxd.engine.cleanups import Cleanups
-from sandboxd.engine.oci import NOBODY, WORKSPACE, SandboxLimits, sandbox_spec
+from sandboxd.engine.files import COLLECT_OUTPUT_CAP, COLLECT_TIMEOUT, collect_argv
+from sandboxd.engine.oci import AGENT_DIR, NOBODY, WORKSPACE, SandboxLimits, sandbox_spec
 from sandboxd.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ HOST_LABEL: Final = "sandboxd.io/host"
 SANDBOX_LABEL: Final = "sandboxd.io/sandbox"
 RUNC_V2: Final = "io.containerd.runc.v2"
 _KILL_WAIT: Final = 5.0
+# How long an agent that quit may take to end its sandbox before it is killed after all.
+_QUIT_WAIT: Final = 2.0
 # From task start to the agent's first frame: a sandbox that takes longer is broken.
 _AGENT_READY_TIMEOUT: Final = 30.0
 
@@ -67,7 +69,7 @@ class SandboxHost:
     agent_name: str
     workspaces: Path
     fifos: Path
-    lease_ttl: dt.timedelta
+    roots: Path
     cgroup_root: Path = Path("/sys/fs/cgroup")
 
     @property
@@ -122,6 +124,8 @@ class Sandbox:
         self._init_exit: asyncio.Future[ExitStatus] | None = None
         self._fifo_dir = host.fifos / sandbox_id
         self._agent: AgentChannel | None = None
+        # Set once this handle deleted the task: the container can go without asking again.
+        self._task_deleted = False
         self.workspace: Workspace | None = None
 
     @classmethod
@@ -144,18 +148,20 @@ class Sandbox:
         sandbox_id: str,
         *,
         image: str,
-        chain_id: str,
+        root: Path,
         limits: SandboxLimits,
         workspace_bytes: int,
         labels: Mapping[str, str],
         cleanups: Cleanups,
     ) -> Sandbox:
-        """Boot a sandbox of ``image`` with an empty /workspace; return once its agent is ready.
+        """Boot a sandbox of ``image`` (mounted read-only at ``root``) with an empty /workspace.
+
+        It returns once the sandbox's agent is ready.
 
         A boot that fails or is cancelled is undone whole, in ``cleanups`` (which shutdown waits for).
         """
         sandbox = cls(host, sandbox_id)
-        boot = asyncio.ensure_future(sandbox._boot(image, chain_id, limits, workspace_bytes, labels))
+        boot = asyncio.ensure_future(sandbox._boot(image, root, limits, workspace_bytes, labels))
         try:
             await asyncio.shield(boot)
         except BaseException:
@@ -175,16 +181,13 @@ class Sandbox:
     async def _boot(
         self,
         image: str,
-        chain_id: str,
+        root: Path,
         limits: SandboxLimits,
         workspace_bytes: int,
         labels: Mapping[str, str],
     ) -> None:
         client, sid = self.host.client, self.id
         all_labels = {MANAGED_LABEL: "true", HOST_LABEL: self.host.host_id, SANDBOX_LABEL: sid, **labels}
-        await client.leases.create(sid, expires_in=self.host.lease_ttl, labels=all_labels)
-        self._push("lease", client.leases.delete, sid)
-
         self.workspace = await Workspace.create(self.host.workspaces, sid, workspace_bytes)
         self._push("workspace", self.workspace.remove)
 
@@ -193,9 +196,6 @@ class Sandbox:
         agent = self._agent = AgentChannel(self._fifo_dir)
         await agent.open_replies()
 
-        mounts = await client.snapshots.prepare(sid, chain_id, labels=all_labels, lease=sid)
-        self._push("snapshot", client.snapshots.remove, sid)
-
         spec = sandbox_spec(
             hostname="sandbox",
             workspace=self.workspace.path,
@@ -203,22 +203,17 @@ class Sandbox:
             agent_name=self.host.agent_name,
             limits=limits,
             cgroups_path=self.cgroups_path,
+            root=root,
         )
         await client.containers.create(
-            sid,
-            spec=spec,
-            runtime=RUNC_V2,
-            runtime_options=self.host.runtime_options(),
-            snapshotter=client.snapshots.snapshotter,
-            snapshot_key=sid,
-            image=image,
+            sid, spec=spec, runtime=RUNC_V2, runtime_options=self.host.runtime_options(), image=image,
             labels=all_labels,
-            lease=sid,
-        )
+        )  # fmt: skip
         self._push("container", self._delete_container)
 
+        # No rootfs mounts: the spec's root is the image's shared, already mounted root.
         await client.tasks.create(
-            sid, rootfs=mounts, stdin=str(agent.stdin), stdout=str(agent.stdout), stderr=str(agent.stderr)
+            sid, rootfs=[], stdin=str(agent.stdin), stdout=str(agent.stdout), stderr=str(agent.stderr)
         )
         self._push("task", self._teardown_task)
         await agent.open_commands()
@@ -248,11 +243,20 @@ class Sandbox:
         # containerd's Containers service deletes a container even while its task
         # lives, and an orphaned task can no longer be reached through the API.
         # Keep the record instead, so that reconciliation finds the sandbox again.
-        try:
-            await self.host.client.tasks.get(self.id)
-        except NotFoundError:
+        if self._task_deleted:
             await self.host.client.containers.delete(self.id)
             return
+        for attempt in range(2):
+            try:
+                await self.host.client.tasks.get(self.id)
+            except NotFoundError:
+                await self.host.client.containers.delete(self.id)
+                return
+            if attempt == 0:
+                # A task that appeared after its teardown looked: a create that a dead daemon
+                # had in flight completes in containerd all the same. It goes the same way.
+                log.info("sandbox %s: a task appeared after teardown; removing it too", self.id)
+                await self._teardown_adopted_task()
         raise SandboxError(
             f"sandbox {self.id}: its task is still there; the container is kept for reconciliation"
         )
@@ -266,8 +270,7 @@ class Sandbox:
         """Put ``files`` into /workspace, before any process of the execution runs."""
         if self.workspace is None:
             raise SandboxError(f"sandbox {self.id} has no workspace")
-        for name, content in files.items():
-            await self.workspace.write_file(name, content)
+        await self.workspace.write_files(files)
 
     async def run(
         self,
@@ -277,10 +280,12 @@ class Sandbox:
         stdin: bytes,
         timeout: float,
         output_cap: int,
+        on_output: OutputListener | None = None,
         status_pipe: bool = False,
     ) -> ProcessOutcome:
         """Run ``argv`` in /workspace until it exits, ``timeout`` seconds pass or its output overflows.
 
+        ``on_output`` hears its output as it arrives, never more than ``output_cap`` per stream.
         With ``status_pipe`` the process gets a pipe as fd 3 (see ``ProcessOutcome.status``).
         """
         if self._agent is None:
@@ -291,7 +296,8 @@ class Sandbox:
         deadline = started + timeout
         process = self._agent.run(
             argv, environment, cwd=WORKSPACE, uid=NOBODY, gid=NOBODY,
-            stdin=stdin, output_cap=output_cap, on_overflow=overflow.set, status_pipe=status_pipe,
+            stdin=stdin, output_cap=output_cap, on_overflow=overflow.set, on_output=on_output,
+            status_pipe=status_pipe,
         )  # fmt: skip
         overflowed: asyncio.Future[Any] = asyncio.ensure_future(overflow.wait())
         watched: set[asyncio.Future[Any]] = {process.exited, overflowed}
@@ -321,12 +327,28 @@ class Sandbox:
             status=process.status,
         )
 
+    async def collect(self, patterns: tuple[str, ...]) -> ProcessOutcome:
+        """Have the agent read the files ``patterns`` match in /workspace, as the program's user."""
+        argv = collect_argv(f"{AGENT_DIR}/{self.host.agent_name}", patterns)
+        return await self.run(
+            argv, environment={}, stdin=b"", timeout=COLLECT_TIMEOUT, output_cap=COLLECT_OUTPUT_CAP
+        )
+
     async def end_processes(self) -> None:
-        """End every process but the agent: through the agent (cheap), else by killing the sandbox."""
-        if self._agent is not None and self._agent.end_processes():
+        """End every process of the sandbox: its agent quits (cheap), else the sandbox is killed."""
+        if await self._quit_agent():
             return
         with contextlib.suppress(ContainerdError):
             await self.kill()
+
+    async def _quit_agent(self) -> bool:
+        """End the sandbox through its agent, without a `runsc kill`; return whether it stopped."""
+        if self._agent is None or not self._agent.quit():
+            return False
+        if await self.wait_stopped(_QUIT_WAIT):
+            return True
+        log.warning("sandbox %s: still running %g s after its agent quit; killing it", self.id, _QUIT_WAIT)
+        return False
 
     async def kill(self) -> None:
         """SIGKILL every process in the sandbox; a sandbox that already stopped needs nothing."""
@@ -384,7 +406,7 @@ class Sandbox:
             self._init_exit = (
                 asyncio.ensure_future(tasks.wait(self.id)) if status is not TaskStatus.STOPPED else None
             )
-        if self._init_exit is not None and not self._init_exit.done():
+        if self._init_exit is not None and not self._init_exit.done() and not await self._quit_agent():
             try:
                 await tasks.kill(self.id, signal.SIGKILL, all_processes=True)
             except NotFoundError:
@@ -400,6 +422,7 @@ class Sandbox:
                 await asyncio.wait_for(asyncio.shield(self._init_exit), _KILL_WAIT)
         self._stop_watching()
         await tasks.delete(self.id)
+        self._task_deleted = True
 
     async def _teardown_adopted_task(self) -> None:
         # The agent of a dead daemon's sandbox may block writing to a FIFO nobody

@@ -1,6 +1,6 @@
 """Per-execution workspaces: a size-limited tmpfs on the host, mounted at /workspace in the sandbox.
 
-The daemon writes the source file before any process of the execution runs
+The daemon writes the source file (and the request's files) before any process of the execution runs
 (a pooled sandbox has run nothing but its agent). Afterwards it never reads or
 walks the directory, which the sandbox may have filled with
 symlinks: removal is an unmount (the tmpfs and everything in it vanish) and an
@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -63,23 +64,36 @@ class Workspace:
             path.rmdir()
             raise
 
-    async def write_file(self, name: str, content: bytes) -> None:
-        """Create ``name`` (a plain name, not a path) with ``content``, owned by the sandbox user."""
-        await asyncio.to_thread(self._write_file, name, content)
+    async def write_files(self, files: Mapping[str, bytes]) -> None:
+        """Create each relative path of ``files`` (directories as needed), owned by the sandbox user."""
+        await asyncio.to_thread(self._write_files, files)
 
-    def _write_file(self, name: str, content: bytes) -> None:
-        if "/" in name or name in ("", ".", ".."):
-            raise ValueError(f"not a plain file name: {name!r}")
-        directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=directory)
+    def _write_files(self, files: Mapping[str, bytes]) -> None:
+        for name, content in files.items():
+            parts = name.split("/")
+            if any(part in ("", ".", "..") for part in parts):
+                raise ValueError(f"not a relative path: {name!r}")
+            # Nothing of the execution ran yet, so no link can be here; O_NOFOLLOW all the same.
+            directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             try:
-                os.write(fd, content)
-                os.fchown(fd, NOBODY, NOBODY)
+                for part in parts[:-1]:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=directory)
+                        os.chown(part, NOBODY, NOBODY, dir_fd=directory, follow_symlinks=False)
+                    inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+                    os.close(directory)
+                    directory = inner
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                fd = os.open(parts[-1], flags, 0o644, dir_fd=directory)
+                try:
+                    view = memoryview(content)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fchown(fd, NOBODY, NOBODY)
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
-        finally:
-            os.close(directory)
+                os.close(directory)
 
     async def remove(self) -> None:
         """Unmount the tmpfs (discarding all it holds) and remove the mount point."""

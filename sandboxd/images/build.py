@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -24,7 +24,15 @@ import attrs
 
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
-from sandboxd.images.inspect import BUILD_KEY_LABEL, RUNTIME_LABEL, VERSION_LABEL, ImageState, inspect_image
+from sandboxd.images.inspect import (
+    BUILD_KEY_LABEL,
+    RUNTIME_LABEL,
+    VERSION_LABEL,
+    ImageState,
+    inspect_image,
+    mark_building,
+    unmark_building,
+)
 from sandboxd.images.layers import add_whiteouts, diff_trees
 from sandboxd.images.oci_image import (
     CONFIG_TYPE,
@@ -42,6 +50,7 @@ from sandboxd.images.oci_image import (
     Manifest,
     RootFS,
 )
+from sandboxd.images.progress import BuildProgress, State
 from sandboxd.runtimes import IMAGE_RECIPE_VERSION, Runtime
 from sandboxd.validation import converter
 
@@ -74,7 +83,7 @@ class ImageBuilder:
 
     client: ContainerdClient
     work_dir: Path
-    progress: Callable[[str], None]
+    progress: BuildProgress
     ctr: str = "ctr"
     mmdebstrap: str = "mmdebstrap"
     # One build of a suite's base at a time, however many images are built at once.
@@ -88,15 +97,37 @@ class ImageBuilder:
         """Build and import the runtime's image unless a current one is present."""
         state = await inspect_image(self.client, runtime)
         if self.is_current(runtime, state) and not force:
-            self.progress(f"[{runtime.name}] {runtime.image} is current ({state.version}); skipped")
+            self.progress.finished(runtime.name, State.CURRENT, f"{runtime.image}, {state.version}")
             return state
         build_dir = self.work_dir / "images" / runtime.name
         await asyncio.to_thread(shutil.rmtree, build_dir, True)
         build_dir.mkdir(parents=True)
+        self._start_log(runtime.name)
+        # A daemon serving meanwhile lists the runtime as "image building" until it is ready.
+        marker = mark_building(self.work_dir / "building", runtime.name)
         try:
-            return await self._build_in(runtime, build_dir)
+            built = await self._build_in(runtime, build_dir)
+        except ImageBuildError as error:
+            self._write_log(runtime.name, str(error))
+            summary = str(error).splitlines()[0]
+            self.progress.finished(runtime.name, State.FAILED, f"{summary}; log: {self._log(runtime.name)}")
+            raise
         finally:
+            unmark_building(marker)
             await asyncio.to_thread(shutil.rmtree, build_dir, True)
+        self.progress.finished(runtime.name, State.READY, f"{runtime.image}, {built.version}")
+        return built
+
+    def _log(self, name: str) -> Path:
+        return self.progress.log_path(name)
+
+    def _start_log(self, name: str) -> None:
+        self._log(name).parent.mkdir(parents=True, exist_ok=True)
+        self._log(name).write_text("")
+
+    def _write_log(self, name: str, text: str) -> None:
+        with self._log(name).open("a") as log:
+            log.write(text if text.endswith("\n") else text + "\n")
 
     async def _debootstrap(self, name: str, suite: str, packages: Sequence[str], rootfs: Path) -> None:
         argv = [self.mmdebstrap, "--variant=essential", "--format=directory"]
@@ -117,13 +148,20 @@ class ImageBuilder:
             if not marker.exists():
                 await asyncio.to_thread(shutil.rmtree, directory, True)
                 directory.mkdir(parents=True)
-                self.progress(
-                    f"[base] installing Debian {suite}'s essential packages (shared by every runtime)"
-                )
-                await self._debootstrap("base", suite, (), rootfs)
-                digest, size = await self._pack_layer("base", rootfs, blob)
+                name = f"base ({suite})"
+                self.progress.add(name)
+                self._start_log(name)
+                try:
+                    shared = f"Debian {suite}'s essential packages, shared by every runtime"
+                    self.progress.step(name, 1, shared)
+                    await self._debootstrap(name, suite, (), rootfs)
+                    self.progress.step(name, 2, "packing its layer")
+                    digest, size = await self._pack_layer(name, rootfs, blob)
+                except ImageBuildError as error:
+                    self.progress.finished(name, State.FAILED, f"{error}; log: {self._log(name)}")
+                    raise
                 marker.write_text(json.dumps({"digest": digest, "size": size}))
-                self.progress(f"[base] ready: {digest[:19]}, {size >> 20} MiB")
+                self.progress.finished(name, State.READY, f"{digest[:19]}, {size >> 20} MiB")
             recorded = json.loads(marker.read_text())
             return BaseLayer(rootfs, blob, recorded["digest"], recorded["size"])
 
@@ -131,17 +169,17 @@ class ImageBuilder:
         name = runtime.name
         base = await self.base_layer(runtime.build.suite)
         rootfs = build_dir / "rootfs"
-        self.progress(
-            f"[{name}] 1/4 installing {', '.join(runtime.build.packages)} from Debian {runtime.build.suite}"
-        )
+        packages = ", ".join(runtime.build.packages)
+        self.progress.step(name, 1, f"installing {packages} from Debian {runtime.build.suite}")
         await self._debootstrap(name, runtime.build.suite, runtime.build.packages, rootfs)
         for path, content in runtime.build.files.items():
             await asyncio.to_thread(write_into_rootfs, rootfs, path, content.encode())
         version = await self._runtime_version(runtime, rootfs)
-        self.progress(f"[{name}] 2/4 {version}; packing what it adds to the base")
+        self._write_log(name, f"version: {version}")
+        self.progress.step(name, 2, f"{version}; packing what it adds to the base")
         oci_dir = build_dir / "oci"
         await self._write_oci_layout(runtime, base, rootfs, oci_dir, version)
-        self.progress(f"[{name}] 3/4 importing {runtime.image} into containerd ({self.client.namespace})")
+        self.progress.step(name, 3, f"importing {runtime.image} into containerd ({self.client.namespace})")
         await self._import(name, oci_dir)
         await self.client.images.set_labels(
             runtime.image,
@@ -150,7 +188,6 @@ class ImageBuilder:
         state = await inspect_image(self.client, runtime)
         if not state.available:
             raise ImageBuildError(f"[{name}] imported image is not usable: {state.reason}")
-        self.progress(f"[{name}] 4/4 ready: {runtime.image} ({version})")
         return state
 
     async def _runtime_version(self, runtime: Runtime, rootfs: Path) -> str:
@@ -279,17 +316,18 @@ class ImageBuilder:
             raise ImageBuildError(f"[{name}] import failed: {detail}")
 
     async def _run_with_progress(self, name: str, argv: Sequence[str]) -> None:
-        """Run ``argv``, passing each line it prints to ``progress``; fail with its last lines."""
+        """Run ``argv``, writing what it prints to ``name``'s log; fail with its last lines."""
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         if process.stdout is None:
             raise ImageBuildError(f"[{name}] {argv[0]} gave no output pipe")
         lines: collections.deque[str] = collections.deque(maxlen=20)
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            lines.append(line)
-            self.progress(f"[{name}]   {line}")
+        with self._log(name).open("a") as log:
+            async for raw in process.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                lines.append(line)
+                log.write(line + "\n")
         if await process.wait() != 0:
             tail = "\n".join(lines)
             raise ImageBuildError(f"[{name}] {argv[0]} exited with status {process.returncode}:\n{tail}")

@@ -1,7 +1,11 @@
 """What containerd holds for each runtime: whether its image is present and unpacked, and its version."""
 
+import contextlib
 import hashlib
+import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final, TypeVar
 
 import attrs
@@ -16,6 +20,38 @@ VERSION_LABEL: Final = "sandboxd.io/runtime-version"
 RUNTIME_LABEL: Final = "sandboxd.io/runtime"
 
 _Document = TypeVar("_Document", Index, Manifest, ImageConfig)
+
+
+def builds_in_progress(data: Path) -> Path:
+    """Where `sandboxd images build` marks each runtime it is building (under the data directory)."""
+    return data / "build" / "building"
+
+
+def building_since(directory: Path, runtime: str) -> str | None:
+    """The time a live `images build` started building ``runtime``'s image, or None.
+
+    A marker is the builder's pid and start time; one whose process is gone (killed) is stale.
+    """
+    try:
+        pid, started = (directory / runtime).read_text().split()
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return None
+    return time.strftime("%H:%M:%S", time.localtime(float(started)))
+
+
+def mark_building(directory: Path, runtime: str) -> Path:
+    """Mark ``runtime``'s image as being built by this process; return the marker, to remove after."""
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / runtime
+    marker.write_text(f"{os.getpid()} {time.time()}")
+    return marker
+
+
+def unmark_building(marker: Path) -> None:
+    """Remove a marker ``mark_building`` made."""
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()
 
 
 @attrs.frozen

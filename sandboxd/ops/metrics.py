@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from sandboxd.engine.engine import Timings
 from sandboxd.models import ExecutionResult, Kind
 from sandboxd.ops.logging import EXECUTION_FIELDS
+from sandboxd.service.store import DeliveryState
 from sandboxd.supervisor import Supervisor
 
 log = logging.getLogger("sandboxd.executions")
@@ -23,7 +24,8 @@ _SECONDS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 class Metrics:
     """The daemon's metrics, in a registry of its own (several apps may live in one process).
 
-    It observes the engine (``sandbox_removed``, ``pool_take``) and the service (``finished``);
+    It observes the engine (``sandbox_removed``, ``pool_take``), the service (``finished``) and
+    the webhook deliveries (``webhook_attempt``, ``webhook_done``);
     gauges read their state when scraped.
     """
 
@@ -76,6 +78,19 @@ class Metrics:
         self.containerd_errors = Counter(
             "sandboxd_containerd_errors", "Failed containerd calls by method", ["method"], registry=registry
         )
+        self.webhook_attempts = Counter(
+            "sandboxd_webhook_attempts",
+            "Webhook delivery attempts by result: delivered, http_error (a non-2xx answer), network_error, "
+            "refused (by the address policy, or no secret), internal_error",
+            ["result"],
+            registry=registry,
+        )
+        self.webhook_deliveries = Counter(
+            "sandboxd_webhook_deliveries",
+            "Webhook deliveries done for good, by state: delivered, or failed (given up)",
+            ["state"],
+            registry=registry,
+        )
 
     def track_admission(self, running: Callable[[], int], waiting: Callable[[], int]) -> None:
         """Read the in-flight and queue gauges from the admission control when scraped."""
@@ -101,6 +116,11 @@ class Metrics:
         )
         kept.set_function(lambda: float(pending()))
 
+    def track_event_streams(self, open_streams: Callable[[], int]) -> None:
+        """Read how many event streams (live output) this host serves, when scraped."""
+        gauge = Gauge("sandboxd_event_streams", "Event streams open on this host", registry=self.registry)
+        gauge.set_function(lambda: float(open_streams()))
+
     def track_supervisor(self, supervisor: Supervisor) -> None:
         """Read how many background tasks are down (waiting to be restarted) when scraped."""
         down = Gauge(
@@ -123,6 +143,14 @@ class Metrics:
         self.containerd_errors.labels(
             method=method.rsplit("/", 2)[-2] + "/" + method.rsplit("/", 1)[-1]
         ).inc()
+
+    def webhook_attempt(self, result: str) -> None:
+        """Count a webhook delivery attempt by its result."""
+        self.webhook_attempts.labels(result=result).inc()
+
+    def webhook_done(self, state: DeliveryState) -> None:
+        """Count a webhook delivery that is done: delivered, or given up."""
+        self.webhook_deliveries.labels(state=str(state)).inc()
 
     def finished(
         self, result: ExecutionResult, kind: Kind, timings: Timings, *, debug_fields: dict[str, Any]

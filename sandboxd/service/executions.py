@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
 
+from sandboxd.engine.agent import OutputListener
 from sandboxd.engine.engine import (
     Engine,
     Plan,
@@ -39,7 +41,15 @@ from sandboxd.models import (
     SessionPage,
 )
 from sandboxd.service.admission import Admission, QueueFullError
-from sandboxd.service.store import CANCEL_CHANNEL, ExecutionStore, StoredExecution, StoreUnavailableError
+from sandboxd.service.live import EventPosition, LiveEvent, LiveFeeds, OutputRelay
+from sandboxd.service.store import (
+    CANCEL_CHANNEL,
+    OUTPUT_CHANNEL,
+    ExecutionStore,
+    StoredExecution,
+    StoreUnavailableError,
+)
+from sandboxd.service.webhooks import Webhooks
 from sandboxd.supervisor import Supervised, Supervisor
 from sandboxd.validation import InvalidFieldError, ValidationError, structure
 
@@ -84,16 +94,20 @@ class ExecutionService:
         supervisor: Supervisor,
         observer: ExecutionObserver,
         *,
+        webhooks: Webhooks,
         async_queue: int,
         retention: dt.timedelta,
         poll: float,
         pending_writes: int,
+        event_streams: int,
+        heartbeat: float,
     ) -> None:
         self._engine = engine
         self._store = store
         self._admission = admission
         self._supervisor = supervisor
         self._observer = observer
+        self._webhooks = webhooks
         self._async_queue = async_queue
         self._retention = retention
         self._poll = poll
@@ -108,11 +122,28 @@ class ExecutionService:
         self._cancelled_by_owner: set[str] = set()
         self._shutting_down = False
         self._shutdown_deadline: float | None = None
+        self._relay = OutputRelay(store)
+        self._feeds = LiveFeeds(
+            store, limit=event_streams, poll=poll, heartbeat=heartbeat, runs_here=self._running.__contains__
+        )
 
     # -- checking requests -----------------------------------------------------------------
 
     def plan(self, request: ExecutionRequest) -> Plan:
-        """Validate a request against its runtime (400s and 503s happen here, before anything runs)."""
+        """Validate a synchronous or batch request (400s and 503s happen here, before anything runs)."""
+        if request.callback_url is not None:
+            raise InvalidFieldError(
+                "callback_url", "is only for asynchronous requests (POST /api/v1/execute/async)"
+            )
+        return self._plan(request)
+
+    def plan_async(self, owner: str, request: ExecutionRequest) -> Plan:
+        """Validate an asynchronous request; its callback_url must be deliverable for ``owner``'s key."""
+        if request.callback_url is not None:
+            self._webhooks.check(owner, request.callback_url)
+        return self._plan(request)
+
+    def _plan(self, request: ExecutionRequest) -> Plan:
         plan = self._engine.plan(request)
         self._engine.check_available(plan)
         return plan
@@ -155,6 +186,7 @@ class ExecutionService:
         self._supervisor.start("queue", self._dispatch_forever)
         self._supervisor.start("lease renewal", self._renew_forever)
         self._supervisor.start("store watch", self._watch_store_forever)
+        self._supervisor.start("output relay", self._relay.run_forever)
 
     async def run(self, owner: str, plan: Plan) -> ExecutionResult:
         """Run one execution now, in a slot of its own."""
@@ -204,9 +236,16 @@ class ExecutionService:
         await self._record(result)
         return result
 
-    async def _execute(self, execution_id: str, plan: Plan, kind: Kind, queue_wait: float) -> ExecutionResult:
+    async def _execute(
+        self,
+        execution_id: str,
+        plan: Plan,
+        kind: Kind,
+        queue_wait: float,
+        on_output: OutputListener | None = None,
+    ) -> ExecutionResult:
         try:
-            result, timings = await self._engine.execute(plan, execution_id)
+            result, timings = await self._engine.execute(plan, execution_id, on_output=on_output)
         except RuntimeUnavailableError as error:
             result = failed_result(execution_id, plan, ExecutionStatus.INTERNAL_ERROR, str(error))
             timings = Timings()
@@ -239,6 +278,11 @@ class ExecutionService:
             log.error("pending writes full: the result of %s is lost", self._pending[0].execution_id)
         self._pending.append(result)
         log.warning("result of %s kept in memory until the store is back: %s", result.execution_id, reason)
+
+    @property
+    def open_streams(self) -> int:
+        """Event streams this host serves now."""
+        return self._feeds.open_streams
 
     @property
     def pending_writes(self) -> int:
@@ -327,11 +371,15 @@ class ExecutionService:
         self._start_job(record.execution_id, plan)
 
     def _on_notice(self, channel: str, payload: str) -> None:
-        """A notification from the store: new work to claim, or a cancel for an execution held here."""
+        """A notification from the store: new work, a cancel for an execution held here, or live output."""
         if channel == CANCEL_CHANNEL:
             self._cancel_here(payload)
+        elif channel == OUTPUT_CHANNEL:
+            self._feeds.wake(payload)
         else:
             self._wake.set()
+            if not payload:  # listening (re)started: what was missed meanwhile is looked for
+                self._feeds.wake_all()
 
     def _cancel_here(self, execution_id: str) -> None:
         job = self._jobs.get(execution_id)
@@ -343,12 +391,15 @@ class ExecutionService:
         """Renew this host's leases every third of the lease; drop what it lost, cancel what was asked."""
         while True:
             await asyncio.sleep(self._store.lease / 3)
+            # Only the jobs that were here before the renewal: one claimed while it ran is not in
+            # its answer, and cancelling it would leave its claim renewed here forever, never run.
+            renewing = list(self._jobs.items())
             try:
                 held = await self._store.renew()
             except StoreUnavailableError as error:
                 log.warning("lease renewal: %s", error)
                 continue
-            for execution_id, job in list(self._jobs.items()):
+            for execution_id, job in renewing:
                 if execution_id not in held and execution_id not in self._cancelled_by_owner:
                     # Finished just now, or its lease expired and another host holds it: stop here.
                     log.warning("execution %s: this host's claim is gone; it stops here", execution_id)
@@ -386,9 +437,10 @@ class ExecutionService:
                 waited = time.monotonic() - asked
                 self._running.add(execution_id)
                 while True:
-                    await self._store.set_status(execution_id, ExecutionStatus.RUNNING)
+                    attempt = await self._store.start_attempt(execution_id)
                     try:
-                        result = await self._execute(execution_id, plan, Kind.ASYNC, waited)
+                        async with self._relay.relaying(execution_id, attempt) as on_output:
+                            result = await self._execute(execution_id, plan, Kind.ASYNC, waited, on_output)
                         break
                     except ContainerdUnavailableError:
                         # Accepted work is durable: wait for containerd instead of failing.
@@ -411,6 +463,8 @@ class ExecutionService:
             raise
         finally:
             self._running.discard(execution_id)
+            if plan.request.callback_url is not None:
+                self._webhooks.wake()  # its delivery is due once its result is recorded
 
     async def get(self, owner: str, execution_id: str) -> StoredExecution:
         """The caller's execution with that id."""
@@ -447,6 +501,22 @@ class ExecutionService:
             raise AlreadyFinishedError(f"Execution {execution_id} has already finished ({found.status})")
         return found
 
+    @contextlib.asynccontextmanager
+    async def events(
+        self, owner: str, execution_id: str, last_event_id: str | None
+    ) -> AsyncIterator[AsyncIterator[LiveEvent | None]]:
+        """The events of the caller's execution, after ``last_event_id`` (None: from the start).
+
+        An asynchronous execution's output as it is produced, whichever host runs it, then its
+        result; a synchronous or batch execution's status, then its output and result once it
+        has them. None from the iterator: nothing happened for a while (a heartbeat is due).
+        """
+        position = EventPosition.parse(last_event_id)
+        async with self._feeds.follow(owner, execution_id, position) as events:
+            if events is None:
+                raise ExecutionNotFoundError(execution_id)
+            yield events
+
     async def session(self, owner: str, session_id: str, limit: int, offset: int) -> SessionPage:
         """A page of the caller's executions in a session, newest first."""
         found = await self._store.in_session(owner, session_id, limit + 1, offset)
@@ -457,6 +527,7 @@ class ExecutionService:
                 language=item.language,
                 exit_code=item.result.exit_code if item.result else None,
                 execution_time=item.result.execution_time if item.result else None,
+                passed=item.result.passed if item.result else None,
                 created_at=dt.datetime.fromtimestamp(item.created_at, dt.UTC).isoformat(
                     timespec="milliseconds"
                 ),
@@ -503,6 +574,7 @@ class ExecutionService:
         if self._shutdown_deadline is None:
             self._shutdown_deadline = time.monotonic() + grace
         self._shutting_down = True
+        self._feeds.close()
         for execution_id, job in self._jobs.items():
             if execution_id not in self._running:
                 job.cancel()

@@ -28,12 +28,16 @@ from sandboxd.engine.agent._protocol import (
     FrameDecoder,
     Reply,
     RunFlag,
-    kill_all,
+    quit_agent,
     run_command,
     stdin_frames,
 )
+from sandboxd.models import OutputStream
 
 log = logging.getLogger(__name__)
+
+# Told each piece of a process's output as it arrives, within the cap: it must not block.
+OutputListener = Callable[[OutputStream, bytes], None]
 
 # The shim opens the stdin FIFO's read end while the task is created.
 _STDIN_OPEN_ATTEMPTS: Final = 200
@@ -63,7 +67,8 @@ class _CappedBuffer:
         self._size = 0
         self._overflowed = False
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes) -> bytes:
+        """Keep what fits under the cap; return what was kept."""
         room = self._cap - self._size
         if len(data) > room:
             data = data[: max(room, 0)]
@@ -73,6 +78,7 @@ class _CappedBuffer:
         if data:
             self._chunks.append(data)
             self._size += len(data)
+        return data
 
     def output(self) -> CapturedOutput:
         return CapturedOutput(data=b"".join(self._chunks))
@@ -85,21 +91,36 @@ class AgentProcess:
     """
 
     def __init__(
-        self, output_cap: int, on_overflow: Callable[[], None], *, status_pipe: bool = False
+        self,
+        output_cap: int,
+        on_overflow: Callable[[], None],
+        on_output: OutputListener | None = None,
+        *,
+        status_pipe: bool = False,
     ) -> None:
         self._stdout = _CappedBuffer(output_cap, on_overflow)
         self._stderr = _CappedBuffer(output_cap, on_overflow)
+        self._on_output = on_output
         self._status_pipe = status_pipe
         self._status: bytes | None = None
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
+    def _keep(self, stream: OutputStream, data: bytes) -> None:
+        kept = (self._stdout if stream is OutputStream.STDOUT else self._stderr).add(data)
+        if kept and self._on_output is not None:
+            try:
+                self._on_output(stream, kept)
+            except Exception:
+                # Whoever listens, the process's output is collected all the same.
+                log.exception("an output listener failed")
+
     def _receive(self, frame: Frame) -> None:
         if frame.kind is Reply.STDOUT:
-            self._stdout.add(frame.payload)
+            self._keep(OutputStream.STDOUT, frame.payload)
         elif frame.kind is Reply.STDERR:
-            self._stderr.add(frame.payload)
+            self._keep(OutputStream.STDERR, frame.payload)
         elif frame.kind is Reply.START_FAILED:
-            self._stderr.add(frame.payload.decode(errors="replace").encode() + b"\n")
+            self._keep(OutputStream.STDERR, frame.payload.decode(errors="replace").encode() + b"\n")
         elif frame.kind is Reply.STATUS:
             if not self._status_pipe or self._status is not None:
                 raise AgentProtocolError("STATUS frame of a process without a status pipe, or a second one")
@@ -217,28 +238,35 @@ class AgentChannel:
         stdin: bytes,
         output_cap: int,
         on_overflow: Callable[[], None],
+        on_output: OutputListener | None = None,
         status_pipe: bool = False,
     ) -> AgentProcess:
         """Start ``argv`` in the sandbox and send it ``stdin``; the agent runs one process at a time.
 
+        ``on_output`` is told each piece of its output as it arrives, up to ``output_cap`` per stream.
         With ``status_pipe`` the process gets a pipe as fd 3, whose content comes back as ``status``.
         """
         if self._current is not None:
             raise RuntimeError("the agent is running a process already")
         if self._commands is None or self._lost_reason is not None:
             raise AgentLostError(self._lost_reason or "the agent's stdin is not open")
-        process = AgentProcess(output_cap, on_overflow, status_pipe=status_pipe)
+        process = AgentProcess(output_cap, on_overflow, on_output, status_pipe=status_pipe)
         self._current = process
         flags = RunFlag.STATUS_PIPE if status_pipe else RunFlag.NONE
         self._commands.write(run_command(argv, environment, cwd=cwd, uid=uid, gid=gid, flags=flags))
         self._commands.writelines(stdin_frames(stdin))
         return process
 
-    def end_processes(self) -> bool:
-        """Have the agent SIGKILL every other process; False when it cannot be asked now."""
-        if self._commands is None or self.lost or self._current is not None:
+    def quit(self) -> bool:
+        """Have the agent exit, which ends the sandbox with its init process.
+
+        False when that cannot end it now: the agent never answered, is gone, or runs a process
+        (it reads no more commands until that ends).
+        """
+        ready = self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+        if self._commands is None or self.lost or self._current is not None or not ready:
             return False
-        self._commands.write(kill_all())
+        self._commands.write(quit_agent())
         return True
 
     def _receive(self, frame: Frame) -> None:

@@ -95,9 +95,9 @@ def run_command(
     return _frame(b"x", payload)
 
 
-def kill_all() -> bytes:
-    """The frame that makes the agent SIGKILL every other process in the sandbox."""
-    return _frame(b"k")
+def quit_agent() -> bytes:
+    """The frame that makes the agent exit, which ends its sandbox with it."""
+    return _frame(b"q")
 
 
 def stdin_frames(data: bytes) -> Iterator[bytes]:

@@ -20,6 +20,7 @@
  *     'i'  bytes for the process's stdin
  *     'c'  end of stdin (always sent once per 'x', after its stdin)
  *     'k'  kill every other process in the sandbox (between processes only)
+ *     'q'  exit (between processes only): the sandbox ends with its init
  *   agent -> daemon
  *     'r'  ready (once, at start), payload: protocol version
  *     'o'  bytes the process wrote to stdout
@@ -29,10 +30,20 @@
  *          dropped); sent once, before 'x', only with flag 1 and when it wrote anything
  *     'x'  the process ended: u32 exit status (128 + signal when killed)
  * One process runs at a time; the daemon waits for its 'x' before the next.
+ *
+ * Run as `sandboxd-agent collect MAX_FILES MAX_BYTES PATTERN...` (by the agent itself, as
+ * the program's user, once the program ended), it writes to stdout the regular files under
+ * the working directory that the glob PATTERNs match, each as one record of a type byte, a
+ * big-endian u32 name length, the name, a u32 length and that many bytes:
+ *   'F'  a file and its content
+ *   'S'  a file that is not returned, the payload says why
+ * Every path is opened one component at a time with O_NOFOLLOW: it never leaves the
+ * working directory, whatever links the program made.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
@@ -41,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -375,7 +387,128 @@ static void run(const struct command *command) {
     send_u32('x', exit_status);
 }
 
-int main(void) {
+static void send_record(char type, const char *name, const void *data, uint32_t size) {
+    uint32_t length = (uint32_t)strlen(name);
+    unsigned char header[5] = {(unsigned char)type, length >> 24, length >> 16, length >> 8, length};
+    unsigned char data_length[4] = {size >> 24, size >> 16, size >> 8, size};
+    write_all(1, header, sizeof header);
+    write_all(1, name, length);
+    write_all(1, data_length, sizeof data_length);
+    if (size) write_all(1, data, size);
+}
+
+static void skip_file(const char *name, const char *reason) {
+    send_record('S', name, reason, (uint32_t)strlen(reason));
+}
+
+/*
+ * Opens name in dir unless it is a link. O_NOFOLLOW alone does not do it: gVisor follows a
+ * link to a directory opened with O_DIRECTORY | O_NOFOLLOW. So the entry is looked at first,
+ * and what was opened must be that same file (a link swapped in meanwhile is refused too).
+ */
+static int open_entry(int dir, const char *name, int flags) {
+    struct stat entry, opened;
+    if (fstatat(dir, name, &entry, AT_SYMLINK_NOFOLLOW) < 0) return -1;
+    if (S_ISLNK(entry.st_mode)) return errno = ELOOP, -1;
+    int fd = openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -1;
+    if (fstat(fd, &opened) < 0 || opened.st_dev != entry.st_dev || opened.st_ino != entry.st_ino) {
+        close(fd);
+        return errno = ELOOP, -1;
+    }
+    return fd;
+}
+
+/* Opens path (relative, '/'-separated) under the working directory without following any link. */
+static int open_inside(const char *path) {
+    char copy[4096];
+    if (strlen(path) >= sizeof copy) return errno = ENAMETOOLONG, -1;
+    strcpy(copy, path);
+    int dir = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return -1;
+    char *part = copy, *slash;
+    while ((slash = strchr(part, '/')) != NULL) {
+        *slash = 0;
+        int next = open_entry(dir, part, O_RDONLY | O_DIRECTORY);
+        close(dir);
+        if (next < 0) return -1;
+        dir = next;
+        part = slash + 1;
+    }
+    int fd = open_entry(dir, part, O_RDONLY | O_NONBLOCK);
+    close(dir);
+    return fd;
+}
+
+static int compare_names(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int collect(int argc, char **argv) {
+    if (argc < 4) {
+        dprintf(2, "usage: sandboxd-agent collect MAX_FILES MAX_BYTES PATTERN...\n");
+        return 2;
+    }
+    long max_files = strtol(argv[2], NULL, 10), max_bytes = strtol(argv[3], NULL, 10);
+    if (max_files <= 0 || max_bytes <= 0) return 2;
+    glob_t found = {0};
+    for (int i = 4; i < argc; i++) {
+        int flags = GLOB_NOSORT | (i > 4 ? GLOB_APPEND : 0);
+        int done = glob(argv[i], flags, NULL, &found);
+        if (done != 0 && done != GLOB_NOMATCH) {
+            dprintf(2, "sandboxd-agent: glob %s failed\n", argv[i]);
+            return 1;
+        }
+    }
+    /* Each file once, in name order, however many patterns matched it. */
+    qsort(found.gl_pathv, found.gl_pathc, sizeof *found.gl_pathv, compare_names);
+    char *buffer = malloc((size_t)max_bytes + 1);
+    if (!buffer) die("malloc");
+    long returned = 0;
+    for (size_t i = 0; i < found.gl_pathc; i++) {
+        const char *name = found.gl_pathv[i];
+        if (i > 0 && strcmp(name, found.gl_pathv[i - 1]) == 0) continue;
+        struct stat info;
+        int fd = open_inside(name);
+        if (fd < 0) {
+            if (errno != ELOOP && errno != ENOTDIR) skip_file(name, strerror(errno));
+            else skip_file(name, "not a regular file");
+            continue;
+        }
+        if (fstat(fd, &info) < 0 || !S_ISREG(info.st_mode)) {
+            close(fd);
+            if (!S_ISDIR(info.st_mode)) skip_file(name, "not a regular file");
+            continue;
+        }
+        if (returned >= max_files) {
+            close(fd);
+            skip_file(name, "more files matched than a result returns");
+            continue;
+        }
+        if (info.st_size > max_bytes) {
+            close(fd);
+            skip_file(name, "larger than an output file may be");
+            continue;
+        }
+        size_t size = 0;
+        ssize_t n;
+        while (size <= (size_t)max_bytes && (n = read(fd, buffer + size, (size_t)max_bytes + 1 - size)) > 0)
+            size += (size_t)n;
+        close(fd);
+        if (size > (size_t)max_bytes) {
+            skip_file(name, "larger than an output file may be");
+            continue;
+        }
+        send_record('F', name, buffer, (uint32_t)size);
+        returned++;
+    }
+    free(buffer);
+    globfree(&found);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "collect") == 0) return collect(argc, argv);
     signal(SIGPIPE, SIG_IGN);
     if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK)) die("pipe");
     struct sigaction action = {.sa_handler = on_sigchld, .sa_flags = SA_RESTART | SA_NOCLDSTOP};
@@ -394,6 +527,8 @@ int main(void) {
             }
             run(&command);
             free(command.argv);
+        } else if (type == 'q') {
+            exit(0);
         } else if (type == 'k') {
             /* Every process but the agent itself (kill(-1) spares the caller). */
             kill(-1, SIGKILL);

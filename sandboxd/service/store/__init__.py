@@ -7,11 +7,17 @@ from pathlib import Path
 from sandboxd.config import Config
 from sandboxd.service.store.base import (
     CANCEL_CHANNEL,
+    OUTPUT_CHANNEL,
     WORK_CHANNEL,
     Bucket,
+    DeliveryRecord,
+    DeliveryState,
+    DueDelivery,
     ExecutionStore,
     HostRecord,
+    LiveState,
     Notice,
+    OutputChunk,
     StoredExecution,
     StoreUnavailableError,
 )
@@ -20,11 +26,17 @@ from sandboxd.service.store.sqlite import SqliteStore
 
 __all__ = [
     "CANCEL_CHANNEL",
+    "OUTPUT_CHANNEL",
     "WORK_CHANNEL",
     "Bucket",
+    "DeliveryRecord",
+    "DeliveryState",
+    "DueDelivery",
     "ExecutionStore",
     "HostRecord",
+    "LiveState",
     "Notice",
+    "OutputChunk",
     "PostgresStore",
     "SqliteStore",
     "StoreUnavailableError",

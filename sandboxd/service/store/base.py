@@ -10,26 +10,38 @@ capacity and holds each claim as a lease (``claimed_by``, ``lease_expires_at``)
 that it renews; a row whose lease expired (its host died) is claimed again.
 Synchronous rows carry their host's claim too, so that only that host's restart,
 or the expiry of its leases, settles them.
+
+An asynchronous execution with a ``callback_url`` gets a ``webhook_deliveries`` row in
+the transaction that records it; the row is due once the execution has finished, is
+claimed under a lease like the queue's rows, and goes with its execution when purged.
+
+While an asynchronous execution runs, the host running it relays its output in
+``execution_output`` rows, numbered within the run (``attempt``); readers on any host
+are notified of new rows and of the result, which replaces the rows.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Protocol
 
 import attrs
 
-from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, Kind
+from sandboxd.models import ExecutionRequest, ExecutionResult, ExecutionStatus, Kind, OutputStream
 from sandboxd.service.store.migrations import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, Migration
 from sandboxd.validation import converter
 
-# Notification channels: new work in the queue, and a cancel for the host that holds an execution.
+# Notification channels: new work in the queue, a cancel for the host that holds an execution, and
+# news for the readers of an execution's live output (new output, another run, its result).
 WORK_CHANNEL: Final = "sandboxd_work"
 CANCEL_CHANNEL: Final = "sandboxd_cancel"
+OUTPUT_CHANNEL: Final = "sandboxd_output"
 
 # Queries interpolate only these constants; every value is a bound parameter.
 _COLUMNS: Final = (
@@ -39,6 +51,11 @@ _COLUMNS: Final = (
 _SELECTED: Final = f"{_COLUMNS}, cancel_requested"
 _HOST_COLUMNS: Final = "host_id, address, capacity, runtimes, started_at, heartbeat_at"
 _FINISH: Final = "status = ?, result = ?, request = NULL, finished_at = ?"
+_DELIVERY_COLUMNS: Final = (
+    "delivery_id, execution_id, url, state, attempts, last_status, last_error, next_attempt_at, finished_at"
+)
+# Rows of live output one INSERT writes (five parameters each; SQLite takes 32766 at most).
+_ROWS_PER_INSERT: Final = 1000
 
 
 class StoreUnavailableError(Exception):
@@ -66,6 +83,30 @@ class StoredExecution:
 
 
 @attrs.frozen
+class OutputChunk:
+    """A piece of an execution's live output: the ``seq``-th of run ``attempt``, as text."""
+
+    attempt: int
+    seq: int
+    stream: OutputStream
+    text: str
+
+
+@attrs.frozen
+class LiveState:
+    """An execution as a reader of its live output sees it: its state, and output of its current run."""
+
+    kind: Kind
+    status: ExecutionStatus
+    language: str
+    session_id: str | None
+    # Its current run (0 before the first); ``chunks`` are that run's.
+    attempt: int
+    result: ExecutionResult | None
+    chunks: tuple[OutputChunk, ...]
+
+
+@attrs.frozen
 class HostRecord:
     """A host as it registered itself, with its last heartbeat (seconds since the epoch)."""
 
@@ -83,6 +124,44 @@ class Bucket:
 
     tokens: float
     updated: float
+
+
+class DeliveryState(enum.StrEnum):
+    """Where a webhook delivery is: still to be made (again), made, or given up."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class DueDelivery:
+    """A webhook delivery this host claimed for one attempt, with the result it sends."""
+
+    delivery_id: str
+    execution_id: str
+    owner: str
+    url: str
+    # Attempts made before this one.
+    attempts: int
+    # When the execution finished (seconds since the epoch): retries stop a while after it.
+    finished_at: float
+    result: ExecutionResult
+
+
+@attrs.frozen
+class DeliveryRecord:
+    """A webhook delivery as stored: its state, attempts and the last attempt's answer or error."""
+
+    delivery_id: str
+    execution_id: str
+    url: str
+    state: DeliveryState
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: float
+    finished_at: float | None
 
 
 def _execution(row: Sequence[Any]) -> StoredExecution:
@@ -235,15 +314,24 @@ class ExecutionStore(abc.ABC):
         queued = kind is Kind.ASYNC
         kept = json.dumps(converter.unstructure(request)) if queued else None
         claimed_by, lease = (None, None) if queued else (self.host_id, self._clock() + self.lease)
+        created = self._created_now()
         values = (
             execution_id, owner, kind.value, language, request.session_id, status.value, kept,
-            None, self._created_now(), claimed_by, lease,
+            None, created, claimed_by, lease,
         )  # fmt: skip
         async with self.transaction() as tx:
             await tx.run(
                 f"INSERT INTO executions ({_COLUMNS}, lease_expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 values,
             )
+            if queued and request.callback_url is not None:
+                # Due as soon as the execution has a result: the row exists before anyone can finish it.
+                await tx.run(
+                    "INSERT INTO webhook_deliveries (delivery_id, execution_id, owner, url, state, "
+                    "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (str(uuid.uuid4()), execution_id, owner, request.callback_url,
+                     DeliveryState.PENDING.value, created, created),
+                )  # fmt: skip
             if queued:
                 await tx.notify(WORK_CHANNEL, execution_id)
 
@@ -256,13 +344,26 @@ class ExecutionStore(abc.ABC):
             )
 
     async def finish(self, result: ExecutionResult) -> bool:
-        """Store an execution's result, unless it has one already; its request is dropped."""
+        """Store an execution's result, unless it has one already; its request and live output are dropped."""
         async with self.transaction() as tx:
-            changed = await tx.run(
-                f"UPDATE executions SET {_FINISH} WHERE execution_id = ? AND finished_at IS NULL",
+            finished = await tx.fetch(
+                f"UPDATE executions SET {_FINISH} WHERE execution_id = ? AND finished_at IS NULL "
+                "RETURNING kind",
                 (result.status.value, _document(result), self._clock(), result.execution_id),
             )
-        return changed > 0
+            await self._finished(tx, result.execution_id, finished)
+        return bool(finished)
+
+    @staticmethod
+    async def _finished(tx: Transaction, execution_id: str, finished: Sequence[tuple[Any, ...]]) -> None:
+        """The execution got its result in ``tx`` (if ``finished`` holds its kind): its live output goes.
+
+        Only asynchronous executions relay output, and only their readers are notified: the
+        synchronous path keeps its cost (their rare readers see the result at their next poll).
+        """
+        if finished and finished[0][0] == Kind.ASYNC.value:
+            await tx.run("DELETE FROM execution_output WHERE execution_id = ?", (execution_id,))
+            await tx.notify(OUTPUT_CHANNEL, execution_id)
 
     async def get(self, execution_id: str, owner: str) -> StoredExecution | None:
         """The execution with that id, if ``owner`` created it."""
@@ -293,9 +394,105 @@ class ExecutionStore(abc.ABC):
         return [_execution(row) for row in rows]
 
     async def purge(self, finished_before: float) -> int:
-        """Delete results that finished before ``finished_before``; return how many."""
+        """Delete results finished before ``finished_before`` (with their deliveries); return how many.
+
+        Live output left behind is deleted too: a host that lost its claim may have relayed some
+        after another host finished the execution.
+        """
         async with self.transaction() as tx:
+            await tx.run(
+                "DELETE FROM webhook_deliveries WHERE execution_id IN "
+                "(SELECT execution_id FROM executions WHERE finished_at < ?)",
+                (finished_before,),
+            )
+            await tx.run(
+                "DELETE FROM execution_output WHERE execution_id NOT IN "
+                "(SELECT execution_id FROM executions WHERE finished_at IS NULL)"
+            )
             return await tx.run("DELETE FROM executions WHERE finished_at < ?", (finished_before,))
+
+    # -- live output ------------------------------------------------------------------------------
+
+    async def start_attempt(self, execution_id: str) -> int:
+        """Mark an unfinished execution running as its next run; return that run's number (0 if finished).
+
+        The output of its earlier runs is dropped: it starts anew.
+        """
+        async with self.transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE executions SET status = ?, attempts = attempts + 1 "
+                "WHERE execution_id = ? AND finished_at IS NULL RETURNING attempts",
+                (ExecutionStatus.RUNNING.value, execution_id),
+            )
+            if not rows:
+                return 0
+            attempt = int(rows[0][0])
+            if attempt > 1:
+                await tx.run(
+                    "DELETE FROM execution_output WHERE execution_id = ? AND attempt < ?",
+                    (execution_id, attempt),
+                )
+            await tx.notify(OUTPUT_CHANNEL, execution_id)
+        return attempt
+
+    async def append_output(self, chunks: Sequence[tuple[str, OutputChunk]]) -> None:
+        """Add (execution id, chunk) pairs to live output, in one transaction; readers are notified.
+
+        A chunk written already (a retry after a commit whose answer was lost) is kept as it was.
+        """
+        rows = [
+            (execution_id, chunk.attempt, chunk.seq, chunk.stream.value, chunk.text.encode())
+            for execution_id, chunk in chunks
+        ]
+        async with self.transaction() as tx:
+            # Many rows to a statement (a round trip each on PostgreSQL), within SQLite's bound on parameters.
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                batch = rows[start : start + _ROWS_PER_INSERT]
+                await tx.run(
+                    "INSERT INTO execution_output (execution_id, attempt, seq, stream, data) VALUES "
+                    f"{', '.join(['(?, ?, ?, ?, ?)'] * len(batch))} ON CONFLICT DO NOTHING",
+                    [value for row in batch for value in row],
+                )
+            for execution_id in dict.fromkeys(execution_id for execution_id, _ in chunks):
+                await tx.notify(OUTPUT_CHANNEL, execution_id)
+
+    async def live(
+        self, execution_id: str, owner: str, after: tuple[int, int], limit: int
+    ) -> LiveState | None:
+        """``owner``'s execution as its live output's reader sees it, or None if there is none.
+
+        Its chunks are those of its current run, after ``after`` (attempt, seq) if that is the
+        current run, from its start if not; at most ``limit``; none once it has its result.
+        """
+        async with self.transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT kind, status, language, session_id, attempts, result FROM executions "
+                "WHERE execution_id = ? AND owner = ?",
+                (execution_id, owner),
+            )
+            if not rows:
+                return None
+            kind, status, language, session_id, attempt, result = rows[0]
+            found: list[tuple[Any, ...]] = []
+            if result is None:
+                seq = after[1] if after[0] == attempt else 0
+                found = await tx.fetch(
+                    "SELECT seq, stream, data FROM execution_output "
+                    "WHERE execution_id = ? AND attempt = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (execution_id, attempt, seq, limit),
+                )
+        return LiveState(
+            kind=Kind(kind),
+            status=ExecutionStatus(status),
+            language=language,
+            session_id=session_id,
+            attempt=attempt,
+            result=converter.structure(json.loads(result), ExecutionResult) if result else None,
+            chunks=tuple(
+                OutputChunk(attempt, seq, OutputStream(stream), bytes(data).decode())
+                for seq, stream, data in found
+            ),
+        )
 
     # -- the queue ------------------------------------------------------------------------------
 
@@ -363,12 +560,13 @@ class ExecutionStore(abc.ABC):
     async def cancel_unclaimed(self, result: ExecutionResult) -> bool:
         """Finish a queued execution no live host holds with ``result`` (a cancellation); False if held."""
         async with self.transaction() as tx:
-            changed = await tx.run(
+            finished = await tx.fetch(
                 f"UPDATE executions SET {_FINISH} WHERE execution_id = ? AND finished_at IS NULL "
-                "AND (claimed_by IS NULL OR lease_expires_at < ?)",
+                "AND (claimed_by IS NULL OR lease_expires_at < ?) RETURNING kind",
                 (result.status.value, _document(result), self._clock(), result.execution_id, self._clock()),
             )
-        return changed > 0
+            await self._finished(tx, result.execution_id, finished)
+        return bool(finished)
 
     async def request_cancel(self, execution_id: str) -> bool:
         """Mark an unfinished execution cancel-requested and tell the host holding it; False if finished."""
@@ -430,3 +628,83 @@ class ExecutionStore(abc.ABC):
             HostRecord(host_id, address, capacity, tuple(filter(None, runtimes.split(","))), started, beat)
             for host_id, address, capacity, runtimes, started, beat in rows
         ]
+
+    # -- webhook deliveries -----------------------------------------------------------------------
+
+    async def claim_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
+        """Claim up to ``limit`` due deliveries of finished executions for ``lease`` s, soonest due first.
+
+        A delivery whose claim expired (its host died during an attempt) is due again.
+        """
+        now = self._clock()
+        async with self.transaction() as tx:
+            claimed = await tx.fetch(
+                "UPDATE webhook_deliveries SET claimed_by = ?, lease_expires_at = ? "
+                "WHERE delivery_id IN (SELECT d.delivery_id FROM webhook_deliveries d "
+                "WHERE d.finished_at IS NULL AND d.next_attempt_at <= ? "
+                "AND (d.claimed_by IS NULL OR d.lease_expires_at < ?) AND EXISTS (SELECT 1 FROM executions e "
+                "WHERE e.execution_id = d.execution_id AND e.finished_at IS NOT NULL) "
+                f"ORDER BY d.next_attempt_at LIMIT ?{self.skip_locked}) RETURNING delivery_id",
+                (self.host_id, now + lease, now, now, limit),
+            )
+            if not claimed:
+                return []
+            rows = await tx.fetch(
+                "SELECT d.delivery_id, d.execution_id, d.owner, d.url, d.attempts, e.finished_at, e.result "
+                "FROM webhook_deliveries d JOIN executions e ON e.execution_id = d.execution_id "
+                f"WHERE d.delivery_id IN ({', '.join('?' * len(claimed))}) ORDER BY d.next_attempt_at",
+                [row[0] for row in claimed],
+            )
+        return [
+            DueDelivery(
+                delivery_id, execution_id, owner, url, attempts, finished_at,
+                converter.structure(json.loads(result), ExecutionResult),
+            )
+            for delivery_id, execution_id, owner, url, attempts, finished_at, result in rows
+        ]  # fmt: skip
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        state: DeliveryState,
+        status: int | None,
+        error: str | None,
+        next_attempt_at: float,
+    ) -> bool:
+        """Record an attempt this host made and give the claim back; False if the claim was lost meanwhile.
+
+        ``state`` is pending to retry at ``next_attempt_at``, else the delivery is done.
+        """
+        now = self._clock()
+        finished = None if state is DeliveryState.PENDING else now
+        async with self.transaction() as tx:
+            changed = await tx.run(
+                "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, last_attempt_at = ?, "
+                "last_status = ?, last_error = ?, next_attempt_at = ?, finished_at = ?, claimed_by = NULL, "
+                "lease_expires_at = NULL WHERE delivery_id = ? AND claimed_by = ? AND finished_at IS NULL",
+                (state.value, now, status, error, next_attempt_at, finished, delivery_id, self.host_id),
+            )
+        return changed > 0
+
+    async def release_deliveries(self) -> int:
+        """Give back this host's claims on deliveries (at start-up and shutdown): due again at once."""
+        async with self.transaction() as tx:
+            return await tx.run(
+                "UPDATE webhook_deliveries SET claimed_by = NULL, lease_expires_at = NULL "
+                "WHERE claimed_by = ? AND finished_at IS NULL",
+                (self.host_id,),
+            )
+
+    async def delivery(self, execution_id: str) -> DeliveryRecord | None:
+        """The webhook delivery of an execution, if its request had a callback_url."""
+        async with self.transaction() as tx:
+            rows = await tx.fetch(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE execution_id = ?", (execution_id,)
+            )
+        if not rows:
+            return None
+        delivery_id, execution, url, state, attempts, status, error, next_at, finished = rows[0]
+        return DeliveryRecord(
+            delivery_id, execution, url, DeliveryState(state), attempts, status, error, next_at, finished
+        )

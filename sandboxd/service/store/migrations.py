@@ -74,6 +74,37 @@ MIGRATIONS: Final = (
             "heartbeat_at DOUBLE PRECISION NOT NULL)",
         ),
     ),
+    # Webhooks: one row per asynchronous execution with a callback_url, written with the execution;
+    # it is due once the execution has finished, and claimed like the queue's rows.
+    Migration(
+        5,
+        "webhook deliveries",
+        (
+            "CREATE TABLE webhook_deliveries ("
+            "delivery_id TEXT PRIMARY KEY, execution_id TEXT NOT NULL UNIQUE, owner TEXT NOT NULL, "
+            "url TEXT NOT NULL, state TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
+            "next_attempt_at DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
+            "last_attempt_at DOUBLE PRECISION, last_status INTEGER, last_error TEXT, "
+            "claimed_by TEXT, lease_expires_at DOUBLE PRECISION, finished_at DOUBLE PRECISION)",
+            # What claims scan: the deliveries not yet done, soonest due first.
+            "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) "
+            "WHERE finished_at IS NULL",
+        ),
+    ),
+    # Live output: what an asynchronous execution's program has written so far, relayed by the host
+    # that runs it for readers on any host, and deleted once the result holds it all. ``attempts``
+    # counts an execution's runs: one that runs again (its host stopped) starts its output anew.
+    Migration(
+        6,
+        "live output",
+        (
+            "ALTER TABLE executions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+            # data is UTF-8 text, kept as bytes: PostgreSQL's TEXT cannot hold the NUL a program may write.
+            "CREATE TABLE execution_output ("
+            "execution_id TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL, "
+            "stream TEXT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (execution_id, attempt, seq))",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

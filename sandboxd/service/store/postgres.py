@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from sandboxd.service.store.base import (
     CANCEL_CHANNEL,
+    OUTPUT_CHANNEL,
     WORK_CHANNEL,
     ExecutionStore,
     Notice,
@@ -120,6 +121,7 @@ class PostgresStore(ExecutionStore):
                 async with connection:
                     await connection.execute(f"LISTEN {WORK_CHANNEL}")
                     await connection.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    await connection.execute(f"LISTEN {OUTPUT_CHANNEL}")
                     on_notice(WORK_CHANNEL, "")
                     async for notice in connection.notifies():
                         on_notice(notice.channel, notice.payload)
