@@ -194,7 +194,7 @@ async def _run_file(config: Config, args: argparse.Namespace) -> int:
         try:
             result, _ = await engine.execute(engine.plan(request), str(uuid.uuid4()))
         finally:
-            await engine.drain()
+            await engine.close()  # its sandbox, and its image's shared root
     finally:
         await client.close()
     print(json.dumps(converter.unstructure(result), indent=2))

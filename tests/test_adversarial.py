@@ -76,9 +76,11 @@ async def test_fork_bomb(http: Client, headers: dict[str, str]) -> None:
 
 async def test_process_limit(http: Client, headers: dict[str, str]) -> None:
     """Forking fails with EAGAIN once the sandbox holds its limit of processes."""
+    # Each child becomes a small sleep: sixty Python interpreters touching their copy of the
+    # parent's memory would reach the memory limit (as sandboxd answers too) before the process one.
     code = (
-        "import os, time\nn = 0\nwhile True:\n    try:\n"
-        "        if os.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n        n += 1\n"
+        "import os\nn = 0\nwhile True:\n    try:\n"
+        "        if os.fork() == 0:\n            os.execv('/bin/sleep', ['sleep', '30'])\n        n += 1\n"
         "    except OSError as error:\n        print(error.errno, n)\n        break"
     )
     result = await run(http, headers, code, timeout=10)

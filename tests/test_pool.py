@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sandboxd.config import PoolConfig, PoolSizeConfig
+from sandboxd.engine.agent import OutputListener
 from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.engine import Engine, Plan, Timings
 from sandboxd.engine.housekeeping import Housekeeping
@@ -167,9 +168,11 @@ async def test_a_batch_is_one_busy_stretch_for_housekeeping(
     quiet_at_start: list[bool] = []
     original = engine.execute
 
-    async def observed(plan: Plan, execution_id: str) -> tuple[ExecutionResult, Timings]:
+    async def observed(
+        plan: Plan, execution_id: str, *, on_output: OutputListener | None = None
+    ) -> tuple[ExecutionResult, Timings]:
         quiet_at_start.append(is_quiet(engine))
-        return await original(plan, execution_id)
+        return await original(plan, execution_id, on_output=on_output)
 
     monkeypatch.setattr(engine, "execute", observed)
     status, results = await batch(
