@@ -373,27 +373,27 @@ async def image_rootfs(config: Config, runtime: Runtime) -> AsyncIterator[str]:
 
 async def runsc_do_baseline(config: Config, runtime: Runtime, runs: int) -> dict[str, float]:
     """The same program under `runsc do` on the image's root filesystem (compile step included)."""
+    async with image_rootfs(config, runtime) as rootfs:
+        once = checked(runtime.name, runsc_do_argv(config, runtime, rootfs), hello(runtime).encode())
+        return summary(await asyncio.to_thread(time_runs, runs, once))
+
+
+def runsc_do_argv(config: Config, runtime: Runtime, rootfs: str) -> list[str]:
+    """`runsc do` of the hello on ``rootfs``, its syntax check included; the code comes on stdin."""
     env = [f"{k}={v}" for k, v in runtime.environment.items()]
     checks = "/tmp"  # noqa: S108 (in the sandbox runsc do makes, beside the program's file)
     script = f"{write_checks(checks)} && cd /tmp && cat > {hello_program(runtime).source_file}"
     script += f" && {shell_script(runtime, checks)}"
-    async with image_rootfs(config, runtime) as rootfs:
-        argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}", "do", "-quiet"]
-        argv += ["-root", rootfs, "/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]
-        once = checked(runtime.name, argv, hello(runtime).encode())
-        return summary(await asyncio.to_thread(time_runs, runs, once))
+    argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}", "do", "-quiet"]
+    return [*argv, "-root", rootfs, "/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]
 
 
 async def runsc_do_throughput(
     config: Config, runtime: Runtime, concurrency: int, count: int
 ) -> tuple[float, CpuMeter]:
     """Hellos per second of ``concurrency`` loops of `runsc do`, a fresh sandbox each, no containerd."""
-    script = f"cd /tmp && cat > {hello_program(runtime).source_file} && {shell_script(runtime)}"
-    env = [f"{k}={v}" for k, v in runtime.environment.items()]
     async with image_rootfs(config, runtime) as rootfs:
-        argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}", "do", "-quiet"]
-        argv += ["-root", rootfs, "/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]
-        once = checked(runtime.name, argv, hello(runtime).encode())
+        once = checked(runtime.name, runsc_do_argv(config, runtime, rootfs), hello(runtime).encode())
         remaining = count
 
         def loop() -> None:
