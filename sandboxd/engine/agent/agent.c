@@ -19,7 +19,6 @@
  *          exit status cannot say that, since every status 0-255 is the program's own.
  *     'i'  bytes for the process's stdin
  *     'c'  end of stdin (always sent once per 'x', after its stdin)
- *     'k'  kill every other process in the sandbox (between processes only)
  *     'q'  exit (between processes only): the sandbox ends with its init
  *   agent -> daemon
  *     'r'  ready (once, at start), payload: protocol version
@@ -529,9 +528,6 @@ int main(int argc, char **argv) {
             free(command.argv);
         } else if (type == 'q') {
             exit(0);
-        } else if (type == 'k') {
-            /* Every process but the agent itself (kill(-1) spares the caller). */
-            kill(-1, SIGKILL);
         } else if (type != 'c' && type != 'i') {
             errno = EPROTO;
             die("unexpected frame");
