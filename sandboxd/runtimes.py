@@ -20,8 +20,25 @@ _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IMAGE_PATH = re.compile(r"^(/[A-Za-z0-9_.+-]+)+$")
+# A distribution name as PyPI normalises it (PEP 503), and an exact release (PEP 440, no ranges).
+_PIP_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_PIP_VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?$")
+# An npm package name (scoped or not) and an exact semantic version.
+_NPM_NAME = re.compile(r"^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$")
+_NPM_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$")
 # Bumped when the way images are built changes, so that existing images count as stale.
-IMAGE_RECIPE_VERSION = 2
+IMAGE_RECIPE_VERSION = 3
+# Where [build.npm] packages go in an image (npm's own global layout); NODE_PATH names it.
+NPM_PACKAGES_DIR: Final = "/usr/local/lib/node_modules"
+
+
+def _pinned(
+    field: str, packages: Mapping[str, str], name: re.Pattern[str], version: re.Pattern[str], registry: str
+) -> None:
+    bad_names = [n for n in packages if len(n) > 214 or not name.match(n)]
+    check(not bad_names, field, f"not {registry} package names: {', '.join(bad_names)}")
+    unpinned = [f"{n} = {v!r}" for n, v in packages.items() if not version.match(v)]
+    check(not unpinned, field, f'versions must be exact releases like "1.2.3": {", ".join(unpinned)}')
 
 
 @attrs.frozen
@@ -51,8 +68,12 @@ class ImageRecipe:
     """How ``sandboxd images build`` makes the runtime's image from Debian packages."""
 
     packages: tuple[str, ...]
-    suite: str = "bookworm"
+    suite: str = "trixie"
     files: Mapping[str, str] = attrs.field(factory=dict)
+    # Language packages and their pinned versions, installed at build time from PyPI (wheels
+    # only, for the image's own Python) and from the npm registry (install scripts never run).
+    pip: Mapping[str, str] = attrs.field(factory=dict)
+    npm: Mapping[str, str] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         check(bool(self.packages), "packages", "must list at least one Debian package")
@@ -60,7 +81,9 @@ class ImageRecipe:
         check(not bad_paths, "files", f"not absolute file paths: {', '.join(bad_paths)}")
         bad = [p for p in self.packages if not _PACKAGE.match(p)]
         check(not bad, "packages", f"not Debian package names: {', '.join(bad)}")
-        check(bool(re.match(r"^[a-z]+$", self.suite)), "suite", "must be a Debian suite name like bookworm")
+        check(bool(re.match(r"^[a-z]+$", self.suite)), "suite", "must be a Debian suite name like trixie")
+        _pinned("pip", self.pip, _PIP_NAME, _PIP_VERSION, "PyPI")
+        _pinned("npm", self.npm, _NPM_NAME, _NPM_VERSION, "npm")
 
     def build_key(self) -> str:
         """A digest of everything that determines the image's content."""
@@ -68,6 +91,8 @@ class ImageRecipe:
             "packages": sorted(self.packages),
             "suite": self.suite,
             "files": dict(sorted(self.files.items())),
+            "pip": dict(sorted(self.pip.items())),
+            "npm": dict(sorted(self.npm.items())),
             "recipe": IMAGE_RECIPE_VERSION,
         }
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
@@ -89,6 +114,9 @@ class Conformance:
     compile_error: str | None = None
     # Programs that print "hello" under an entry name other than the default (see EntryPoint).
     named_entry: tuple[str, ...] = ()
+    # With [build.pip] or [build.npm]: reads {"name": "version", ...} as JSON on stdin, imports
+    # each package and prints one "name version" line for each, the version it found installed.
+    packages: str | None = None
 
 
 def _argv(_instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -231,6 +259,9 @@ class Runtime:
             message = "required for a runtime with a compile step"
             check(self.conformance.compile_error is not None, "conformance.compile_error", message)
         self._check_syntax_check()
+        if self.build.pip or self.build.npm:
+            check(self.conformance.packages is not None, "conformance.packages",
+                  "required with [build.pip] or [build.npm]: a program that imports each package")  # fmt: skip
 
     def _check_syntax_check(self) -> None:
         declared = self.syntax_check

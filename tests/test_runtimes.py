@@ -145,7 +145,9 @@ def test_build_key_follows_the_recipe() -> None:
     assert attrs.evolve(recipe, packages=recipe.packages[::-1]).build_key() == key
     assert attrs.evolve(recipe, packages=(*recipe.packages, "strace")).build_key() != key
     assert attrs.evolve(recipe, files={**recipe.files, "/etc/motd": "hello"}).build_key() != key
-    assert attrs.evolve(recipe, suite="trixie").build_key() != key
+    assert attrs.evolve(recipe, suite="bookworm").build_key() != key
+    assert attrs.evolve(recipe, pip={"numpy": "2.5.5"}).build_key() != key
+    assert attrs.evolve(recipe, npm={"lodash": "4.18.1"}).build_key() != key
     assert ruby.build.build_key() != key
 
 
@@ -298,3 +300,41 @@ def test_syntax_checks_fit_the_runtime(tmp_path: Path, changes: list[tuple[str, 
     with pytest.raises(RuntimeConfigError) as raised:
         load_runtimes(tmp_path)
     assert problem in str(raised.value)
+
+
+_PACKAGES_SNIPPET = 'infinite_loop = "while True: pass"\npackages = "import json"'
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        (
+            '[build.pip]\nnumpy = ">=2"',
+            "build.pip: versions must be exact releases like \"1.2.3\": numpy = '>=2'",
+        ),
+        ('[build.pip]\n"numpy; os_name" = "2.5.5"', "build.pip: not PyPI package names: numpy; os_name"),
+        ('[build.npm]\nlodash = "^4.17.0"', "build.npm: versions must be exact releases"),
+        ('[build.npm]\n"../lodash" = "4.18.1"', "build.npm: not npm package names: ../lodash"),
+        ("[build.npm]\nlodash = 4", "build.npm.lodash: expected a string"),
+    ],
+)
+def test_invalid_language_packages_name_the_field(tmp_path: Path, table: str, problem: str) -> None:
+    """A [build.pip] or [build.npm] entry that is no exact pin of a package name is refused, by field."""
+    text = VALID.replace('packages = ["python3-minimal"]\n', f'packages = ["python3-minimal"]\n{table}\n')
+    (tmp_path / "x.toml").write_text(text.replace('infinite_loop = "while True: pass"', _PACKAGES_SNIPPET))
+    with pytest.raises(RuntimeConfigError) as raised:
+        load_runtimes(tmp_path)
+    assert problem in str(raised.value)
+
+
+def test_language_packages_need_a_conformance_snippet(tmp_path: Path) -> None:
+    """A runtime declaring language packages must say how the conformance suite imports them."""
+    text = VALID.replace(
+        'packages = ["python3-minimal"]\n', 'packages = ["python3-minimal"]\n[build.pip]\nsix = "1.17.0"\n'
+    )
+    (tmp_path / "x.toml").write_text(text)
+    with pytest.raises(RuntimeConfigError) as raised:
+        load_runtimes(tmp_path)
+    assert "conformance.packages: required with [build.pip] or [build.npm]" in str(raised.value)
+    (tmp_path / "x.toml").write_text(text.replace('infinite_loop = "while True: pass"', _PACKAGES_SNIPPET))
+    assert load_runtimes(tmp_path).get("python") is not None

@@ -15,7 +15,7 @@ from typing import Final, TextIO
 
 import attrs
 
-# The builder's steps for one runtime, in order.
+# The builder's steps for one runtime, in order (with one more for each kind of language package).
 STEPS: Final = ("installing packages", "packing its layer", "importing into containerd")
 _ERASE_LINE: Final = "\x1b[2K"
 
@@ -34,6 +34,7 @@ class State(enum.Enum):
 class _Line:
     state: State = State.QUEUED
     step: int = 0
+    steps: int = len(STEPS)
     detail: str = ""
     started: float | None = None
     ended: float | None = None
@@ -69,12 +70,12 @@ class BuildProgress:
             self._lines = {name: _Line(), **self._lines}
             self._width = max(self._width, len(name))
 
-    def step(self, name: str, step: int, detail: str) -> None:
-        """``name`` started step ``step`` (1-based) of ``STEPS``."""
+    def step(self, name: str, step: int, detail: str, *, of: int = len(STEPS)) -> None:
+        """``name`` started step ``step`` (1-based) of ``of``."""
         line = self._lines[name]
         if line.started is None:
             line.started = self._clock()
-        line.state, line.step, line.detail = State.BUILDING, step, detail
+        line.state, line.step, line.steps, line.detail = State.BUILDING, step, of, detail
         self._changed(name)
 
     def finished(self, name: str, state: State, detail: str) -> None:
@@ -89,7 +90,7 @@ class BuildProgress:
         if line.state is State.QUEUED:
             status = "queued"
         elif line.state is State.BUILDING:
-            status = f"step {line.step} of {len(STEPS)}: {line.detail}"
+            status = f"step {line.step} of {line.steps}: {line.detail}"
         else:
             status = f"{line.state.value}: {line.detail}" if line.detail else line.state.value
         elapsed = ""
