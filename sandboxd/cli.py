@@ -24,6 +24,7 @@ from sandboxd.containerd import ContainerdError
 from sandboxd.engine.engine import Engine, RuntimeUnavailableError, UnsupportedLanguageError
 from sandboxd.engine.host import StartupError, client_for, connect
 from sandboxd.images.inspect import inspect_image
+from sandboxd.images.usage import disk_usage, gib, image_usage
 from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.ops.doctor import checks
 from sandboxd.ops.logging import configure_logging
@@ -127,14 +128,31 @@ async def _images_list(config: Config) -> int:
     client = client_for(config)
     try:
         await connect(client)
-        print(f"{'RUNTIME':<12} {'AVAILABLE':<10} {'IMAGE':<48} VERSION / REASON")
+        row = "{:<12} {:<10} {:<48} {:>9} {:>9}  {}"
+        print(row.format("RUNTIME", "AVAILABLE", "IMAGE", "STORED", "UNPACKED", "VERSION / REASON"))
+        states = []
         for runtime in load_runtimes(config.paths.runtimes):
             state = await inspect_image(client, runtime)
+            states.append(state)
+            stored = unpacked = ""
+            if state.available:
+                usage = await image_usage(client, state)
+                stored, unpacked = _mib(usage.stored), _mib(usage.unpacked)
             detail = state.version if state.available else state.reason
-            print(f"{runtime.name:<12} {'yes' if state.available else 'no':<10} {runtime.image:<48} {detail}")
+            available = "yes" if state.available else "no"
+            print(row.format(runtime.name, available, runtime.image, stored, unpacked, detail))
+        total = await disk_usage(client, states)
+        print(
+            f"images take {gib(total.total)}: {gib(total.stored)} of blobs in containerd's content store, "
+            f"{gib(total.unpacked)} unpacked (what images share counted once, in each row too)"
+        )
     finally:
         await client.close()
     return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.0f} MiB"
 
 
 async def _runtimes(config: Config) -> int:

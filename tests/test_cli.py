@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,9 @@ async def test_doctor_passes_with_a_key(config_file: Path) -> None:
     assert names[:6] == ["api keys", "runsc", "cgroups", "disk (data)", "disk (state)", "runtimes"]
     assert "containerd" in names
     assert {"image python", "image go", "image javascript", "image ruby"} <= set(names)
+    disk = next(line for line in lines if line.startswith("ok    image disk: "))
+    pattern = r"take [\d.]+ GiB \([\d.]+ GiB stored, [\d.]+ GiB unpacked\); [\d.]+ GiB free at /"
+    assert re.search(pattern, disk), disk
 
 
 async def test_doctor_fails_with_hints(config_file: Path) -> None:
@@ -110,19 +114,29 @@ async def test_keys_add_stores_only_the_hash(config_file: Path) -> None:
 
 
 async def test_images_list(config_file: Path) -> None:
-    """`sandboxd images list` shows each runtime's image reference, availability and version."""
+    """`sandboxd images list` shows each runtime's image, availability, disk use, version; then the total."""
     status, output = await sandboxd("--config", str(config_file), "images", "list")
     assert status == 0, output
-    rows = {line.split()[0]: line.split()[1:3] for line in output.splitlines()[1:]}
-    assert rows["python"] == ["yes", "sandboxd.local/runtimes/python:bookworm"]
+    lines = output.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("RUNTIME ")))
+    rows = {line.split()[0]: line.split()[1:7] for line in lines[header + 1 : -1]}
     assert set(rows) == {r.name for r in shipped_runtimes()}
+    available, image, stored, _, unpacked, _ = rows["python"]
+    assert (available, image) == ("yes", "sandboxd.local/runtimes/python:trixie")
+    # Compressed, the python image's blobs take less than its unpacked layers.
+    assert 0 < int(stored) < int(unpacked), output
+    total = re.fullmatch(
+        r"images take ([\d.]+) GiB: ([\d.]+) GiB of blobs .*, ([\d.]+) GiB unpacked .*", lines[-1]
+    )
+    assert total is not None, output
+    assert float(total[1]) == pytest.approx(float(total[2]) + float(total[3]), abs=0.02)
 
 
 async def test_images_build_skips_current_images(config_file: Path) -> None:
     """`sandboxd images build python` finds the image current and says so."""
     status, output = await sandboxd("--config", str(config_file), "images", "build", "python")
     assert status == 0, output
-    assert "python  current: sandboxd.local/runtimes/python:bookworm, Python 3." in output
+    assert "python  current: sandboxd.local/runtimes/python:trixie, Python 3." in output
 
 
 async def test_a_failed_build_says_so_and_names_its_log(
@@ -147,7 +161,7 @@ async def test_a_failed_build_says_so_and_names_its_log(
     status, output = await sandboxd("--config", str(path), "images", "build")
     log = dev_data / "build" / "logs" / "broken-test.log"
     assert status == 1, output
-    assert "broken-test  step 1 of 3: installing sandboxd-no-such-package from Debian bookworm" in output
+    assert "broken-test  step 1 of 3: installing sandboxd-no-such-package from Debian trixie" in output
     assert "broken-test  failed: [broken-test] mmdebstrap exited with status" in output
     assert f"sandboxd: building broken-test failed; its full log: {log}" in output
     assert "images: 0 of 1 ready" in output

@@ -247,13 +247,18 @@ class Content(_Service):
 
     PREFIX = "containerd.services.content.v1.Content"
 
-    async def read(self, digest: str, *, limit: int = 4 << 20) -> bytes:
-        """Return a whole blob; blobs larger than ``limit`` are refused (sandboxd reads only JSON)."""
+    async def size(self, digest: str) -> int:
+        """The size of a blob in the store, in bytes."""
         info = await self._channel.unary(
             self._method("Info"), content_pb2.InfoRequest(digest=digest), content_pb2.InfoResponse
         )
-        if info.info.size > limit:
-            raise ValueError(f"blob {digest} is {info.info.size} bytes, more than the {limit} expected")
+        return int(info.info.size)
+
+    async def read(self, digest: str, *, limit: int = 4 << 20) -> bytes:
+        """Return a whole blob; blobs larger than ``limit`` are refused (sandboxd reads only JSON)."""
+        size = await self.size(digest)
+        if size > limit:
+            raise ValueError(f"blob {digest} is {size} bytes, more than the {limit} expected")
         chunks = [
             chunk.data
             async for chunk in self._channel.stream(

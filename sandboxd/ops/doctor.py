@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
 import attrs
 
 from sandboxd.config import Config
-from sandboxd.containerd import ContainerdError
+from sandboxd.containerd import ContainerdClient, ContainerdError
 from sandboxd.engine.host import client_for
-from sandboxd.images.inspect import inspect_image
+from sandboxd.images.inspect import ImageState, inspect_image
+from sandboxd.images.usage import disk_usage, gib
 from sandboxd.runtimes import RuntimeConfigError, load_runtimes
 from sandboxd.service.store import StoreUnavailableError, open_store
 
@@ -88,6 +89,28 @@ def _free_space(name: str, path: Path, minimum: int) -> Check:
     return Check(name, True, detail)
 
 
+async def _image_disk(client: ContainerdClient, states: Sequence[ImageState], data: Path) -> Check:
+    """What the images take, against the free space a rebuild of the largest one needs.
+
+    A rebuild holds the image's root filesystem in the data directory while it packs and
+    imports it, then its blobs and unpacked layers beside the old ones: about twice its size.
+    """
+    usage = await disk_usage(client, states)
+    largest = max((image.stored + image.unpacked for image in usage.images), default=0)
+    existing = next((p for p in (data, *data.parents) if p.exists()), Path("/"))
+    free = (await asyncio.to_thread(shutil.disk_usage, existing)).free
+    detail = (
+        f"{len(usage.images)} take {gib(usage.total)} ({gib(usage.stored)} stored, "
+        f"{gib(usage.unpacked)} unpacked); {gib(free)} free at {existing}"
+    )
+    needed = 2 * largest
+    if free < needed:
+        return Check(
+            "image disk", False, detail, f"free {gib(needed - free)} more to rebuild the largest image"
+        )
+    return Check("image disk", True, detail)
+
+
 async def _store(config: Config) -> Check:
     """The store answers, and its schema is the one this version migrates to."""
     kind = "PostgreSQL" if config.store.url.startswith("postgresql://") else "SQLite"
@@ -142,8 +165,10 @@ async def checks(config: Config) -> AsyncIterator[Check]:
             yield Check("containerd", False, f"{config.containerd.address}: {error.detail}", hint)
             return
         yield Check("containerd", True, f"{version.version} at {config.containerd.address}")
+        states = []
         for runtime in runtimes:
             state = await inspect_image(client, runtime)
+            states.append(state)
             name = f"image {runtime.name}"
             if state.available:
                 yield Check(name, True, f"{runtime.image} ({state.version})")
@@ -151,5 +176,6 @@ async def checks(config: Config) -> AsyncIterator[Check]:
                 yield Check(
                     name, False, state.reason or "unavailable", f"sandboxd images build {runtime.name}"
                 )
+        yield await _image_disk(client, states, config.paths.data)
     finally:
         await client.close()
