@@ -23,8 +23,8 @@ from sandboxd.config import Config, ConfigError, load_config
 from sandboxd.containerd import ContainerdError
 from sandboxd.engine.engine import Engine, RuntimeUnavailableError, UnsupportedLanguageError
 from sandboxd.engine.host import StartupError, client_for, connect
-from sandboxd.images.inspect import inspect_image
-from sandboxd.images.usage import disk_usage, gib, image_usage
+from sandboxd.images.inspect import image_build_dir, inspect_image
+from sandboxd.images.usage import disk_usage, gib, image_usage, tree_bytes
 from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.ops.doctor import checks
 from sandboxd.ops.logging import configure_logging
@@ -81,7 +81,7 @@ def _select(runtimes: Sequence[Runtime], names: Sequence[str]) -> list[Runtime]:
 async def _images_build(config: Config, names: Sequence[str], force: bool, jobs: int) -> int:
     # Imported here, not at the top: `sandboxd serve` runs this module too, and the daemon
     # never builds images (it only inspects them).
-    from sandboxd.images.build import ImageBuilder, ImageBuildError, image_build_dir  # noqa: PLC0415
+    from sandboxd.images.build import ImageBuilder, ImageBuildError  # noqa: PLC0415
     from sandboxd.images.progress import BuildProgress  # noqa: PLC0415
 
     runtimes = _select(load_runtimes(config.paths.runtimes).runtimes, names)
@@ -142,9 +142,12 @@ async def _images_list(config: Config) -> int:
             available = "yes" if state.available else "no"
             print(row.format(runtime.name, available, runtime.image, stored, unpacked, detail))
         total = await disk_usage(client, states)
+        build = image_build_dir(config)
+        cache = await asyncio.to_thread(tree_bytes, build) if build.is_dir() else 0
         print(
             f"images take {gib(total.total)}: {gib(total.stored)} of blobs in containerd's content store, "
-            f"{gib(total.unpacked)} unpacked (what images share counted once, in each row too)"
+            f"{gib(total.unpacked)} unpacked (what images share counted once, in each row too); "
+            f"the build keeps {gib(cache)} more in {build} (each suite's base, to build on)"
         )
     finally:
         await client.close()

@@ -17,8 +17,14 @@ from sandboxd.api.state import CONFIG
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
 from sandboxd.engine.engine import Engine, RuntimeUnavailableError
-from sandboxd.images.build import ImageBuilder, image_build_dir
-from sandboxd.images.inspect import builds_in_progress, inspect_image, mark_building, unmark_building
+from sandboxd.images.build import ImageBuilder
+from sandboxd.images.inspect import (
+    builds_in_progress,
+    image_build_dir,
+    inspect_image,
+    mark_building,
+    unmark_building,
+)
 from sandboxd.images.progress import BuildProgress
 from sandboxd.models import ExecutionRequest
 from tests.helpers import (

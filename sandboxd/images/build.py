@@ -23,7 +23,6 @@ from typing import Final
 
 import attrs
 
-from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient
 from sandboxd.images.inspect import (
     BUILD_KEY_LABEL,
@@ -67,11 +66,6 @@ from sandboxd.validation import converter
 
 # Left out of every image: documentation, manual pages and translations nobody reads in a sandbox.
 _DPKG_EXCLUDES: Final = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*")
-
-
-def image_build_dir(config: Config) -> Path:
-    """Where image builds make their root filesystems and keep the shared base layer."""
-    return config.paths.data / "build"
 
 
 @attrs.frozen
@@ -168,6 +162,9 @@ class ImageBuilder:
             rootfs, blob, marker = directory / "rootfs", directory / "layer.tar.zst", directory / "layer.json"
             if not marker.exists():
                 await asyncio.to_thread(shutil.rmtree, directory, True)
+                # A base of an older recipe is never built on again.
+                for stale in directory.parent.glob(f"{suite}-v*"):
+                    await asyncio.to_thread(shutil.rmtree, stale, True)
                 directory.mkdir(parents=True)
                 name = f"base ({suite})"
                 self.progress.add(name)

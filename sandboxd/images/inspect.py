@@ -10,6 +10,7 @@ from typing import Final, TypeVar
 
 import attrs
 
+from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient, Image, NotFoundError
 from sandboxd.images.oci_image import HOST_PLATFORM, INDEX_TYPES, MANIFEST_TYPES, ImageConfig, Index, Manifest
 from sandboxd.runtimes import Runtime
@@ -20,6 +21,11 @@ VERSION_LABEL: Final = "sandboxd.io/runtime-version"
 RUNTIME_LABEL: Final = "sandboxd.io/runtime"
 
 _Document = TypeVar("_Document", Index, Manifest, ImageConfig)
+
+
+def image_build_dir(config: Config) -> Path:
+    """Where image builds make their root filesystems and keep the shared base layer."""
+    return config.paths.data / "build"
 
 
 def builds_in_progress(data: Path) -> Path:
