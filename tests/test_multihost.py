@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -195,10 +196,16 @@ async def test_one_rate_limit_across_hosts(make_host: HostFactory) -> None:
                 assert int(response.headers["Retry-After"]) >= 1
 
 
+def _pg_ctl_for(data: str) -> str:
+    """The pg_ctl of the release that made the cluster in ``data`` (PostgreSQL 15 on Debian 12, 17 on 13)."""
+    release = (Path(data) / "PG_VERSION").read_text().strip()
+    return f"/usr/lib/postgresql/{release}/bin/pg_ctl"
+
+
 async def pg_ctl(data: str, action: str) -> None:
     """Stop or start the tests' PostgreSQL cluster, as its owner (start: with the options it had)."""
     process = await asyncio.create_subprocess_exec(
-        "runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl",
+        "runuser", "-u", "postgres", "--", _pg_ctl_for(data),
         "-D", data, "-m", "fast", "-w", "-l", f"{data}/server.log", action,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
