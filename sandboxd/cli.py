@@ -75,31 +75,28 @@ def _select(runtimes: Sequence[Runtime], names: Sequence[str]) -> list[Runtime]:
     unknown = [name for name in names if name not in by_name]
     if unknown:
         raise SystemExit(f"sandboxd: unknown runtime(s): {', '.join(unknown)}")
-    return [by_name[name] for name in names]
+    selected: dict[str, Runtime] = {}
+    for name in names:
+        runtime: Runtime | None = by_name[name]
+        # A runtime's image is built on the one it extends: that one is built (or found current) first.
+        while runtime is not None and runtime.name not in selected:
+            selected[runtime.name] = runtime
+            runtime = by_name.get(runtime.build.extends) if runtime.build.extends else None
+    return list(selected.values())
 
 
 async def _images_build(config: Config, names: Sequence[str], force: bool, jobs: int) -> int:
     # Imported here, not at the top: `sandboxd serve` runs this module too, and the daemon
     # never builds images (it only inspects them).
-    from sandboxd.images.build import ImageBuilder, ImageBuildError  # noqa: PLC0415
+    from sandboxd.images.build import ImageBuilder  # noqa: PLC0415
     from sandboxd.images.progress import BuildProgress  # noqa: PLC0415
 
     runtimes = _select(load_runtimes(config.paths.runtimes).runtimes, names)
     client = client_for(config)
-    slots = asyncio.Semaphore(jobs)
-    failed: dict[str, Path] = {}
     work = image_build_dir(config)
     progress = BuildProgress(
         [runtime.name for runtime in runtimes], sys.stdout, work / "logs", redraw=sys.stdout.isatty()
     )
-
-    async def build(runtime: Runtime) -> None:
-        async with slots:
-            try:
-                await builder.build(runtime, force=force)
-            except ImageBuildError:
-                # One failed runtime does not stop the others; all failures are listed at the end.
-                failed[runtime.name] = progress.log_path(runtime.name)
 
     async def tick() -> None:
         while True:
@@ -112,15 +109,15 @@ async def _images_build(config: Config, names: Sequence[str], force: bool, jobs:
         started = time.monotonic()
         ticking = asyncio.ensure_future(tick())
         try:
-            await asyncio.gather(*(build(runtime) for runtime in runtimes))
+            failed = await builder.build_many(runtimes, jobs=jobs, force=force)
         finally:
             ticking.cancel()
         ready, took = len(runtimes) - len(failed), time.monotonic() - started
         print(f"images: {ready} of {len(runtimes)} ready in {took:.0f} s", flush=True)
     finally:
         await client.close()
-    for name, log in sorted(failed.items()):
-        print(f"sandboxd: building {name} failed; its full log: {log}", file=sys.stderr)
+    for name in sorted(failed):
+        print(f"sandboxd: building {name} failed; its full log: {progress.log_path(name)}", file=sys.stderr)
     return 1 if failed else 0
 
 

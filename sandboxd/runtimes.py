@@ -74,6 +74,15 @@ class ImageRecipe:
     # only, for the image's own Python) and from the npm registry (install scripts never run).
     pip: Mapping[str, str] = attrs.field(factory=dict)
     npm: Mapping[str, str] = attrs.field(factory=dict)
+    # Another runtime whose image this one is built on: its layers come first, and this image's
+    # own layer holds only what its packages add to them (so a JDK or a GCC is stored once).
+    # Loaded, the recipe is the whole image's: the other runtime's packages, files and
+    # language packages with this one's.
+    extends: str | None = None
+    # Commands run in the image once its packages are in (argv lists, chrooted, with the
+    # runtime's environment): work every program would otherwise redo, such as compiling Go's
+    # standard library into a cache it reads.
+    commands: tuple[tuple[str, ...], ...] = ()
 
     def __attrs_post_init__(self) -> None:
         check(bool(self.packages), "packages", "must list at least one Debian package")
@@ -84,6 +93,24 @@ class ImageRecipe:
         check(bool(re.match(r"^[a-z]+$", self.suite)), "suite", "must be a Debian suite name like trixie")
         _pinned("pip", self.pip, _PIP_NAME, _PIP_VERSION, "PyPI")
         _pinned("npm", self.npm, _NPM_NAME, _NPM_VERSION, "npm")
+        check(self.extends is None or bool(_NAME.match(self.extends)), "extends", "must name a runtime")
+        check(
+            all(c and all(c) for c in self.commands),
+            "commands",
+            "must be non-empty argv lists of non-empty strings",
+        )
+
+    def on(self, below: ImageRecipe) -> ImageRecipe:
+        """The recipe of the whole image built on ``below``'s: everything that one has, and this one's own."""
+        packages = tuple(dict.fromkeys([*below.packages, *self.packages]))
+        return attrs.evolve(
+            self,
+            packages=packages,
+            files={**below.files, **self.files},
+            pip={**below.pip, **self.pip},
+            npm={**below.npm, **self.npm},
+            commands=(*below.commands, *self.commands),
+        )
 
     def build_key(self) -> str:
         """A digest of everything that determines the image's content."""
@@ -95,6 +122,10 @@ class ImageRecipe:
             "npm": dict(sorted(self.npm.items())),
             "recipe": IMAGE_RECIPE_VERSION,
         }
+        if self.extends is not None:
+            recipe["extends"] = self.extends
+        if self.commands:
+            recipe["commands"] = [list(command) for command in self.commands]
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -260,8 +291,8 @@ class Runtime:
             check(self.conformance.compile_error is not None, "conformance.compile_error", message)
         self._check_syntax_check()
         if self.build.pip or self.build.npm:
-            check(self.conformance.packages is not None, "conformance.packages",
-                  "required with [build.pip] or [build.npm]: a program that imports each package")  # fmt: skip
+            message = "required with [build.pip] or [build.npm]: a program that imports each package"
+            check(self.conformance.packages is not None, "conformance.packages", message)
 
     def _check_syntax_check(self) -> None:
         declared = self.syntax_check
@@ -370,6 +401,43 @@ def load_runtimes(directory: Path) -> RuntimeRegistry:
                 problems.append(f"{path}: name or alias {key!r} is already used by {claimed[key]}")
             claimed[key] = path
         runtimes.append(runtime)
+    resolved = _resolve_extends(runtimes, claimed, problems)
     if problems:
         raise RuntimeConfigError(problems)
-    return RuntimeRegistry(tuple(runtimes))
+    return RuntimeRegistry(tuple(resolved))
+
+
+def _resolve_extends(
+    runtimes: list[Runtime], files: Mapping[str, Path], problems: list[str]
+) -> list[Runtime]:
+    """Each runtime with its whole image's recipe (see ImageRecipe.extends), in the same order."""
+    by_name = {runtime.name: runtime for runtime in runtimes}
+    resolved: dict[str, Runtime] = {}
+
+    def problem(runtime: Runtime, chain: tuple[str, ...]) -> str | None:
+        below = by_name.get(runtime.build.extends or "")
+        if below is None:
+            return f"no runtime is named {runtime.build.extends!r}"
+        if below.name in chain:
+            return f"{' -> '.join([*chain, below.name])} is a cycle"
+        if below.build.suite != runtime.build.suite:
+            return f"{below.name} is built from {below.build.suite}, not {runtime.build.suite}"
+        return None
+
+    def resolve(runtime: Runtime, chain: tuple[str, ...]) -> Runtime | None:
+        if runtime.name not in resolved and runtime.build.extends is None:
+            resolved[runtime.name] = runtime
+        if runtime.name in resolved:
+            return resolved[runtime.name]
+        found = problem(runtime, chain)
+        if found is not None:
+            problems.append(f"{files[runtime.name]}: build.extends: {found}")
+            return None
+        below = resolve(by_name[runtime.build.extends or ""], (*chain, runtime.build.extends or ""))
+        if below is not None:
+            resolved[runtime.name] = attrs.evolve(runtime, build=runtime.build.on(below.build))
+        return resolved.get(runtime.name)
+
+    for runtime in runtimes:
+        resolve(runtime, (runtime.name,))
+    return [resolved[r.name] for r in runtimes if r.name in resolved]

@@ -338,3 +338,57 @@ def test_language_packages_need_a_conformance_snippet(tmp_path: Path) -> None:
     assert "conformance.packages: required with [build.pip] or [build.npm]" in str(raised.value)
     (tmp_path / "x.toml").write_text(text.replace('infinite_loop = "while True: pass"', _PACKAGES_SNIPPET))
     assert load_runtimes(tmp_path).get("python") is not None
+
+
+def _extending(tmp_path: Path, name: str, extends: str, *, suite: str | None = None) -> None:
+    text = VALID.replace('name = "python"', f'name = "{name}"')
+    table = f'extends = "{extends}"\n' + (f'suite = "{suite}"\n' if suite else "")
+    text = text.replace('packages = ["python3-minimal"]\n', f'packages = ["python3-pip"]\n{table}')
+    (tmp_path / f"{name}.toml").write_text(text)
+
+
+def test_an_extending_runtime_gets_the_whole_image_recipe(tmp_path: Path) -> None:
+    """Extending another runtime, a recipe holds that one's packages and files first, then its own."""
+    (tmp_path / "python.toml").write_text(
+        VALID.replace(
+            'packages = ["python3-minimal"]\n', 'packages = ["python3-minimal"]\nfiles = { "/etc/a" = "a" }\n'
+        )
+    )
+    _extending(tmp_path, "python-pip", "python")
+    registry = load_runtimes(tmp_path)
+    extended = registry.get("python-pip")
+    assert extended is not None
+    assert extended.build.packages == ("python3-minimal", "python3-pip")
+    assert extended.build.files == {"/etc/a": "a"}
+    assert extended.build.extends == "python"
+    python = registry.get("python")
+    assert python is not None
+    assert python.build.build_key() != extended.build.build_key()
+
+
+@pytest.mark.parametrize(
+    ("runtimes", "problem"),
+    [
+        ([("a", "nothing")], "a.toml: build.extends: no runtime is named 'nothing'"),
+        ([("a", "b"), ("b", "a")], "b.toml: build.extends: a -> b -> a is a cycle"),
+        ([("a", "a")], "a.toml: build.extends: a -> a is a cycle"),
+    ],
+)
+def test_extends_must_name_another_runtime_without_a_cycle(
+    tmp_path: Path, runtimes: list[tuple[str, str]], problem: str
+) -> None:
+    """An extends naming no runtime, or going round in a cycle, is reported by file and field."""
+    for name, extends in runtimes:
+        _extending(tmp_path, name, extends)
+    with pytest.raises(RuntimeConfigError) as raised:
+        load_runtimes(tmp_path)
+    assert any(p.endswith(problem) for p in raised.value.problems), raised.value.problems
+
+
+def test_extends_stays_within_one_suite(tmp_path: Path) -> None:
+    """An image is built only on one from the same Debian suite."""
+    (tmp_path / "python.toml").write_text(VALID)
+    _extending(tmp_path, "old", "python", suite="bookworm")
+    problem = r"build\.extends: python is built from trixie, not bookworm$"
+    with pytest.raises(RuntimeConfigError, match=problem):
+        load_runtimes(tmp_path)

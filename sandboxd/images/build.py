@@ -23,14 +23,16 @@ from typing import Final
 
 import attrs
 
-from sandboxd.containerd import ContainerdClient
+from sandboxd.containerd import ContainerdClient, ContainerdError
 from sandboxd.images.inspect import (
     BUILD_KEY_LABEL,
+    BUILT_ON_LABEL,
     RUNTIME_LABEL,
     VERSION_LABEL,
     ImageState,
     inspect_image,
     mark_building,
+    read_image,
     unmark_building,
 )
 from sandboxd.images.language_packages import (
@@ -61,6 +63,7 @@ from sandboxd.images.oci_image import (
     RootFS,
 )
 from sandboxd.images.progress import BuildProgress, State
+from sandboxd.images.views import ViewMountError, mounted_image
 from sandboxd.runtimes import IMAGE_RECIPE_VERSION, NPM_PACKAGES_DIR, Runtime
 from sandboxd.validation import converter
 
@@ -75,6 +78,15 @@ class PackedLayer:
     digest: str
     size: int
     diff_id: str
+
+
+@attrs.frozen
+class Foundation:
+    """The layers an image's own layer goes on: the shared base's, or those of the image it extends."""
+
+    layers: tuple[Descriptor, ...]
+    diff_ids: tuple[str, ...]
+    history: tuple[History, ...]
 
 
 @attrs.frozen
@@ -104,14 +116,22 @@ class ImageBuilder:
     # One build of a suite's base at a time, however many images are built at once.
     _base_locks: dict[str, asyncio.Lock] = attrs.field(factory=dict, init=False)
 
-    def is_current(self, runtime: Runtime, state: ImageState) -> bool:
-        """True when the image is unpacked and was built from the runtime's current recipe."""
-        return state.available and state.build_key == runtime.build.build_key()
+    def is_current(self, runtime: Runtime, state: ImageState, below: ImageState | None = None) -> bool:
+        """True when the image is unpacked, was built from the runtime's current recipe, and on ``below``."""
+        built_on = below.chain_id if below is not None else None
+        return state.available and state.build_key == runtime.build.build_key() and state.built_on == built_on
 
-    async def build(self, runtime: Runtime, *, force: bool = False) -> ImageState:
-        """Build and import the runtime's image unless a current one is present."""
+    async def build(
+        self, runtime: Runtime, *, below: ImageState | None = None, force: bool = False
+    ) -> ImageState:
+        """Build and import the runtime's image unless a current one is present.
+
+        ``below`` is the image of the runtime this one extends (required then, and only then).
+        """
+        if (below is None) != (runtime.build.extends is None):
+            raise ValueError(f"{runtime.name}: the image below must be given exactly when it extends another")
         state = await inspect_image(self.client, runtime)
-        if self.is_current(runtime, state) and not force:
+        if self.is_current(runtime, state, below) and not force:
             self.progress.finished(runtime.name, State.CURRENT, f"{runtime.image}, {state.version}")
             return state
         build_dir = self.work_dir / "images" / runtime.name
@@ -121,7 +141,7 @@ class ImageBuilder:
         # A daemon serving meanwhile lists the runtime as "image building" until it is ready.
         marker = mark_building(self.work_dir / "building", runtime.name)
         try:
-            built = await self._build_in(runtime, build_dir)
+            built = await self._build_in(runtime, build_dir, below)
         except ImageBuildError as error:
             self._write_log(runtime.name, str(error))
             summary = str(error).splitlines()[0]
@@ -132,6 +152,43 @@ class ImageBuilder:
             await asyncio.to_thread(shutil.rmtree, build_dir, True)
         self.progress.finished(runtime.name, State.READY, f"{runtime.image}, {built.version}")
         return built
+
+    async def build_many(self, runtimes: Sequence[Runtime], *, jobs: int, force: bool = False) -> list[str]:
+        """Build ``runtimes``, ``jobs`` at once, each after the one it extends; return those that failed.
+
+        One failed runtime does not stop the others, but for those built on it.
+        """
+        names = {runtime.name for runtime in runtimes}
+        missing = [r.name for r in runtimes if r.build.extends is not None and r.build.extends not in names]
+        if missing:
+            raise ValueError(
+                f"building {', '.join(missing)} needs the runtimes they extend in the same build"
+            )
+        slots = asyncio.Semaphore(jobs)
+        loop = asyncio.get_running_loop()
+        built: dict[str, asyncio.Future[ImageState | None]] = {name: loop.create_future() for name in names}
+        failed: list[str] = []
+
+        async def build_one(runtime: Runtime) -> None:
+            below = None
+            if runtime.build.extends is not None:
+                below = await built[runtime.build.extends]
+                if below is None:
+                    detail = f"{runtime.build.extends}, which it extends, failed"
+                    self.progress.finished(runtime.name, State.FAILED, detail)
+                    failed.append(runtime.name)
+                    built[runtime.name].set_result(None)
+                    return
+            state = None
+            async with slots:
+                try:
+                    state = await self.build(runtime, below=below, force=force)
+                except ImageBuildError:
+                    failed.append(runtime.name)
+            built[runtime.name].set_result(state)
+
+        await asyncio.gather(*(build_one(runtime) for runtime in runtimes))
+        return failed
 
     def _log(self, name: str) -> Path:
         return self.progress.log_path(name)
@@ -182,12 +239,35 @@ class ImageBuilder:
                 self.progress.finished(name, State.READY, f"{layer.digest[:19]}, {layer.size >> 20} MiB")
             return BaseLayer(rootfs, blob, converter.structure(json.loads(marker.read_text()), PackedLayer))
 
-    async def _build_in(self, runtime: Runtime, build_dir: Path) -> ImageState:
+    async def _foundation(self, runtime: Runtime, below: ImageState) -> Foundation:
+        """What an image built on ``below``'s has under its own layer: all of that image's layers."""
+        below_name = runtime.build.extends
+        try:
+            documents = await read_image(self.client, below.reference)
+        except (ValueError, ContainerdError) as error:
+            raise ImageBuildError(
+                f"[{runtime.name}] the image of {below_name} it extends: {error}"
+            ) from error
+        return Foundation(
+            layers=documents.manifest.layers, diff_ids=below.layers, history=documents.config.history
+        )
+
+    async def _base_foundation(self, suite: str) -> tuple[Foundation, BaseLayer]:
+        base = await self.base_layer(suite)
+        descriptor = Descriptor(media_type=LAYER_TYPE, digest=base.layer.digest, size=base.layer.size)
+        history = (History(created_by=f"mmdebstrap --variant=essential {suite}"),)
+        return Foundation(layers=(descriptor,), diff_ids=(base.layer.diff_id,), history=history), base
+
+    async def _build_in(self, runtime: Runtime, build_dir: Path, below: ImageState | None) -> ImageState:
         name = runtime.name
-        base = await self.base_layer(runtime.build.suite)
+        base: BaseLayer | None = None
+        if below is None:
+            foundation, base = await self._base_foundation(runtime.build.suite)
+        else:
+            foundation = await self._foundation(runtime, below)
         rootfs = build_dir / "rootfs"
         recipe = runtime.build
-        steps = 3 + bool(recipe.pip) + bool(recipe.npm)
+        steps = 3 + bool(recipe.pip) + bool(recipe.npm) + bool(recipe.commands)
         self.progress.step(
             name, 1, f"installing {', '.join(recipe.packages)} from Debian {recipe.suite}", of=steps
         )
@@ -203,19 +283,45 @@ class ImageBuilder:
             step += 1
             self.progress.step(name, step, f"installing {listed(recipe.npm)} from the npm registry", of=steps)
             await self._install_npm(runtime, rootfs, build_dir / "npm")
+        if recipe.commands:
+            step += 1
+            commands = "; ".join(" ".join(command) for command in recipe.commands)
+            self.progress.step(name, step, f"running {commands}", of=steps)
+            for command in recipe.commands:
+                await self._chrooted(runtime, rootfs, command)
         version = await self._runtime_version(runtime, rootfs)
         self._write_log(name, f"version: {version}")
-        self.progress.step(name, step + 1, f"{version}; packing what it adds to the base", of=steps)
+        below_it = f"the image of {recipe.extends}" if recipe.extends else "the base"
+        self.progress.step(name, step + 1, f"{version}; packing what it adds to {below_it}", of=steps)
         oci_dir = build_dir / "oci"
-        await self._write_oci_layout(runtime, base, rootfs, oci_dir, version)
+        if base is not None:
+            await self._write_oci_layout(
+                runtime, foundation, lower=base.rootfs, rootfs=rootfs, oci_dir=oci_dir, version=version
+            )
+            # A symlink, not a copy (the import reads through it): the base blob is one file for
+            # every image. Not a hard link: another build linking it changes its ctime, and tar,
+            # reading it meanwhile, would fail ("file changed as we read it").
+            (oci_dir / "blobs" / "sha256" / base.layer.digest.removeprefix("sha256:")).symlink_to(base.blob)
+        elif below is not None and below.chain_id is not None:
+            # The layers below are in containerd's content store already: the layout holds only
+            # this image's own, and the import finds the others there.
+            try:
+                async with mounted_image(self.client, below.chain_id, build_dir / "below") as lower:
+                    await self._write_oci_layout(
+                        runtime, foundation, lower=lower, rootfs=rootfs, oci_dir=oci_dir, version=version
+                    )
+            except (ViewMountError, ContainerdError) as error:
+                raise ImageBuildError(
+                    f"[{name}] mounting the image of {runtime.build.extends}: {error}"
+                ) from error
         self.progress.step(
             name, step + 2, f"importing {runtime.image} into containerd ({self.client.namespace})", of=steps
         )
         await self._import(name, oci_dir)
-        await self.client.images.set_labels(
-            runtime.image,
-            {BUILD_KEY_LABEL: runtime.build.build_key(), VERSION_LABEL: version, RUNTIME_LABEL: name},
-        )
+        labels = {BUILD_KEY_LABEL: runtime.build.build_key(), VERSION_LABEL: version, RUNTIME_LABEL: name}
+        if below is not None and below.chain_id is not None:
+            labels[BUILT_ON_LABEL] = below.chain_id
+        await self.client.images.set_labels(runtime.image, labels)
         state = await inspect_image(self.client, runtime)
         if not state.available:
             raise ImageBuildError(f"[{name}] imported image is not usable: {state.reason}")
@@ -281,11 +387,19 @@ class ImageBuilder:
         raise ImageBuildError(f"[{runtime.name}] {' '.join(runtime.version_command)} printed nothing")
 
     async def _write_oci_layout(
-        self, runtime: Runtime, base: BaseLayer, rootfs: Path, oci_dir: Path, version: str
+        self,
+        runtime: Runtime,
+        foundation: Foundation,
+        *,
+        lower: Path,
+        rootfs: Path,
+        oci_dir: Path,
+        version: str,
     ) -> None:
+        """Write an OCI layout: ``foundation``'s layers, then one of what ``rootfs`` adds to ``lower``."""
         blobs = oci_dir / "blobs" / "sha256"
         blobs.mkdir(parents=True)
-        diff = await asyncio.to_thread(diff_trees, base.rootfs, rootfs)
+        diff = await asyncio.to_thread(diff_trees, lower, rootfs)
         whiteouts = await asyncio.to_thread(add_whiteouts, rootfs, diff.removed)
         partial = blobs / "layer.partial"
         layer = await self._pack_layer(
@@ -293,28 +407,19 @@ class ImageBuilder:
         )
         partial.rename(blobs / layer.digest.removeprefix("sha256:"))
         await asyncio.to_thread(shutil.rmtree, rootfs, True)
-        # A symlink, not a copy (the import reads through it): the base blob is one file for
-        # every image. Not a hard link: another build linking it changes its ctime, and tar,
-        # reading it meanwhile, would fail ("file changed as we read it").
-        (blobs / base.layer.digest.removeprefix("sha256:")).symlink_to(base.blob)
         config = ImageConfig(
             architecture=HOST_PLATFORM.architecture,
             os=HOST_PLATFORM.os,
             config=ContainerConfig(labels={RUNTIME_LABEL: runtime.name, VERSION_LABEL: version}),
-            rootfs=RootFS(type="layers", diff_ids=(base.layer.diff_id, layer.diff_id)),
-            history=(
-                History(created_by=f"mmdebstrap --variant=essential {runtime.build.suite}"),
-                History(created_by=f"sandboxd images build {runtime.name}"),
-            ),
+            rootfs=RootFS(type="layers", diff_ids=(*foundation.diff_ids, layer.diff_id)),
+            history=(*foundation.history, History(created_by=f"sandboxd images build {runtime.name}")),
         )
+        own = Descriptor(media_type=LAYER_TYPE, digest=layer.digest, size=layer.size)
         manifest = Manifest(
             schema_version=2,
             media_type=MANIFEST_TYPE,
             config=_write_blob(blobs, CONFIG_TYPE, config),
-            layers=(
-                Descriptor(media_type=LAYER_TYPE, digest=base.layer.digest, size=base.layer.size),
-                Descriptor(media_type=LAYER_TYPE, digest=layer.digest, size=layer.size),
-            ),
+            layers=(*foundation.layers, own),
         )
         manifest_desc = attrs.evolve(
             _write_blob(blobs, MANIFEST_TYPE, manifest),

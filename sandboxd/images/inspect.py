@@ -19,6 +19,8 @@ from sandboxd.validation import structure
 BUILD_KEY_LABEL: Final = "sandboxd.io/build-key"
 VERSION_LABEL: Final = "sandboxd.io/runtime-version"
 RUNTIME_LABEL: Final = "sandboxd.io/runtime"
+# On an image built on another's (ImageRecipe.extends): the chain ID of the layers it went on.
+BUILT_ON_LABEL: Final = "sandboxd.io/built-on"
 
 _Document = TypeVar("_Document", Index, Manifest, ImageConfig)
 
@@ -73,6 +75,7 @@ class ImageState:
     reason: str | None = None
     # The image's layers (their uncompressed digests), bottom first.
     layers: tuple[str, ...] = ()
+    built_on: str | None = None
 
 
 def chain_id(diff_ids: Sequence[str]) -> str:
@@ -94,8 +97,8 @@ async def _read(client: ContainerdClient, what: str, digest: str, kind: type[_Do
         raise _UnusableImageError(f"has an invalid {what} ({digest}): {error}") from error
 
 
-async def _layers(client: ContainerdClient, image: Image) -> tuple[str, ...]:
-    """The image's layers for this host's platform, from its index (if any), manifest and config."""
+async def _manifest(client: ContainerdClient, image: Image) -> tuple[str, Manifest]:
+    """The digest and content of the image's manifest for this host's platform (from its index, if any)."""
     target = image.target
     if target.media_type in INDEX_TYPES:
         manifest = (await _read(client, "index", target.digest, Index)).manifest_for(HOST_PLATFORM)
@@ -106,8 +109,32 @@ async def _layers(client: ContainerdClient, image: Image) -> tuple[str, ...]:
         manifest_digest = target.digest
     else:
         raise _UnusableImageError(f"has unsupported type {target.media_type}")
-    config_digest = (await _read(client, "manifest", manifest_digest, Manifest)).config.digest
-    layers = (await _read(client, "config", config_digest, ImageConfig)).rootfs.diff_ids
+    return manifest_digest, await _read(client, "manifest", manifest_digest, Manifest)
+
+
+@attrs.frozen
+class ImageDocuments:
+    """An image's manifest for this host (and its digest) and its configuration."""
+
+    manifest_digest: str
+    manifest: Manifest
+    config: ImageConfig
+
+
+async def read_image(client: ContainerdClient, reference: str) -> ImageDocuments:
+    """An image's manifest and configuration for this host; ValueError for an unusable image."""
+    try:
+        digest, manifest = await _manifest(client, await client.images.get(reference))
+        config = await _read(client, "config", manifest.config.digest, ImageConfig)
+    except _UnusableImageError as error:
+        raise ValueError(f"image {reference} {error}") from error
+    return ImageDocuments(digest, manifest, config)
+
+
+async def _layers(client: ContainerdClient, image: Image) -> tuple[str, ...]:
+    """The image's layers for this host's platform, from its index (if any), manifest and config."""
+    _, manifest = await _manifest(client, image)
+    layers = (await _read(client, "config", manifest.config.digest, ImageConfig)).rootfs.diff_ids
     if not layers:
         raise _UnusableImageError("has no layers")
     return layers
@@ -140,4 +167,5 @@ async def inspect_image(client: ContainerdClient, runtime: Runtime) -> ImageStat
         chain_id=chain,
         build_key=image.labels.get(BUILD_KEY_LABEL),
         layers=layers,
+        built_on=image.labels.get(BUILT_ON_LABEL),
     )

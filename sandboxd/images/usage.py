@@ -8,19 +8,16 @@ were unpacked into (overlayfs ``lowerdir``), and their files' blocks are added u
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import attrs
 
-from sandboxd.containerd import ContainerdClient, Mount, NotFoundError
-from sandboxd.images.inspect import ImageState
-from sandboxd.images.oci_image import HOST_PLATFORM, INDEX_TYPES, Index, Manifest
-from sandboxd.validation import structure
+from sandboxd.containerd import ContainerdClient, Mount
+from sandboxd.images.inspect import ImageState, read_image
+from sandboxd.images.views import image_view
 
 
 @attrs.frozen
@@ -101,16 +98,10 @@ def layer_directories(mount: Mount) -> tuple[str, ...]:
 
 async def _blobs(client: ContainerdClient, state: ImageState) -> dict[str, int]:
     image = await client.images.get(state.reference)
+    documents = await read_image(client, state.reference)
     blobs = {image.target.digest: image.target.size}
-    digest = image.target.digest
-    if image.target.media_type in INDEX_TYPES:
-        found = structure(await client.content.read_json(digest), Index).manifest_for(HOST_PLATFORM)
-        if found is None:
-            return blobs
-        digest = found.digest
-        blobs[digest] = found.size
-    manifest = structure(await client.content.read_json(digest), Manifest)
-    for descriptor in (manifest.config, *manifest.layers):
+    blobs[documents.manifest_digest] = await client.content.size(documents.manifest_digest)
+    for descriptor in (documents.manifest.config, *documents.manifest.layers):
         blobs[descriptor.digest] = descriptor.size
     return blobs
 
@@ -118,16 +109,9 @@ async def _blobs(client: ContainerdClient, state: ImageState) -> dict[str, int]:
 async def _layers(client: ContainerdClient, state: ImageState) -> dict[str, int]:
     if state.chain_id is None:
         return {}
-    key = f"sandboxd-usage-{secrets.token_hex(6)}"
-    # A view costs nothing on disk; it is removed at once, and lease-less, so nothing keeps it.
-    mounts = await client.snapshots.view(key, state.chain_id, lease=None)
-    try:
+    async with image_view(client, state.chain_id, "usage") as mounts:
         directories = [d for mount in mounts for d in layer_directories(mount)]
         sizes = await asyncio.gather(*(asyncio.to_thread(tree_bytes, Path(d)) for d in directories))
-    finally:
-        # Unreferenced, the view may be collected first; either way it is gone.
-        with contextlib.suppress(NotFoundError):
-            await client.snapshots.remove(key)
     return dict(zip(directories, sizes, strict=True))
 
 
