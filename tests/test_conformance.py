@@ -6,6 +6,7 @@ file, building its image and running this suite.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.integration
 RUNTIMES = shipped_runtimes().runtimes
 ALL = pytest.mark.parametrize("runtime", RUNTIMES, ids=[r.name for r in RUNTIMES])
 COMPILED = [r for r in RUNTIMES if r.compiled]
+WITH_PACKAGES = [r for r in RUNTIMES if r.build.pip or r.build.npm]
 # sandboxd's note after a compiler's or a syntax check's own message.
 _NOT_PARSED_NOTE = re.compile(
     r"sandboxd: (compilation failed with exit status [1-9]\d*"
@@ -130,3 +132,14 @@ async def test_infinite_loop_times_out(engine: Engine, runtime: Runtime) -> None
     """An endless loop ends with status timeout at the requested timeout."""
     result = await engine_run(engine, runtime.name, runtime.conformance.infinite_loop, timeout=2)
     assert (result.status, result.exit_code) == (ExecutionStatus.TIMEOUT, -1), result
+
+
+@pytest.mark.parametrize("runtime", WITH_PACKAGES, ids=[r.name for r in WITH_PACKAGES])
+async def test_declared_packages_import(engine: Engine, runtime: Runtime) -> None:
+    """Every language package the runtime's [build] declares imports, at its pinned version."""
+    assert runtime.conformance.packages is not None
+    declared = {**runtime.build.pip, **runtime.build.npm}
+    result = await engine_run(engine, runtime.name, runtime.conformance.packages, stdin=json.dumps(declared))
+    assert (result.status, result.exit_code) == (ExecutionStatus.COMPLETED, 0), result
+    found = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert found == declared, result
