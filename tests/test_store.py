@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -196,6 +197,10 @@ async def test_a_request_claimed_on_another_host_keeps_its_version(new_store: St
         await submitting.insert("v", "alice", Kind.ASYNC, versioned, "python3.11", ExecutionStatus.QUEUED)
         [claimed] = await running.claim(1)
         assert (claimed.request, claimed.language) == (versioned, "python3.11")
+        await queue(submitting, "plain")
+        async with submitting.transaction() as tx:
+            [(kept,)] = await tx.fetch("SELECT request FROM executions WHERE execution_id = ?", ("plain",))
+        assert "version" not in json.loads(kept), "a sandboxd before versions refuses the field"
     finally:
         await submitting.close()
         await running.close()
