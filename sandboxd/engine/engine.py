@@ -324,15 +324,15 @@ class Engine:
             raise UnsupportedLanguageError(request.language)
         if request.version is None:
             return named
-        chosen = self._runtimes.matching(named.language, request.version, self.known_version)
+        chosen = self._runtimes.matching(named.language, request.version, self._known_version)
         if chosen is None:
-            known = map(self.known_version, self._runtimes.of_language(named.language))
+            known = map(self._known_version, self._runtimes.of_language(named.language))
             raise UnsupportedVersionError(
                 named.language, request.version, [v for v in known if v is not None]
             )
         return chosen
 
-    def known_version(self, runtime: Runtime) -> str | None:
+    def _known_version(self, runtime: Runtime) -> str | None:
         """The version number ``runtime`` provides: its image's once inspected here, else its declared one."""
         state = self._images.get(runtime.name)
         return (runtime.parse_version(state.version) if state else None) or runtime.version
@@ -436,7 +436,7 @@ class Engine:
                 LanguageInfo(
                     runtime=runtime.name,
                     language=runtime.language,
-                    version=self.known_version(runtime),
+                    version=self._known_version(runtime),
                     version_string=state.version if state else None,
                     default=runtime.is_default,
                     aliases=runtime.aliases,
