@@ -54,6 +54,7 @@ async def test_languages(http: Client, headers: dict[str, str]) -> None:
     assert {item["runtime"] for item in listed.values() if item["default"]} == {
         runtime.name for runtime in shipped_runtimes() if runtime.language == runtime.name
     }
+    assert (listed["python3.11"]["language"], listed["python"]["language"]) == ("python", "python")
 
 
 @pytest.mark.parametrize(

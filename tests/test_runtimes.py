@@ -373,3 +373,17 @@ def test_languages_and_versions_must_fit_together(
     with pytest.raises(RuntimeConfigError) as raised:
         load_runtimes(tmp_path)
     assert problem in str(raised.value)
+
+
+def test_the_shipped_python311_is_a_second_python() -> None:
+    """runtimes/python3.11.toml is python's 3.11 on bookworm; python itself stays the language's default."""
+    registry = shipped_runtimes()
+    python, python311 = registry.get("python"), registry.get("python3.11")
+    assert python is not None
+    assert python311 is not None
+    assert (python311.language, python311.version, python311.aliases) == ("python", "3.11", ())
+    assert python311.build.suite == "bookworm"
+    assert python311.image == "sandboxd.local/runtimes/python3.11:bookworm"
+    assert python.is_default
+    assert registry.of_language("python")[0] is python
+    assert registry.get("py") is python
