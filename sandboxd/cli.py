@@ -21,7 +21,12 @@ from sandboxd.api.auth import add_key, generate_key, hash_key
 from sandboxd.api.state import NOTIFIER
 from sandboxd.config import Config, ConfigError, load_config
 from sandboxd.containerd import ContainerdError
-from sandboxd.engine.engine import Engine, RuntimeUnavailableError, UnsupportedLanguageError
+from sandboxd.engine.engine import (
+    Engine,
+    RuntimeUnavailableError,
+    UnsupportedLanguageError,
+    UnsupportedVersionError,
+)
 from sandboxd.engine.host import StartupError, client_for, connect
 from sandboxd.images.inspect import image_build_dir, inspect_image
 from sandboxd.images.usage import disk_usage, gib, image_usage, tree_bytes
@@ -160,11 +165,15 @@ async def _runtimes(config: Config) -> int:
     try:
         await connect(client)
         engine = await Engine.open(config, client, reconcile_leftovers=False)
-        print(f"{'RUNTIME':<12} {'AVAILABLE':<10} {'ALIASES':<20} VERSION / REASON")
+        columns = f"{'RUNTIME':<12} {'AVAILABLE':<10} {'LANGUAGE':<12} {'VERSION':<10} {'ALIASES':<20}"
+        print(f"{columns} VERSION LINE / REASON")
         for info in engine.languages():
-            detail = info.version if info.available else info.reason
-            aliases = ",".join(info.aliases)
-            print(f"{info.language:<12} {'yes' if info.available else 'no':<10} {aliases:<20} {detail}")
+            detail = info.version_string if info.available else info.reason
+            aliases = ",".join(info.aliases) or "-"
+            print(
+                f"{info.runtime:<12} {'yes' if info.available else 'no':<10} {info.language:<12} "
+                f"{info.version or '-':<10} {aliases:<20} {detail}"
+            )
     finally:
         await client.close()
     return 0
@@ -202,7 +211,9 @@ async def _hosts(config: Config) -> int:
 async def _run_file(config: Config, args: argparse.Namespace) -> int:
     code = args.file.read_text()
     stdin = args.stdin.read_text() if args.stdin else None
-    request = ExecutionRequest(code=code, language=args.language, stdin=stdin, timeout=args.timeout)
+    request = ExecutionRequest(
+        code=code, language=args.language, version=args.version, stdin=stdin, timeout=args.timeout
+    )
     # A one-off engine: no pool to keep sandboxes for later, no daemon loops.
     config = attrs.evolve(config, pool=attrs.evolve(config.pool, enabled=False))
     client = client_for(config)
@@ -270,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one file through the engine and print the result")
     run.add_argument("file", type=Path)
     run.add_argument("--language", "-l", required=True)
+    run.add_argument("--version", help="a version of the language, such as 3.11 (a prefix of its number)")
     run.add_argument("--stdin", type=Path, help="file whose content is the program's standard input")
     run.add_argument("--timeout", type=int)
     return parser
@@ -296,7 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 -- one retu
         if args.images_command == "build":
             return asyncio.run(_images_build(config, args.languages, args.force, args.jobs))
         return asyncio.run(_images_list(config))
-    except (ValidationError, InvalidFieldError, UnsupportedLanguageError, RuntimeUnavailableError) as error:
+    except (
+        ValidationError,
+        InvalidFieldError,
+        UnsupportedLanguageError,
+        UnsupportedVersionError,
+        RuntimeUnavailableError,
+    ) as error:
         print(f"sandboxd: {error}", file=sys.stderr)
         return 2
     except (ConfigError, RuntimeConfigError, StartupError) as error:

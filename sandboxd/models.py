@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import attrs
 
-from sandboxd.validation import check
+from sandboxd.validation import check, described
 
 MAX_ENV_VARS: Final = 64
 MAX_ENV_BYTES: Final = 32 * 1024
@@ -25,11 +25,14 @@ MAX_ARGS_BYTES: Final = 64 * 1024
 MAX_OUTPUT_FILES: Final = 8
 OUTPUT_FILE_BYTES: Final = 1 << 20
 MAX_CALLBACK_URL: Final = 2048
+MAX_VERSION: Final = 32
 # One component of a relative path a request names inside /workspace (a file, or a glob of them).
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.+@=,-]+$")
 _GLOB_PART = re.compile(r"^[A-Za-z0-9_.+@=,*?\[\]!-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]+$")
+# A version a request asks for: a prefix of the runtime's version number (3, 3.11, 3.11.2).
+_VERSION = re.compile(r"[0-9]+(\.[0-9]+){0,3}")
 # A host name in a callback URL: ASCII labels (an international name in its xn-- form).
 _HOST_NAME = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
 
@@ -122,6 +125,16 @@ def _session_id(_instance: object, _attribute: attrs.Attribute[Any], value: str 
             0 < len(value) <= MAX_SESSION_ID and bool(_SESSION_ID.match(value)),
             "session_id",
             f"must be 1 to {MAX_SESSION_ID} characters of A-Z a-z 0-9 . _ : -",
+        )
+
+
+def _version(_instance: object, _attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        check(
+            len(value) <= MAX_VERSION and _VERSION.fullmatch(value) is not None,
+            "version",
+            f"must be a version number such as 3.11: 1 to 4 numbers joined by dots, at most {MAX_VERSION} "
+            "characters",
         )
 
 
@@ -242,6 +255,17 @@ class ExecutionRequest:
 
     code: str = attrs.field(validator=_code)
     language: str
+    # A version prefix ("3.11"): the first runtime of the language whose version starts so runs.
+    version: str | None = attrs.field(
+        default=None,
+        validator=_version,
+        metadata=described(
+            "A version of the language, such as 3.11: the first of its runtimes whose version starts "
+            "with these numbers runs (3.1 is 3.1.x, not 3.13). Without it, the runtime the language names.",
+            pattern=r"^[0-9]+(\.[0-9]+){0,3}$",
+            maxLength=MAX_VERSION,
+        ),
+    )
     stdin: str | None = None
     environment: Mapping[str, str] | None = attrs.field(default=None, validator=_environment)
     timeout: int | None = attrs.field(default=None, validator=_timeout)
@@ -339,8 +363,21 @@ class SessionPage:
 class LanguageInfo:
     """A runtime as ``GET /api/v1/languages`` lists it."""
 
-    language: str
-    version: str | None
+    runtime: str = attrs.field(
+        metadata=described("The runtime's name (a request may name it as its language)")
+    )
+    language: str = attrs.field(metadata=described("The language a request names to get this runtime"))
+    version: str | None = attrs.field(
+        metadata=described(
+            "Its version number (3.11.2): its image's, once inspected, else the version it declares"
+        )
+    )
+    version_string: str | None = attrs.field(
+        metadata=described("The first line its image's version command printed (Python 3.11.2)")
+    )
+    default: bool = attrs.field(
+        metadata=described("Whether it is its language's default: what a request without a version gets")
+    )
     aliases: tuple[str, ...]
     available: bool
     reason: str | None = None

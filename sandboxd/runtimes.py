@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,6 +26,11 @@ _PIP_VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?$"
 # An npm package name (scoped or not) and an exact semantic version.
 _NPM_NAME = re.compile(r"^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$")
 _NPM_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$")
+# A version a runtime provides: a dotted number (3.11, 1.24.4), ASCII digits only.
+_VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
+MAX_VERSION: Final = 32
+# What a version_pattern is by default: the first dotted number in the version line.
+DEFAULT_VERSION_PATTERN: Final = r"([0-9]+(?:\.[0-9]+)*)"
 # Bumped when the way images are built changes, so that existing images count as stale.
 IMAGE_RECIPE_VERSION = 3
 # Where [build.npm] packages go in an image (npm's own global layout); NODE_PATH names it.
@@ -268,9 +273,27 @@ class Runtime:
     syntax_check: SyntaxCheck | None = None
     # Whether a request's args may follow the run command (not where they would be read as code).
     arguments: bool = True
+    # The language a request names to get this runtime (its default runtime is named so).
+    language: str = attrs.field()
+    # The version line it is built to provide ("3.11"), until its image says which it has.
+    version: str | None = None
+    # Extracts the version number from the first line version_command prints (one group).
+    version_pattern: str = DEFAULT_VERSION_PATTERN
+
+    @language.default
+    def _language_is_the_name(self) -> str:
+        return self.name
 
     def __attrs_post_init__(self) -> None:
-        check(bool(_NAME.match(self.name)), "name", "must be lower-case letters, digits or +#.- (at most 32)")
+        names = "must be lower-case letters, digits or +#.- (at most 32)"
+        check(bool(_NAME.match(self.name)), "name", names)
+        check(bool(_NAME.match(self.language)), "language", names)
+        check(
+            self.version is None or is_version(self.version),
+            "version",
+            f"must be a dotted number such as 3.11 (at most {MAX_VERSION} characters)",
+        )
+        self._check_version_pattern()
         bad_aliases = [a for a in self.aliases if not _NAME.match(a)]
         check(not bad_aliases, "aliases", f"invalid: {', '.join(bad_aliases)}")
         placeholders = [name for name, value in self._templates() if ENTRY_PLACEHOLDER in value]
@@ -293,6 +316,28 @@ class Runtime:
         if self.build.pip or self.build.npm:
             message = "required with [build.pip] or [build.npm]: a program that imports each package"
             check(self.conformance.packages is not None, "conformance.packages", message)
+
+    def _check_version_pattern(self) -> None:
+        try:
+            compiled = re.compile(self.version_pattern)
+        except re.error as error:
+            check(False, "version_pattern", f"is not a regular expression: {error}")
+            return
+        message = "must have exactly one group (the version number)"
+        check(compiled.groups == 1, "version_pattern", message)
+
+    def parse_version(self, line: str | None) -> str | None:
+        """The version number in ``line`` (what version_command printed first), or None if it has none."""
+        if line is None:
+            return None
+        found = re.search(self.version_pattern, line.split("\n", 1)[0])
+        number = found.group(1) if found is not None else None
+        return number if number is not None and is_version(number) else None
+
+    @property
+    def is_default(self) -> bool:
+        """True for the runtime its language's name names: the one a request without a version gets."""
+        return self.name == self.language
 
     def _check_syntax_check(self) -> None:
         declared = self.syntax_check
@@ -344,6 +389,17 @@ class Runtime:
         )
 
 
+def is_version(text: str) -> bool:
+    """Whether ``text`` is a dotted number (3, 3.11, 1.24.4) of at most MAX_VERSION characters."""
+    return len(text) <= MAX_VERSION and _VERSION.fullmatch(text) is not None
+
+
+def version_matches(requested: str, known: str) -> bool:
+    """Whether ``requested`` is a prefix of ``known``, component by component ("3.1" is 3.1.x, not 3.13)."""
+    wanted, have = requested.split("."), known.split(".")
+    return len(wanted) <= len(have) and all(int(a) == int(b) for a, b in zip(wanted, have, strict=False))
+
+
 class RuntimeConfigError(Exception):
     """One or more runtime files are invalid; ``problems`` lists each as 'file: field: message'."""
 
@@ -367,6 +423,21 @@ class RuntimeRegistry:
         """Return the runtime for a name or alias, or None."""
         return self._by_name.get(language.lower())
 
+    def of_language(self, language: str) -> list[Runtime]:
+        """The runtimes of ``language``: its default first, then the others by name."""
+        found = [runtime for runtime in self.runtimes if runtime.language == language]
+        return sorted(found, key=lambda runtime: (not runtime.is_default, runtime.name))
+
+    def matching(
+        self, language: str, requested: str, known: Callable[[Runtime], str | None]
+    ) -> Runtime | None:
+        """The first runtime of ``language`` (in ``of_language``'s order) whose ``known`` version matches."""
+        for runtime in self.of_language(language):
+            version = known(runtime)
+            if version is not None and version_matches(requested, version):
+                return runtime
+        return None
+
     def __iter__(self) -> Iterator[Runtime]:
         return iter(self.runtimes)
 
@@ -387,6 +458,7 @@ def load_runtimes(directory: Path) -> RuntimeRegistry:
     if not files:
         raise RuntimeConfigError([f"{directory}: no runtime files (*.toml) found"])
     claimed: dict[str, Path] = {}
+    loaded: dict[Path, Runtime] = {}
     for path in files:
         try:
             runtime = parse_runtime(tomllib.loads(path.read_text()))
@@ -401,6 +473,8 @@ def load_runtimes(directory: Path) -> RuntimeRegistry:
                 problems.append(f"{path}: name or alias {key!r} is already used by {claimed[key]}")
             claimed[key] = path
         runtimes.append(runtime)
+        loaded[path] = runtime
+    problems.extend(_language_problems(loaded))
     resolved = _resolve_extends(runtimes, claimed, problems)
     if problems:
         raise RuntimeConfigError(problems)
@@ -441,3 +515,38 @@ def _resolve_extends(
     for runtime in runtimes:
         resolve(runtime, (runtime.name,))
     return [resolved[r.name] for r in runtimes if r.name in resolved]
+
+
+def _language_problems(loaded: Mapping[Path, Runtime]) -> list[str]:
+    """What is wrong across files with the runtimes' languages and versions, as 'file: field: message'."""
+    problems = []
+    by_name = {runtime.name: runtime for runtime in loaded.values()}
+    aliased = {alias: runtime.name for runtime in loaded.values() for alias in runtime.aliases}
+    declared: dict[tuple[str, tuple[int, ...]], Path] = {}
+    for path, runtime in loaded.items():
+        problem = _language_problem(runtime.language, by_name, aliased) if not runtime.is_default else None
+        if problem is not None:
+            problems.append(f"{path}: language: {problem}")
+        if runtime.version is None:
+            continue
+        version = tuple(int(part) for part in runtime.version.split("."))
+        other = declared.setdefault((runtime.language, version), path)
+        if other != path:
+            problems.append(
+                f"{path}: version: {runtime.language} {runtime.version} is declared by {other} already"
+            )
+    return problems
+
+
+def _language_problem(
+    language: str, by_name: Mapping[str, Runtime], aliased: Mapping[str, str]
+) -> str | None:
+    """Why ``language``, named by a runtime of another name, is no language's default runtime, or None."""
+    if language in aliased:
+        return f"{language!r} is an alias of {aliased[language]}, not a default runtime's name"
+    default = by_name.get(language)
+    if default is None:
+        return f"no runtime is named {language!r} (the language's default runtime)"
+    if not default.is_default:
+        return f"runtime {language!r} is itself of language {default.language!r}, so no language's default"
+    return None

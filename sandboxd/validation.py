@@ -22,6 +22,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 _T = TypeVar("_T")
 _JSON_KEY: Final = "sandboxd.json_key"
 _EXTERNAL_DOCUMENT: Final = "__sandboxd_external_document__"
+_SCHEMA: Final = "sandboxd.schema"
 
 
 class InvalidFieldError(ValueError):
@@ -44,6 +45,16 @@ class ValidationError(ValueError):
 def json_key(key: str) -> dict[str, str]:
     """Field metadata: the field's key in JSON, where it is not the field's name (``mediaType``)."""
     return {_JSON_KEY: key}
+
+
+def described(description: str, **schema: Any) -> dict[str, Any]:
+    """Field metadata: what the OpenAPI document says of the field (``pattern``, ``maxLength``...)."""
+    return {_SCHEMA: {"description": description, **schema}}
+
+
+def schema_of(field: attrs.Attribute[Any]) -> dict[str, Any]:
+    """The OpenAPI properties ``described`` gave ``field`` (none when it was not)."""
+    return dict(field.metadata.get(_SCHEMA, {}))
 
 
 def external_document(cls: type[_T]) -> type[_T]:

@@ -36,17 +36,25 @@ async def test_healthz_needs_no_key(http: Client) -> None:
 
 
 async def test_languages(http: Client, headers: dict[str, str]) -> None:
-    """Every shipped runtime is listed, available, with its real version and aliases."""
+    """Every shipped runtime is listed, available, with its language, real version and aliases."""
     response = await http.get("/api/v1/languages", headers=headers)
     assert response.status == 200
-    listed = {item["language"]: item for item in await response.json()}
+    listed = {item["runtime"]: item for item in await response.json()}
     assert set(listed) == {runtime.name for runtime in shipped_runtimes()}
     assert all(item["available"] for item in listed.values())
-    assert listed["python"]["version"].startswith("Python 3.")
-    assert listed["javascript"]["version"].startswith("v")
-    assert listed["go"]["version"].startswith("go version go1.")
-    assert listed["ruby"]["version"].startswith("ruby 3.")
+    assert listed["python"]["version_string"].startswith("Python 3.")
+    assert listed["javascript"]["version_string"].startswith("v")
+    assert listed["go"]["version_string"].startswith("go version go1.")
+    assert listed["ruby"]["version_string"].startswith("ruby 3.")
+    for item in listed.values():
+        assert item["version"] is not None, item
+        assert item["version"] in item["version_string"], item
+    assert listed["python"]["version"].startswith("3.")
     assert "py" in listed["python"]["aliases"]
+    assert {item["runtime"] for item in listed.values() if item["default"]} == {
+        runtime.name for runtime in shipped_runtimes() if runtime.language == runtime.name
+    }
+    assert (listed["python3.11"]["language"], listed["python"]["language"]) == ("python", "python")
 
 
 @pytest.mark.parametrize(

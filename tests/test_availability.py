@@ -56,7 +56,7 @@ async def test_runtime_without_image_is_unavailable(
     monkeypatch.setitem(images_of(engine), "python", state)
     with pytest.raises(RuntimeUnavailableError, match="Runtime python is not available"):
         await execute_plan(engine, plan)
-    assert not {info.language: info for info in engine.languages()}["python"].available
+    assert not {info.runtime: info for info in engine.languages()}["python"].available
 
 
 async def test_current_image_is_not_rebuilt(
@@ -116,7 +116,7 @@ async def test_an_image_built_while_the_daemon_runs_serves_without_a_restart(
 
     async def python_listed() -> dict[str, Any]:
         response = await http.get("/api/v1/languages", headers=headers)
-        listing: dict[str, dict[str, Any]] = {item["language"]: item for item in await response.json()}
+        listing: dict[str, dict[str, Any]] = {item["runtime"]: item for item in await response.json()}
         return listing["python"]
 
     listed = await python_listed()

@@ -91,12 +91,30 @@ async def test_run_reports_bad_input(config_file: Path, tmp_path: Path) -> None:
     assert (status, output.strip()) == (2, "sandboxd: Unsupported language: cobol")
 
 
+async def test_run_takes_a_version(config_file: Path, tmp_path: Path) -> None:
+    """`sandboxd run --version` runs that version of the language; one there is not is bad input."""
+    source = tmp_path / "version.py"
+    source.write_text("import sys\nprint(sys.version_info[:2])")
+    command = ("--config", str(config_file), "run", str(source), "--language", "python", "--version")
+    status, output = await sandboxd(*command, "3.11")
+    assert status == 0, output
+    assert json.loads(output)["stdout"] == "(3, 11)\n"
+    status, output = await sandboxd(*command, "3.9")
+    assert status == 2
+    assert output.startswith("sandboxd: Unsupported version: python 3.9 (available: "), output
+
+
 async def test_runtimes_table(config_file: Path) -> None:
-    """`sandboxd runtimes` lists every runtime with its version and availability."""
+    """`sandboxd runtimes` lists every runtime with its availability, language, version and version line."""
     status, output = await sandboxd("--config", str(config_file), "runtimes")
     assert status == 0, output
-    rows = {line.split()[0]: line.split()[1] for line in output.splitlines()[1:]}
-    assert rows == {runtime.name: "yes" for runtime in shipped_runtimes()}
+    rows = {line.split()[0]: line.split()[1:] for line in output.splitlines()[1:]}
+    assert {name: row[0] for name, row in rows.items()} == {r.name: "yes" for r in shipped_runtimes()}
+    available, language, version, aliases, *line = rows["python3.11"]
+    assert (available, language, aliases) == ("yes", "python", "-")
+    assert version.startswith("3.11.")
+    assert " ".join(line) == f"Python {version}"
+    assert (rows["python"][1], rows["python"][3]) == ("python", "py,python3")
 
 
 async def test_keys_add_stores_only_the_hash(config_file: Path) -> None:

@@ -88,6 +88,18 @@ async def test_schemas_come_from_the_models(http: Client) -> None:
     assert set(result["properties"]["status"]["enum"]) >= {"completed", "timeout", "memory_limit"}
 
 
+async def test_versions_are_described(http: Client) -> None:
+    """The request's version has its pattern and length; the languages listing its new fields."""
+    schemas = (await spec_of(http))["components"]["schemas"]
+    version = schemas["ExecutionRequest"]["properties"]["version"]
+    assert version["pattern"] == r"^[0-9]+(\.[0-9]+){0,3}$"
+    assert (version["maxLength"], version["nullable"]) == (32, True)
+    assert "3.11" in version["description"]
+    listing = schemas["LanguageInfo"]
+    assert {"runtime", "language", "version", "version_string", "default"} <= set(listing["required"])
+    assert all(listing["properties"][name]["description"] for name in ("runtime", "version", "default"))
+
+
 @pytest.mark.integration
 async def test_schemathesis_finds_no_server_error(make_daemon: Callable[[int], Daemon]) -> None:
     """Requests generated from the OpenAPI document, valid and not, never get a 5xx of the server's own."""

@@ -327,6 +327,47 @@ def test_invalid_language_packages_name_the_field(tmp_path: Path, table: str, pr
     assert problem in str(raised.value)
 
 
+def _versioned(name: str, extra: str) -> str:
+    """VALID as a runtime named ``name``, with ``extra`` top-level keys (no aliases, its own image)."""
+    return VALID.replace('name = "python"', f'name = "{name}"\n{extra}').replace(
+        "example/python:1", f"example/{name}:1"
+    )
+
+
+def test_a_second_version_of_a_language_loads(tmp_path: Path) -> None:
+    """A runtime with language and version beside the default of that name: both are the language's."""
+    (tmp_path / "python.toml").write_text(VALID)
+    (tmp_path / "python3.9.toml").write_text(_versioned("python3.9", 'language = "python"\nversion = "3.9"'))
+    registry = load_runtimes(tmp_path)
+    python, older = registry.get("python"), registry.get("python3.9")
+    assert python is not None
+    assert older is not None
+    assert (python.language, python.version, python.is_default) == ("python", None, True)
+    assert (older.language, older.version, older.is_default) == ("python", "3.9", False)
+    assert registry.of_language("python") == [python, older]
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ('version = "3.x"', "version: must be a dotted number such as 3.11"),
+        ('version = "3.11\\n"', "version: must be a dotted number such as 3.11"),
+        ("version = 3.11", "version: expected a string"),
+        ('version = "1' + "0" * 32 + '"', "version: must be a dotted number"),
+        ('language = "Python"', "language: must be lower-case letters"),
+        ("version_pattern = '(unclosed'", "version_pattern: is not a regular expression"),
+        ("version_pattern = 'v[0-9]+'", "version_pattern: must have exactly one group"),
+        ("version_pattern = '(a)(b)'", "version_pattern: must have exactly one group"),
+    ],
+)
+def test_invalid_version_keys_name_the_field(tmp_path: Path, extra: str, problem: str) -> None:
+    """A bad language, version or version_pattern is reported with its field."""
+    (tmp_path / "x.toml").write_text(VALID.replace('name = "python"', f'name = "python"\n{extra}'))
+    with pytest.raises(RuntimeConfigError) as raised:
+        load_runtimes(tmp_path)
+    assert problem in str(raised.value)
+
+
 def test_language_packages_need_a_conformance_snippet(tmp_path: Path) -> None:
     """A runtime declaring language packages must say how the conformance suite imports them."""
     text = VALID.replace(
@@ -392,3 +433,51 @@ def test_extends_stays_within_one_suite(tmp_path: Path) -> None:
     problem = r"build\.extends: python is built from trixie, not bookworm$"
     with pytest.raises(RuntimeConfigError, match=problem):
         load_runtimes(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ({"p39.toml": 'language = "python"'}, "p39.toml: language: no runtime is named 'python'"),
+        ({"python.toml": "", "p39.toml": 'language = "py"'},
+         "p39.toml: language: 'py' is an alias of python"),
+        (
+            {"python.toml": 'language = "snake"', "snake.toml": "", "p39.toml": 'language = "python"'},
+            "p39.toml: language: runtime 'python' is itself of language 'snake'",
+        ),
+        (
+            {"python.toml": 'version = "3.11"', "p311.toml": 'language = "python"\nversion = "3.011"'},
+            "python.toml: version: python 3.11 is declared by",
+        ),
+        (
+            {"python.toml": "", "a.toml": 'language = "python"\nversion = "3.9"',
+             "b.toml": 'language = "python"\nversion = "3.9"'},
+            "b.toml: version: python 3.9 is declared by",
+        ),
+    ],
+)  # fmt: skip
+def test_languages_and_versions_must_fit_together(
+    tmp_path: Path, files: dict[str, str], problem: str
+) -> None:
+    """A language needs its default runtime of that name; one language never declares a version twice."""
+    for file, extra in files.items():
+        name = file.removesuffix(".toml")
+        aliases = 'aliases = ["py"]\n' if name == "python" else ""
+        (tmp_path / file).write_text(_versioned(name, aliases + extra))
+    with pytest.raises(RuntimeConfigError) as raised:
+        load_runtimes(tmp_path)
+    assert problem in str(raised.value)
+
+
+def test_the_shipped_python311_is_a_second_python() -> None:
+    """runtimes/python3.11.toml is python's 3.11 on bookworm; python itself stays the language's default."""
+    registry = shipped_runtimes()
+    python, python311 = registry.get("python"), registry.get("python3.11")
+    assert python is not None
+    assert python311 is not None
+    assert (python311.language, python311.version, python311.aliases) == ("python", "3.11", ())
+    assert python311.build.suite == "bookworm"
+    assert python311.image == "sandboxd.local/runtimes/python3.11:bookworm"
+    assert python.is_default
+    assert registry.of_language("python")[0] is python
+    assert registry.get("py") is python

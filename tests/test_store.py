@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -184,6 +185,25 @@ async def test_expired_lease_is_claimed_again_under_the_same_id(new_store: Store
     finally:
         await dead.close()
         await alive.close()
+
+
+async def test_a_request_claimed_on_another_host_keeps_its_version(new_store: StoreFactory) -> None:
+    """The request another host claims to run is the one submitted, its version included."""
+    submitting, running = new_store("host-a"), new_store("host-b")
+    await submitting.open()
+    await running.open()
+    try:
+        versioned = attrs.evolve(REQUEST, version="3.11")
+        await submitting.insert("v", "alice", Kind.ASYNC, versioned, "python3.11", ExecutionStatus.QUEUED)
+        [claimed] = await running.claim(1)
+        assert (claimed.request, claimed.language) == (versioned, "python3.11")
+        await queue(submitting, "plain")
+        async with submitting.transaction() as tx:
+            [(kept,)] = await tx.fetch("SELECT request FROM executions WHERE execution_id = ?", ("plain",))
+        assert "version" not in json.loads(kept), "a sandboxd before versions refuses the field"
+    finally:
+        await submitting.close()
+        await running.close()
 
 
 async def test_cancel_requests_release_and_interrupted(new_store: StoreFactory) -> None:

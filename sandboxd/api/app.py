@@ -66,9 +66,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = await Engine.open(app[CONFIG], app[CLIENT], app[METRICS], reconcile_leftovers=True)
     for language in engine.languages():
         if language.available:
-            log.info("runtime %s: %s", language.language, language.version)
+            log.info("runtime %s: %s", language.runtime, language.version_string)
         else:
-            log.warning("runtime %s unavailable: %s", language.language, language.reason)
+            log.warning("runtime %s unavailable: %s", language.runtime, language.reason)
     app[ENGINE] = engine
     app[METRICS].track_pool(engine.pool_runtimes(), engine.idle_sandboxes)
     engine.start(app[SUPERVISOR])
@@ -139,7 +139,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE],
         f"{server.host}:{server.port}",
         limits.concurrency,
-        lambda: [info.language for info in service.languages() if info.available],
+        lambda: [info.runtime for info in service.languages() if info.available],
     )
     beating = app[SUPERVISOR].start("host heartbeat", heartbeat.beat_forever)
     yield

@@ -11,7 +11,7 @@ from aiohttp.typedefs import Handler
 
 from sandboxd.api.ratelimit import Decision
 from sandboxd.api.state import CONFIG, IDENTITY, KEY_RING, LIMITER, METRICS, RATE
-from sandboxd.engine.engine import RuntimeUnavailableError, UnsupportedLanguageError
+from sandboxd.engine.engine import RuntimeUnavailableError, UnsupportedLanguageError, UnsupportedVersionError
 from sandboxd.engine.watch import ContainerdUnavailableError
 from sandboxd.service.admission import QueueFullError
 from sandboxd.service.executions import AlreadyFinishedError, ExecutionNotFoundError
@@ -41,6 +41,7 @@ def error_response(status: int, detail: str, headers: dict[str, str] | None = No
 # Failures that are the caller's to know about: HTTP status and extra headers; the detail is str(error).
 _PLAIN_ERRORS: Final[tuple[tuple[type[Exception], int, Mapping[str, str]], ...]] = (
     (UnsupportedLanguageError, 400, {}),
+    (UnsupportedVersionError, 400, {}),
     (ExecutionNotFoundError, 404, {}),
     (AlreadyFinishedError, 409, {}),
     (RuntimeUnavailableError, 503, {"Retry-After": "30"}),

@@ -24,6 +24,7 @@ from marshmallow import fields
 
 from sandboxd import __version__
 from sandboxd.models import ErrorBody
+from sandboxd.validation import schema_of
 
 _H = TypeVar("_H", bound=Callable[..., Any])
 
@@ -41,8 +42,8 @@ _ERRORS: Final[Mapping[int, str]] = {
 }
 
 
-def _field(kind: Any, required: bool) -> fields.Field:
-    options: dict[str, Any] = {"required": required}
+def _field(kind: Any, required: bool, schema: dict[str, Any]) -> fields.Field:
+    options: dict[str, Any] = {"required": required, "metadata": schema}
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         inner = next(arg for arg in args if arg is not type(None))
@@ -80,7 +81,7 @@ def schema_for(cls: type[Any]) -> type[marshmallow.Schema]:
         return _schemas[cls.__qualname__]
     hints = typing.get_type_hints(cls)
     declared = {
-        field.name: _field(hints[field.name], required=field.default is attrs.NOTHING)
+        field.name: _field(hints[field.name], field.default is attrs.NOTHING, schema_of(field))
         for field in attrs.fields(cls)
         if field.init and not field.name.startswith("_")
     }

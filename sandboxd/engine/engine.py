@@ -70,6 +70,17 @@ class UnsupportedLanguageError(Exception):
         self.language = language
 
 
+class UnsupportedVersionError(Exception):
+    """No runtime of the language has a version the request's version is a prefix of."""
+
+    def __init__(self, language: str, version: str, available: Sequence[str]) -> None:
+        listed = ", ".join(available) or "none known"
+        super().__init__(f"Unsupported version: {language} {version} (available: {listed})")
+        self.language = language
+        self.version = version
+        self.available = tuple(available)
+
+
 class RuntimeUnavailableError(Exception):
     """The runtime exists but its image is not ready."""
 
@@ -273,10 +284,8 @@ class Engine:
         return self._runtimes.get(language) is not None
 
     def plan(self, request: ExecutionRequest) -> Plan:
-        """Check a request against its runtime; raise on an unknown language or a limit above the maximum."""
-        runtime = self._runtimes.get(request.language)
-        if runtime is None:
-            raise UnsupportedLanguageError(request.language)
+        """Check a request against its runtime; raise on an unknown language or version, or too much asked."""
+        runtime = self._resolve(request)
         if len(request.code.encode()) > self._settings.code_bytes:
             raise InvalidFieldError("code", f"must be at most {self._settings.code_bytes} bytes")
         if request.stdin is not None and len(request.stdin.encode()) > self._settings.stdin_bytes:
@@ -303,6 +312,30 @@ class Engine:
             environment={**runtime.environment, **(request.environment or {})},
             files=self._workspace_files(request, program.source_file),
         )
+
+    def _resolve(self, request: ExecutionRequest) -> Runtime:
+        """The runtime that runs ``request``: the one its language names (by name or alias).
+
+        With a version, it is the first runtime of that one's language (the default, then the
+        others by name) whose known version the request's is a prefix of.
+        """
+        named = self._runtimes.get(request.language)
+        if named is None:
+            raise UnsupportedLanguageError(request.language)
+        if request.version is None:
+            return named
+        chosen = self._runtimes.matching(named.language, request.version, self._known_version)
+        if chosen is None:
+            known = map(self._known_version, self._runtimes.of_language(named.language))
+            raise UnsupportedVersionError(
+                named.language, request.version, [v for v in known if v is not None]
+            )
+        return chosen
+
+    def _known_version(self, runtime: Runtime) -> str | None:
+        """The version number ``runtime`` provides: its image's once inspected here, else its declared one."""
+        state = self._images.get(runtime.name)
+        return (runtime.parse_version(state.version) if state else None) or runtime.version
 
     def _workspace_files(self, request: ExecutionRequest, source_file: str) -> dict[str, bytes]:
         files = {file.name: file.data() for file in request.files}
@@ -395,14 +428,17 @@ class Engine:
         await self._watch.wait_available()
 
     def languages(self) -> list[LanguageInfo]:
-        """Every runtime with its version and whether it can run now."""
+        """Every runtime with its language, version and whether it can run now."""
         listed = []
         for runtime in self._runtimes:
             state = self._images.get(runtime.name)
             listed.append(
                 LanguageInfo(
-                    language=runtime.name,
-                    version=state.version if state else None,
+                    runtime=runtime.name,
+                    language=runtime.language,
+                    version=self._known_version(runtime),
+                    version_string=state.version if state else None,
+                    default=runtime.is_default,
                     aliases=runtime.aliases,
                     available=bool(state and state.available),
                     reason=state.reason if state else "not inspected yet",

@@ -45,7 +45,7 @@ class HealthReporter:
         """
         up = self._engine.containerd_available
         runtimes = {
-            f"{RUNTIME_SERVICE_PREFIX}{info.language}": SERVING if up and info.available else NOT_SERVING
+            f"{RUNTIME_SERVICE_PREFIX}{info.runtime}": SERVING if up and info.available else NOT_SERVING
             for info in self._engine.languages()
         }
         down = self._supervisor.down

@@ -28,6 +28,7 @@ from sandboxd.engine.engine import (
     RuntimeUnavailableError,
     Timings,
     UnsupportedLanguageError,
+    UnsupportedVersionError,
     failed_result,
 )
 from sandboxd.engine.watch import ContainerdUnavailableError
@@ -365,7 +366,7 @@ class ExecutionService:
             return
         try:
             plan = self._engine.plan(record.request)
-        except (UnsupportedLanguageError, InvalidFieldError) as error:
+        except (UnsupportedLanguageError, UnsupportedVersionError, InvalidFieldError) as error:
             await self._settle(record, ExecutionStatus.INTERNAL_ERROR, f"cannot run on this host: {error}")
             return
         self._start_job(record.execution_id, plan)

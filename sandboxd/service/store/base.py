@@ -186,6 +186,14 @@ def _document(result: ExecutionResult) -> str:
     return json.dumps(converter.unstructure(result))
 
 
+def _request_document(request: ExecutionRequest) -> str:
+    """The request as the queue keeps it; one without a version as a sandboxd before versions reads it."""
+    document = converter.unstructure(request)
+    if request.version is None:
+        del document["version"]  # they refuse a field they do not know, even a null one
+    return json.dumps(document)
+
+
 class Transaction(Protocol):
     """One transaction of a backend; SQL uses ``?`` placeholders whatever the backend."""
 
@@ -312,7 +320,7 @@ class ExecutionStore(abc.ABC):
     ) -> None:
         """Record a new execution; an asynchronous one is queued for any host, others are this host's."""
         queued = kind is Kind.ASYNC
-        kept = json.dumps(converter.unstructure(request)) if queued else None
+        kept = _request_document(request) if queued else None
         claimed_by, lease = (None, None) if queued else (self.host_id, self._clock() + self.lease)
         created = self._created_now()
         values = (
