@@ -33,7 +33,7 @@ from sandboxd.images.usage import disk_usage, gib, image_usage, tree_bytes
 from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.ops.doctor import checks
 from sandboxd.ops.logging import configure_logging
-from sandboxd.runtimes import Runtime, RuntimeConfigError, load_runtimes
+from sandboxd.runtimes import ImageRecipe, Runtime, RuntimeConfigError, RuntimeRegistry, load_runtimes
 from sandboxd.service.store import StoreUnavailableError, open_store
 from sandboxd.validation import InvalidFieldError, ValidationError, converter
 
@@ -160,11 +160,39 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.0f} MiB"
 
 
-async def _runtimes(config: Config) -> int:
+def _source(recipe: ImageRecipe) -> str:
+    """Where a runtime's image comes from, for the README's languages table."""
+    parts = [f"Debian {recipe.suite}"]
+    parts += [f"npm {name} {version}" for name, version in sorted(recipe.npm.items())]
+    parts += [f"PyPI {name} {version}" for name, version in sorted(recipe.pip.items())]
+    if recipe.extends is not None:
+        parts.append(f"on the {recipe.extends} image")
+    return "; ".join(parts)
+
+
+def _markdown(engine: Engine, registry: RuntimeRegistry) -> str:
+    """The languages as a Markdown table: what each image says it is, and where it comes from."""
+    rows = ["| runtime | language | version | aliases | version line (the image's own) | from |"]
+    rows.append("| --- | --- | --- | --- | --- | --- |")
+    for info in engine.languages():
+        runtime = registry.get(info.runtime)
+        source = _source(runtime.build) if runtime is not None else ""
+        line = info.version_string if info.available else f"not built: {info.reason}"
+        aliases = ", ".join(info.aliases) or "-"
+        rows.append(
+            f"| {info.runtime} | {info.language} | {info.version or '-'} | {aliases} | {line} | {source} |"
+        )
+    return "\n".join(rows)
+
+
+async def _runtimes(config: Config, *, markdown: bool) -> int:
     client = client_for(config)
     try:
         await connect(client)
         engine = await Engine.open(config, client, reconcile_leftovers=False)
+        if markdown:
+            print(_markdown(engine, load_runtimes(config.paths.runtimes)))
+            return 0
         columns = f"{'RUNTIME':<12} {'AVAILABLE':<10} {'LANGUAGE':<12} {'VERSION':<10} {'ALIASES':<20}"
         print(f"{columns} VERSION LINE / REASON")
         for info in engine.languages():
@@ -275,7 +303,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     add.add_argument("name")
     add.add_argument("--rate-limit", type=int, help="executions per minute for this key")
-    commands.add_parser("runtimes", help="runtimes with their version and availability")
+    runtimes = commands.add_parser("runtimes", help="runtimes with their version and availability")
+    runtimes.add_argument(
+        "--markdown",
+        action="store_true",
+        help="as a Markdown table (scripts/languages-table puts it in the README)",
+    )
     commands.add_parser("doctor", help="check containerd, runsc, cgroups, images, disk, keys and the store")
     commands.add_parser("hosts", help="the hosts sharing the store, with their last heartbeat")
     run = commands.add_parser("run", help="run one file through the engine and print the result")
@@ -298,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 -- one retu
             return _keys_add(args) if args.keys_command == "add" else _keys_generate(args)
         config = _config(args)
         if args.command == "runtimes":
-            return asyncio.run(_runtimes(config))
+            return asyncio.run(_runtimes(config, markdown=args.markdown))
         if args.command == "doctor":
             return asyncio.run(_doctor(config))
         if args.command == "hosts":
