@@ -149,7 +149,7 @@ async def _images_list(config: Config) -> int:
         print(
             f"images take {gib(total.total)}: {gib(total.stored)} of blobs in containerd's content store, "
             f"{gib(total.unpacked)} unpacked (what images share counted once, in each row too); "
-            f"the build keeps {gib(cache)} more in {build} (each suite's base, to build on)"
+            f"builds keep {gib(cache)} more in {build} (what they have not handed to containerd yet)"
         )
     finally:
         await client.close()

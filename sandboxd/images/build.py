@@ -17,19 +17,20 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
 import attrs
 
-from sandboxd.containerd import ContainerdClient, ContainerdError
+from sandboxd.containerd import ContainerdClient, ContainerdError, NotFoundError
 from sandboxd.images.inspect import (
     BUILD_KEY_LABEL,
     BUILT_ON_LABEL,
     RUNTIME_LABEL,
     VERSION_LABEL,
     ImageState,
+    chain_id,
     inspect_image,
     mark_building,
     read_image,
@@ -91,11 +92,15 @@ class Foundation:
 
 @attrs.frozen
 class BaseLayer:
-    """The shared Debian base: its root filesystem (to diff against) and its layer blob."""
+    """The shared Debian base: its layer, and while containerd does not hold it, its files here.
 
-    rootfs: Path
-    blob: Path
+    ``rootfs`` and ``blob`` are None once containerd holds the layer: a build then compares
+    with the unpacked base and imports without the blob, so nothing of it is stored twice.
+    """
+
     layer: PackedLayer
+    rootfs: Path | None = None
+    blob: Path | None = None
 
 
 class ImageBuildError(Exception):
@@ -188,6 +193,7 @@ class ImageBuilder:
             built[runtime.name].set_result(state)
 
         await asyncio.gather(*(build_one(runtime) for runtime in runtimes))
+        await self.drop_imported_bases(runtime.build.suite for runtime in runtimes)
         return failed
 
     def _log(self, name: str) -> Path:
@@ -212,32 +218,62 @@ class ImageBuilder:
         # The sandbox's root is read-only, so mount points must exist in the image.
         (rootfs / "workspace").mkdir(mode=0o755, exist_ok=True)
 
+    def _base_dir(self, suite: str) -> Path:
+        return self.work_dir / "base" / f"{suite}-v{IMAGE_RECIPE_VERSION}"
+
+    async def _in_containerd(self, layer: PackedLayer) -> bool:
+        """Whether containerd holds the layer, stored and unpacked (a one-layer chain's ID is its diff ID)."""
+        try:
+            await self.client.content.size(layer.digest)
+            await self.client.snapshots.stat(layer.diff_id)
+        except NotFoundError:
+            return False
+        return True
+
     async def base_layer(self, suite: str) -> BaseLayer:
-        """The shared base layer of ``suite``: built once, then kept in the work directory."""
+        """The shared base layer of ``suite``: built once; its files kept until containerd holds it."""
         async with self._base_locks.setdefault(suite, asyncio.Lock()):
-            directory = self.work_dir / "base" / f"{suite}-v{IMAGE_RECIPE_VERSION}"
+            directory = self._base_dir(suite)
             rootfs, blob, marker = directory / "rootfs", directory / "layer.tar.zst", directory / "layer.json"
-            if not marker.exists():
-                await asyncio.to_thread(shutil.rmtree, directory, True)
-                # A base of an older recipe is never built on again.
-                for stale in directory.parent.glob(f"{suite}-v*"):
-                    await asyncio.to_thread(shutil.rmtree, stale, True)
-                directory.mkdir(parents=True)
-                name = f"base ({suite})"
-                self.progress.add(name)
-                self._start_log(name)
-                try:
-                    shared = f"Debian {suite}'s essential packages, shared by every runtime"
-                    self.progress.step(name, 1, shared, of=2)
-                    await self._debootstrap(name, suite, (), rootfs)
-                    self.progress.step(name, 2, "packing its layer", of=2)
-                    layer = await self._pack_layer(name, rootfs, blob)
-                except ImageBuildError as error:
-                    self.progress.finished(name, State.FAILED, f"{error}; log: {self._log(name)}")
-                    raise
-                marker.write_text(json.dumps(converter.unstructure(layer)))
-                self.progress.finished(name, State.READY, f"{layer.digest[:19]}, {layer.size >> 20} MiB")
-            return BaseLayer(rootfs, blob, converter.structure(json.loads(marker.read_text()), PackedLayer))
+            if marker.exists():
+                layer = converter.structure(json.loads(marker.read_text()), PackedLayer)
+                if await self._in_containerd(layer):
+                    return BaseLayer(layer)
+                if rootfs.is_dir() and blob.is_file():
+                    return BaseLayer(layer, rootfs, blob)
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            # A base of an older recipe is never built on again.
+            for stale in directory.parent.glob(f"{suite}-v*"):
+                await asyncio.to_thread(shutil.rmtree, stale, True)
+            directory.mkdir(parents=True)
+            name = f"base ({suite})"
+            self.progress.add(name)
+            self._start_log(name)
+            try:
+                shared = f"Debian {suite}'s essential packages, shared by every runtime"
+                self.progress.step(name, 1, shared, of=2)
+                await self._debootstrap(name, suite, (), rootfs)
+                self.progress.step(name, 2, "packing its layer", of=2)
+                layer = await self._pack_layer(name, rootfs, blob)
+            except ImageBuildError as error:
+                self.progress.finished(name, State.FAILED, f"{error}; log: {self._log(name)}")
+                raise
+            marker.write_text(json.dumps(converter.unstructure(layer)))
+            self.progress.finished(name, State.READY, f"{layer.digest[:19]}, {layer.size >> 20} MiB")
+            return BaseLayer(layer, rootfs, blob)
+
+    async def drop_imported_bases(self, suites: Iterable[str]) -> None:
+        """Remove the files of each base containerd now holds (its marker stays, naming the layer)."""
+        for suite in set(suites):
+            async with self._base_locks.setdefault(suite, asyncio.Lock()):
+                directory = self._base_dir(suite)
+                marker = directory / "layer.json"
+                if not marker.exists():
+                    continue
+                layer = converter.structure(json.loads(marker.read_text()), PackedLayer)
+                if await self._in_containerd(layer):
+                    await asyncio.to_thread(shutil.rmtree, directory / "rootfs", True)
+                    (directory / "layer.tar.zst").unlink(missing_ok=True)
 
     async def _foundation(self, runtime: Runtime, below: ImageState) -> Foundation:
         """What an image built on ``below``'s has under its own layer: all of that image's layers."""
@@ -258,14 +294,9 @@ class ImageBuilder:
         history = (History(created_by=f"mmdebstrap --variant=essential {suite}"),)
         return Foundation(layers=(descriptor,), diff_ids=(base.layer.diff_id,), history=history), base
 
-    async def _build_in(self, runtime: Runtime, build_dir: Path, below: ImageState | None) -> ImageState:
+    async def _install(self, runtime: Runtime, build_dir: Path, rootfs: Path) -> tuple[str, int, int]:
+        """Make the image's whole root filesystem; return its version, the step reached and all steps."""
         name = runtime.name
-        base: BaseLayer | None = None
-        if below is None:
-            foundation, base = await self._base_foundation(runtime.build.suite)
-        else:
-            foundation = await self._foundation(runtime, below)
-        rootfs = build_dir / "rootfs"
         recipe = runtime.build
         steps = 3 + bool(recipe.pip) + bool(recipe.npm) + bool(recipe.commands)
         self.progress.step(
@@ -291,10 +322,22 @@ class ImageBuilder:
                 await self._chrooted(runtime, rootfs, command)
         version = await self._runtime_version(runtime, rootfs)
         self._write_log(name, f"version: {version}")
+        return version, step, steps
+
+    async def _build_in(self, runtime: Runtime, build_dir: Path, below: ImageState | None) -> ImageState:
+        name = runtime.name
+        base: BaseLayer | None = None
+        if below is None:
+            foundation, base = await self._base_foundation(runtime.build.suite)
+        else:
+            foundation = await self._foundation(runtime, below)
+        rootfs = build_dir / "rootfs"
+        recipe = runtime.build
+        version, step, steps = await self._install(runtime, build_dir, rootfs)
         below_it = f"the image of {recipe.extends}" if recipe.extends else "the base"
         self.progress.step(name, step + 1, f"{version}; packing what it adds to {below_it}", of=steps)
         oci_dir = build_dir / "oci"
-        if base is not None:
+        if base is not None and base.rootfs is not None and base.blob is not None:
             await self._write_oci_layout(
                 runtime, foundation, lower=base.rootfs, rootfs=rootfs, oci_dir=oci_dir, version=version
             )
@@ -302,18 +345,19 @@ class ImageBuilder:
             # every image. Not a hard link: another build linking it changes its ctime, and tar,
             # reading it meanwhile, would fail ("file changed as we read it").
             (oci_dir / "blobs" / "sha256" / base.layer.digest.removeprefix("sha256:")).symlink_to(base.blob)
-        elif below is not None and below.chain_id is not None:
-            # The layers below are in containerd's content store already: the layout holds only
-            # this image's own, and the import finds the others there.
+        else:
+            # The layers below are in containerd already: the new layer is what the root
+            # filesystem adds to them as unpacked there, and the layout holds only that layer
+            # (the import finds the others in the content store).
+            lower_chain = chain_id(foundation.diff_ids)
+            what = f"the image of {recipe.extends}" if recipe.extends else f"the {recipe.suite} base"
             try:
-                async with mounted_image(self.client, below.chain_id, build_dir / "below") as lower:
+                async with mounted_image(self.client, lower_chain, build_dir / "below") as lower:
                     await self._write_oci_layout(
                         runtime, foundation, lower=lower, rootfs=rootfs, oci_dir=oci_dir, version=version
                     )
             except (ViewMountError, ContainerdError) as error:
-                raise ImageBuildError(
-                    f"[{name}] mounting the image of {runtime.build.extends}: {error}"
-                ) from error
+                raise ImageBuildError(f"[{name}] mounting {what}: {error}") from error
         self.progress.step(
             name, step + 2, f"importing {runtime.image} into containerd ({self.client.namespace})", of=steps
         )
