@@ -36,6 +36,7 @@ from tests.helpers import (
     images_of,
     metric_reaches,
     poll,
+    shipped_runtimes,
 )
 
 pytestmark = pytest.mark.integration
@@ -108,10 +109,10 @@ async def test_an_image_built_while_the_daemon_runs_serves_without_a_restart(
     reference = f"sandboxd.local/test/late-python:{uuid.uuid4().hex[:12]}"
     runtimes = tmp_path / "runtimes"
     runtimes.mkdir()
+    shipped = shipped_runtimes().get("python")
+    assert shipped is not None
     python = (SHIPPED_RUNTIMES / "python.toml").read_text()
-    (runtimes / "python.toml").write_text(
-        python.replace("sandboxd.local/runtimes/python:bookworm", reference)
-    )
+    (runtimes / "python.toml").write_text(python.replace(shipped.image, reference))
     http = await make_server(runtimes=runtimes)
 
     async def python_listed() -> dict[str, Any]:
@@ -128,7 +129,7 @@ async def test_an_image_built_while_the_daemon_runs_serves_without_a_restart(
             python_listed, lambda item: item["reason"].startswith("image building (since "), "building"
         )
         # What a finished build does: the image appears in containerd, and the marker goes.
-        await _ctr(config, "images", "tag", "sandboxd.local/runtimes/python:bookworm", reference)
+        await _ctr(config, "images", "tag", shipped.image, reference)
     finally:
         unmark_building(marker)
     try:
