@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from sandboxd.images.inspect import build_status, mark_building, unmark_building
 from sandboxd.images.progress import BuildProgress, State
 from tests.helpers import Clock
 
@@ -55,3 +56,15 @@ def test_the_base_layer_gets_a_line_of_its_own() -> None:
     progress.step("base (bookworm)", 1, "essential packages")
     lines = out.getvalue().split("\n")
     assert lines[0] == "\x1b[2Kbase (bookworm)  step 1 of 3: essential packages (0 s)"
+
+
+def test_build_markers_say_queued_or_building_while_their_builder_lives(tmp_path: Path) -> None:
+    """A runtime a live build has queued or is building says so; a dead builder's marker says nothing."""
+    queued = mark_building(tmp_path, "python", queued=True)
+    assert (build_status(tmp_path, "python") or "").startswith("image build queued (since ")
+    mark_building(tmp_path, "python")
+    assert (build_status(tmp_path, "python") or "").startswith("image building (since ")
+    unmark_building(queued)
+    assert build_status(tmp_path, "python") is None
+    (tmp_path / "ruby").write_text("999999999 0 building")
+    assert build_status(tmp_path, "ruby") is None

@@ -34,7 +34,7 @@ from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.roots import SharedRoots
 from sandboxd.engine.sandbox import HOST_LABEL, MANAGED_LABEL, ProcessOutcome, Sandbox, SandboxHost
 from sandboxd.engine.watch import ContainerdUnavailableError, ContainerdWatch
-from sandboxd.images.inspect import ImageState, building_since, builds_in_progress, inspect_image
+from sandboxd.images.inspect import ImageState, build_status, builds_in_progress, inspect_image
 from sandboxd.models import (
     ExecutionRequest,
     ExecutionResult,
@@ -533,9 +533,9 @@ class Engine:
                 state = ImageState(
                     runtime=runtime.name, reference=runtime.image, available=False, reason=str(error)
                 )
-            since = building_since(self._image_builds, runtime.name) if self._image_builds else None
-            if not state.available and since is not None:
-                state = attrs.evolve(state, reason=f"image building (since {since})")
+            building = build_status(self._image_builds, runtime.name) if self._image_builds else None
+            if not state.available and building is not None:
+                state = attrs.evolve(state, reason=building)
             if state.available and not self._images.get(runtime.name, state).available:
                 log.info("runtime %s is available now: %s", runtime.name, state.version)
             self._images[runtime.name] = state

@@ -169,6 +169,16 @@ class ImageBuilder:
             raise ValueError(
                 f"building {', '.join(missing)} needs the runtimes they extend in the same build"
             )
+        # A daemon serving meanwhile lists every runtime still to build as "image build queued".
+        queued = [mark_building(self.work_dir / "building", name, queued=True) for name in names]
+        try:
+            return await self._build_each(runtimes, jobs=jobs, force=force)
+        finally:
+            for marker in queued:
+                unmark_building(marker)
+
+    async def _build_each(self, runtimes: Sequence[Runtime], *, jobs: int, force: bool) -> list[str]:
+        names = {runtime.name for runtime in runtimes}
         slots = asyncio.Semaphore(jobs)
         loop = asyncio.get_running_loop()
         built: dict[str, asyncio.Future[ImageState | None]] = {name: loop.create_future() for name in names}

@@ -35,24 +35,28 @@ def builds_in_progress(data: Path) -> Path:
     return data / "build" / "building"
 
 
-def building_since(directory: Path, runtime: str) -> str | None:
-    """The time a live `images build` started building ``runtime``'s image, or None.
+def build_status(directory: Path, runtime: str) -> str | None:
+    """What a live `images build` is doing with ``runtime``'s image, as a reason; or None.
 
-    A marker is the builder's pid and start time; one whose process is gone (killed) is stale.
+    A marker is the builder's pid, the time and "queued" or "building"; one whose process is
+    gone (killed) is stale.
     """
     try:
-        pid, started = (directory / runtime).read_text().split()
+        pid, started, *state = (directory / runtime).read_text().split()
         os.kill(int(pid), 0)
+        since = time.strftime("%H:%M:%S", time.localtime(float(started)))
     except (OSError, ValueError):
         return None
-    return time.strftime("%H:%M:%S", time.localtime(float(started)))
+    if state == ["queued"]:
+        return f"image build queued (since {since})"
+    return f"image building (since {since})"
 
 
-def mark_building(directory: Path, runtime: str) -> Path:
-    """Mark ``runtime``'s image as being built by this process; return the marker, to remove after."""
+def mark_building(directory: Path, runtime: str, *, queued: bool = False) -> Path:
+    """Mark ``runtime``'s image as queued or being built by this process; return the marker."""
     directory.mkdir(parents=True, exist_ok=True)
     marker = directory / runtime
-    marker.write_text(f"{os.getpid()} {time.time()}")
+    marker.write_text(f"{os.getpid()} {time.time()} {'queued' if queued else 'building'}")
     return marker
 
 
