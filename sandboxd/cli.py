@@ -160,13 +160,15 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.0f} MiB"
 
 
-def _source(recipe: ImageRecipe) -> str:
+def image_source(recipe: ImageRecipe) -> str:
     """Where a runtime's image comes from, for the README's languages table."""
     parts = [f"Debian {recipe.suite}"]
     parts += [f"npm {name} {version}" for name, version in sorted(recipe.npm.items())]
     parts += [f"PyPI {name} {version}" for name, version in sorted(recipe.pip.items())]
     if recipe.extends is not None:
         parts.append(f"on the {recipe.extends} image")
+    if recipe.note is not None:
+        parts.append(recipe.note)
     return "; ".join(parts)
 
 
@@ -176,7 +178,7 @@ def _markdown(engine: Engine, registry: RuntimeRegistry) -> str:
     rows.append("| --- | --- | --- | --- | --- | --- |")
     for info in engine.languages():
         runtime = registry.get(info.runtime)
-        source = _source(runtime.build) if runtime is not None else ""
+        source = image_source(runtime.build) if runtime is not None else ""
         line = info.version_string if info.available else f"not built: {info.reason}"
         aliases = ", ".join(info.aliases) or "-"
         rows.append(

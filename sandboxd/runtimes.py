@@ -88,6 +88,8 @@ class ImageRecipe:
     # runtime's environment): work every program would otherwise redo, such as compiling Go's
     # standard library into a cache it reads.
     commands: tuple[tuple[str, ...], ...] = ()
+    # Said beside the version in the README's languages table: why it is the one it is.
+    note: str | None = None
 
     def __attrs_post_init__(self) -> None:
         check(bool(self.packages), "packages", "must list at least one Debian package")

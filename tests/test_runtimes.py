@@ -8,6 +8,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from sandboxd.cli import image_source
 from sandboxd.engine.agent import build_agent
 from sandboxd.engine.agent._build import CHECKS_DIR
 from sandboxd.engine.oci import AGENT_DIR
@@ -18,7 +19,7 @@ from sandboxd.runtimes import (
     SyntaxCheckKind,
     load_runtimes,
 )
-from tests.helpers import shipped_runtimes
+from tests.helpers import SHIPPED_RUNTIMES, shipped_runtimes
 
 SYNTAX_CHECK = """\
 [syntax_check]
@@ -481,3 +482,17 @@ def test_the_shipped_python311_is_a_second_python() -> None:
     assert python.is_default
     assert registry.of_language("python")[0] is python
     assert registry.get("py") is python
+
+
+def test_the_readme_lists_every_runtime_as_its_file_says() -> None:
+    """The README's languages table has a row per runtime, with its language and source as shipped."""
+    readme = (SHIPPED_RUNTIMES.parent / "README.md").read_text()
+    table = readme.split("<!-- languages table: begin -->")[1].split("<!-- languages table: end -->")[0]
+    rows = [line.strip("|").split(" | ") for line in table.strip().splitlines()[2:]]
+    listed = {row[0].strip(): row for row in rows}
+    runtimes = shipped_runtimes()
+    assert set(listed) == {runtime.name for runtime in runtimes}
+    for runtime in runtimes:
+        row = listed[runtime.name]
+        assert row[1] == runtime.language, row
+        assert row[5].strip() == image_source(runtime.build), row
