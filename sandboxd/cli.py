@@ -28,7 +28,7 @@ from sandboxd.engine.engine import (
     UnsupportedVersionError,
 )
 from sandboxd.engine.host import StartupError, client_for, connect
-from sandboxd.images.inspect import image_build_dir, inspect_image
+from sandboxd.images.inspect import RUNTIME_LABEL, image_build_dir, inspect_image, stale_images
 from sandboxd.images.usage import disk_usage, gib, image_usage, tree_bytes
 from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.ops.doctor import checks
@@ -151,6 +151,23 @@ async def _images_list(config: Config) -> int:
             f"{gib(total.unpacked)} unpacked (what images share counted once, in each row too); "
             f"builds keep {gib(cache)} more in {build} (what they have not handed to containerd yet)"
         )
+    finally:
+        await client.close()
+    return 0
+
+
+async def _images_prune(config: Config, *, dry_run: bool) -> int:
+    client = client_for(config)
+    try:
+        await connect(client)
+        stale = await stale_images(client, load_runtimes(config.paths.runtimes))
+        for image in stale:
+            runtime = image.labels.get(RUNTIME_LABEL, "?")
+            if not dry_run:
+                await client.images.delete(image.name)
+            print(f"{'would delete' if dry_run else 'deleted'} {image.name} (built for runtime {runtime})")
+        what = "would go" if dry_run else "went"
+        print(f"images: {len(stale)} stale {what}; what no other image shares is freed with them")
     finally:
         await client.close()
     return 0
@@ -297,6 +314,10 @@ def _parser() -> argparse.ArgumentParser:
         help="images to build at once (default: 4; builds wait on downloads and disk as much as on CPUs)",
     )  # fmt: skip
     images.add_parser("list", help="show each runtime's image and whether it is available")
+    prune = images.add_parser(
+        "prune", help="delete images built for runtimes no runtime file names any more (a toolchain replaced)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     generate = keys.add_parser("generate", help="print a new API key and the configuration entry for it")
     generate.add_argument("name")
@@ -342,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 -- one retu
             return asyncio.run(_run_file(config, args))
         if args.images_command == "build":
             return asyncio.run(_images_build(config, args.languages, args.force, args.jobs))
+        if args.images_command == "prune":
+            return asyncio.run(_images_prune(config, dry_run=args.dry_run))
         return asyncio.run(_images_list(config))
     except (
         ValidationError,

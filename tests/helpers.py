@@ -258,3 +258,14 @@ async def assert_nothing_left(engine: Engine, containerd: ContainerdClient, conf
     """No container, task, snapshot, lease, mount, workspace, FIFO or process is left, but the pool's."""
     leftovers = await leftovers_of(engine, containerd, config)
     assert leftovers.is_empty(), leftovers
+
+
+async def run_ctr(config: Config, *args: str) -> str:
+    """Run ctr against ``config``'s containerd and namespace; fail on a non-zero exit; return its stdout."""
+    process = await asyncio.create_subprocess_exec(
+        "ctr", "--address", config.containerd.address, "--namespace", config.containerd.namespace, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()

@@ -36,6 +36,7 @@ from tests.helpers import (
     images_of,
     metric_reaches,
     poll,
+    run_ctr,
     shipped_runtimes,
 )
 
@@ -93,15 +94,6 @@ async def test_full_queue_is_503_with_retry_after(
     assert [(await running)[0], (await queued)[0]] == [200, 200]
 
 
-async def _ctr(config: Config, *args: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        "ctr", "--address", config.containerd.address, "--namespace", config.containerd.namespace, *args,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-
-
 async def test_an_image_built_while_the_daemon_runs_serves_without_a_restart(
     make_server: Callable[..., Awaitable[Client]], headers: dict[str, str], config: Config, tmp_path: Path
 ) -> None:
@@ -129,7 +121,7 @@ async def test_an_image_built_while_the_daemon_runs_serves_without_a_restart(
             python_listed, lambda item: item["reason"].startswith("image building (since "), "building"
         )
         # What a finished build does: the image appears in containerd, and the marker goes.
-        await _ctr(config, "images", "tag", shipped.image, reference)
+        await run_ctr(config, "images", "tag", shipped.image, reference)
     finally:
         unmark_building(marker)
     try:
@@ -137,4 +129,4 @@ async def test_an_image_built_while_the_daemon_runs_serves_without_a_restart(
         status, result = await execute(http, headers, code="print('late')", language="python")
         assert (status, result["stdout"]) == (200, "late\n")
     finally:
-        await _ctr(config, "images", "rm", reference)
+        await run_ctr(config, "images", "rm", reference)

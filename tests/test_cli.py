@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import attrs
 import pytest
 
 from sandboxd.config import Config, load_config
+from sandboxd.images.inspect import RUNTIME_LABEL
 from tests.daemons import free_port, write_config
-from tests.helpers import SHIPPED_RUNTIMES, shipped_runtimes
+from tests.helpers import SHIPPED_RUNTIMES, run_ctr, shipped_runtimes
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +186,30 @@ async def test_a_failed_build_says_so_and_names_its_log(
     assert f"sandboxd: building broken-test failed; its full log: {log}" in output
     assert "images: 0 of 1 ready" in output
     assert "sandboxd-no-such-package" in log.read_text()
+
+
+async def test_images_prune_deletes_only_images_no_runtime_names(config_file: Path) -> None:
+    """An image built for a runtime no file names goes; a current image and one not built by sandboxd stay."""
+    config = load_config(config_file, os.environ)
+    python = shipped_runtimes().get("python")
+    assert python is not None
+    stale, kept = (f"sandboxd.local/test/{kind}-{uuid.uuid4().hex[:12]}" for kind in ("stale", "pulled"))
+    for name, label in ((stale, "python-gone"), (kept, "")):
+        await run_ctr(config, "images", "tag", python.image, name)
+        # An empty value removes the label: `kept` is an image sandboxd's builder did not make.
+        await run_ctr(config, "images", "label", name, f"{RUNTIME_LABEL}={label}")
+    try:
+        status, output = await sandboxd("--config", str(config_file), "images", "prune", "--dry-run")
+        assert status == 0, output
+        assert f"would delete {stale} (built for runtime python-gone)" in output
+        assert await run_ctr(config, "images", "ls", "-q", f"name=={stale}")
+        status, output = await sandboxd("--config", str(config_file), "images", "prune")
+        assert status == 0, output
+        assert f"deleted {stale} (built for runtime python-gone)" in output
+        assert kept not in output
+        assert python.image not in output
+        remaining = (await run_ctr(config, "images", "ls", "-q")).split()
+        assert stale not in remaining
+        assert {kept, python.image} <= set(remaining)
+    finally:
+        await run_ctr(config, "images", "rm", kept)

@@ -218,6 +218,15 @@ class _Service:
         return f"/{self.PREFIX}/{name}"
 
 
+def _image(image: images_pb2.Image) -> Image:
+    target = image.target
+    return Image(
+        name=image.name,
+        labels=dict(image.labels),
+        target=Descriptor(media_type=target.media_type, digest=target.digest, size=target.size),
+    )
+
+
 class Images(_Service):
     """containerd's image metadata store: names pointing at content descriptors."""
 
@@ -227,12 +236,19 @@ class Images(_Service):
         """Return the image record called ``name``."""
         request = images_pb2.GetImageRequest(name=name)
         response = await self._channel.unary(self._method("Get"), request, images_pb2.GetImageResponse)
-        image, target = response.image, response.image.target
-        return Image(
-            name=image.name,
-            labels=dict(image.labels),
-            target=Descriptor(media_type=target.media_type, digest=target.digest, size=target.size),
-        )
+        return _image(response.image)
+
+    async def list(self, filters: Sequence[str] = ()) -> list[Image]:
+        """Return every image record matching the filters (containerd's filter syntax)."""
+        request = images_pb2.ListImagesRequest(filters=filters)
+        response = await self._channel.unary(self._method("List"), request, images_pb2.ListImagesResponse)
+        return [_image(image) for image in response.images]
+
+    async def delete(self, name: str) -> None:
+        """Delete an image record; with it go the blobs and snapshots nothing else references."""
+        # sync: containerd collects what only this image held before it answers.
+        request = images_pb2.DeleteImageRequest(name=name, sync=True)
+        await self._channel.unary(self._method("Delete"), request, empty_pb2.Empty)
 
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         """Set the given labels on an image, leaving its other labels as they are."""

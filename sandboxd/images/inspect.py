@@ -4,7 +4,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -173,3 +173,14 @@ async def inspect_image(client: ContainerdClient, runtime: Runtime) -> ImageStat
         layers=layers,
         built_on=image.labels.get(BUILT_ON_LABEL),
     )
+
+
+async def stale_images(client: ContainerdClient, runtimes: Iterable[Runtime]) -> list[Image]:
+    """Images an `images build` made for a runtime that no runtime file names any more.
+
+    Only images carrying the builder's runtime label count: an image pulled or tagged by
+    hand is never one, nor is any image a runtime names.
+    """
+    wanted = {runtime.image for runtime in runtimes}
+    built = await client.images.list([f'labels."{RUNTIME_LABEL}"'])
+    return sorted((image for image in built if image.name not in wanted), key=lambda image: image.name)
