@@ -29,7 +29,7 @@ from sandboxd.engine.engine import (
 )
 from sandboxd.engine.host import StartupError, client_for, connect
 from sandboxd.images.inspect import RUNTIME_LABEL, image_build_dir, inspect_image, stale_images
-from sandboxd.images.usage import disk_usage, gib, image_usage, tree_bytes
+from sandboxd.images.usage import DiskUsage, gib, image_usage, tree_bytes
 from sandboxd.models import ExecutionRequest, ExecutionStatus
 from sandboxd.ops.doctor import checks
 from sandboxd.ops.logging import configure_logging
@@ -132,18 +132,19 @@ async def _images_list(config: Config) -> int:
         await connect(client)
         row = "{:<12} {:<10} {:<48} {:>9} {:>9}  {}"
         print(row.format("RUNTIME", "AVAILABLE", "IMAGE", "STORED", "UNPACKED", "VERSION / REASON"))
-        states = []
+        usages = []
         for runtime in load_runtimes(config.paths.runtimes):
             state = await inspect_image(client, runtime)
-            states.append(state)
             stored = unpacked = ""
             if state.available:
                 usage = await image_usage(client, state)
+                usages.append(usage)
                 stored, unpacked = _mib(usage.stored), _mib(usage.unpacked)
             detail = state.version if state.available else state.reason
             available = "yes" if state.available else "no"
             print(row.format(runtime.name, available, runtime.image, stored, unpacked, detail))
-        total = await disk_usage(client, states)
+        # Each image was measured once, for its row; the total counts what they share once.
+        total = DiskUsage(tuple(usages))
         build = image_build_dir(config)
         cache = await asyncio.to_thread(tree_bytes, build) if build.is_dir() else 0
         print(

@@ -172,13 +172,14 @@ class ImageBuilder:
         # A daemon serving meanwhile lists every runtime still to build as "image build queued".
         queued = [mark_building(self.work_dir / "building", name, queued=True) for name in names]
         try:
-            return await self._build_each(runtimes, jobs=jobs, force=force)
+            return await self._build_each(runtimes, names, jobs=jobs, force=force)
         finally:
             for marker in queued:
                 unmark_building(marker)
 
-    async def _build_each(self, runtimes: Sequence[Runtime], *, jobs: int, force: bool) -> list[str]:
-        names = {runtime.name for runtime in runtimes}
+    async def _build_each(
+        self, runtimes: Sequence[Runtime], names: set[str], *, jobs: int, force: bool
+    ) -> list[str]:
         slots = asyncio.Semaphore(jobs)
         loop = asyncio.get_running_loop()
         built: dict[str, asyncio.Future[ImageState | None]] = {name: loop.create_future() for name in names}
@@ -245,8 +246,8 @@ class ImageBuilder:
         async with self._base_locks.setdefault(suite, asyncio.Lock()):
             directory = self._base_dir(suite)
             rootfs, blob, marker = directory / "rootfs", directory / "layer.tar.zst", directory / "layer.json"
-            if marker.exists():
-                layer = converter.structure(json.loads(marker.read_text()), PackedLayer)
+            layer = _recorded_layer(marker)
+            if layer is not None:
                 if await self._in_containerd(layer):
                     return BaseLayer(layer)
                 if rootfs.is_dir() and blob.is_file():
@@ -277,11 +278,8 @@ class ImageBuilder:
         for suite in set(suites):
             async with self._base_locks.setdefault(suite, asyncio.Lock()):
                 directory = self._base_dir(suite)
-                marker = directory / "layer.json"
-                if not marker.exists():
-                    continue
-                layer = converter.structure(json.loads(marker.read_text()), PackedLayer)
-                if await self._in_containerd(layer):
+                layer = _recorded_layer(directory / "layer.json")
+                if layer is not None and await self._in_containerd(layer):
                     await asyncio.to_thread(shutil.rmtree, directory / "rootfs", True)
                     (directory / "layer.tar.zst").unlink(missing_ok=True)
 
@@ -577,6 +575,13 @@ class ImageBuilder:
         if await process.wait() != 0:
             tail = "\n".join(lines)
             raise ImageBuildError(f"[{name}] {argv[0]} exited with status {process.returncode}:\n{tail}")
+
+
+def _recorded_layer(marker: Path) -> PackedLayer | None:
+    """The base layer a build recorded in ``marker``, or None before one was."""
+    if not marker.exists():
+        return None
+    return converter.structure(json.loads(marker.read_text()), PackedLayer)
 
 
 async def _feed(stream: asyncio.StreamWriter, data: bytes) -> None:

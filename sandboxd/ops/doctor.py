@@ -80,8 +80,13 @@ def _cgroups(root: Path = Path("/sys/fs/cgroup")) -> Check:
     return Check("cgroups", True, f"{version} with memory, pids and cpu")
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest parent that exists (what a directory not made yet will be on)."""
+    return next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+
+
 def _free_space(name: str, path: Path, minimum: int) -> Check:
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    existing = _nearest_existing(path)
     free = shutil.disk_usage(existing).free
     detail = f"{free >> 20} MiB free at {existing}"
     if free < minimum:
@@ -97,7 +102,7 @@ async def _image_disk(client: ContainerdClient, states: Sequence[ImageState], da
     """
     usage = await disk_usage(client, states)
     largest = max((image.stored + image.unpacked for image in usage.images), default=0)
-    existing = next((p for p in (data, *data.parents) if p.exists()), Path("/"))
+    existing = _nearest_existing(data)
     free = (await asyncio.to_thread(shutil.disk_usage, existing)).free
     detail = (
         f"{len(usage.images)} take {gib(usage.total)} ({gib(usage.stored)} stored, "
