@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -85,7 +86,7 @@ class SqliteStore(ExecutionStore):
             # Autocommit mode: transactions are the explicit BEGIN ... COMMIT of transaction().
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             # WAL with synchronous=NORMAL: a committed row survives the daemon being killed.
-            db.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             self._db = db
 
@@ -112,3 +113,22 @@ class SqliteStore(ExecutionStore):
             await asyncio.Event().wait()
         finally:
             self._listeners.discard(on_notice)
+
+
+def _switch_to_wal(db: sqlite3.Connection, *, patience: float = 30.0) -> None:
+    """Put the database in WAL mode, waiting while another connection holds it locked.
+
+    Switching needs an exclusive lock. Two connections switching a new database at once can
+    each hold the shared lock the other waits behind; SQLite then fails one at once with
+    "database is locked" instead of calling its busy handler, so the wait is here.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        else:
+            return
