@@ -154,16 +154,17 @@ def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: int
     check(value >= 0, attribute.name, f"must be zero or more, got {value}")
 
 
+def _optional_non_negative(_instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None:
+        _non_negative(_instance, attribute, value)
+
+
 @attrs.frozen
 class PoolSizeConfig:
-    """How many idle sandboxes one runtime keeps ready."""
+    """How many idle sandboxes one runtime keeps ready; what it leaves out, ``[pool]`` says."""
 
-    min: int = attrs.field(default=0, validator=_non_negative)
-    # As many as a batch holds: a batch's sandboxes are all booted ahead while it runs.
-    max: int = attrs.field(default=10, validator=_non_negative)
-
-    def __attrs_post_init__(self) -> None:
-        check(self.max >= self.min, "max", f"must be at least min ({self.min}), got {self.max}")
+    min: int | None = attrs.field(default=None, validator=_optional_non_negative)
+    max: int | None = attrs.field(default=None, validator=_optional_non_negative)
 
 
 @attrs.frozen
@@ -175,11 +176,20 @@ class PoolConfig:
     # A runtime's pool shrinks back to its minimum once unused this long.
     idle_seconds: float = attrs.field(default=300.0, validator=positive)
     min: int = attrs.field(default=0, validator=_non_negative)
-    max: int = attrs.field(default=4, validator=_non_negative)
+    # As many as a batch holds: a batch's sandboxes are all booted ahead while it runs.
+    max: int = attrs.field(default=10, validator=_non_negative)
     runtimes: dict[str, PoolSizeConfig] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         check(self.max >= self.min, "max", f"must be at least min ({self.min}), got {self.max}")
+        for name in self.runtimes:
+            low, high = self.bounds(name)
+            check(high >= low, f"runtimes.{name}.max", f"must be at least min ({low}), got {high}")
+
+    def bounds(self, runtime: str) -> tuple[int, int]:
+        """(min, max) idle sandboxes of ``runtime``: its own table's where it sets them, else the pool's."""
+        own = self.runtimes.get(runtime, PoolSizeConfig())
+        return (self.min if own.min is None else own.min, self.max if own.max is None else own.max)
 
 
 _HOST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

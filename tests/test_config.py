@@ -111,3 +111,16 @@ def test_store_url() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, {"SANDBOXD_STORE_URL": "sqlite:relative.db"})
     assert caught.value.problems == ["store.url: must be sqlite: or sqlite:///ABSOLUTE/PATH"]
+
+
+def test_pool_sizes_of_a_runtime_fall_back_to_the_pools(tmp_path: Path) -> None:
+    """A batch's worth (10) by default; a runtime's table overrides what it sets, and is checked whole."""
+    assert load_config(None, {}).pool.bounds("python") == (0, 10)
+    path = tmp_path / "config.toml"
+    path.write_text("[pool]\nmax = 6\n[pool.runtimes.python]\nmin = 2\n[pool.runtimes.go]\nmax = 1\n")
+    pool = load_config(path, {}).pool
+    assert (pool.bounds("python"), pool.bounds("go"), pool.bounds("ruby")) == ((2, 6), (0, 1), (0, 6))
+    path.write_text("[pool]\nmax = 3\n[pool.runtimes.python]\nmin = 5\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    assert caught.value.problems == ["pool.runtimes.python.max: must be at least min (5), got 3"]

@@ -79,6 +79,14 @@ async def test_unused_runtimes_keep_their_minimum() -> None:
     assert len(booted) == 2
 
 
+async def test_a_batch_is_booted_ahead_whole_by_default() -> None:
+    """With the shipped sizes, a batch of ten expected makes the pool boot ten."""
+    pool, _ = make_pool(PoolConfig(), Clock(1000.0))
+    pool.expect("python", 10)
+    await settle(pool)
+    assert pool.idle_count("python") == 10
+
+
 async def test_demand_grows_the_pool_up_to_its_maximum() -> None:
     """Executions in flight (and the rate of takes) raise the size, never past the maximum."""
     clock = Clock(1000.0)

@@ -22,7 +22,7 @@ from typing import Final
 
 import attrs
 
-from sandboxd.config import PoolConfig, PoolSizeConfig
+from sandboxd.config import PoolConfig
 from sandboxd.containerd import ContainerdError
 from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.sandbox import Sandbox, SandboxError
@@ -144,8 +144,8 @@ class SandboxPool:
         peak = max((count for _, count in demand.peaks), default=0)
         rate = len(demand.takes) / _RATE_WINDOW
         wanted = math.ceil(peak + rate * demand.boot_seconds) if peak else 0
-        size = self.config.runtimes.get(runtime) or PoolSizeConfig(self.config.min, self.config.max)
-        return max(size.min, min(size.max, wanted))
+        low, high = self.config.bounds(runtime)
+        return max(low, min(high, wanted))
 
     def _committed_bytes(self) -> int:
         idle = sum(entry.cost_bytes for entries in self._idle.values() for entry in entries)
