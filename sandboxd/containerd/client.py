@@ -252,7 +252,12 @@ class Images(_Service):
 
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         """Set the given labels on an image, leaving its other labels as they are."""
-        image = images_pb2.Image(name=name, labels=labels)
+        # containerd 1.7 converts an update's whole image, labels-only ones too, and a missing
+        # target crashes the daemon (a nil dereference): the image goes with its own target.
+        current = await self._channel.unary(
+            self._method("Get"), images_pb2.GetImageRequest(name=name), images_pb2.GetImageResponse
+        )
+        image = images_pb2.Image(name=name, labels=labels, target=current.image.target)
         mask = field_mask_pb2.FieldMask(paths=[f"labels.{key}" for key in labels])
         request = images_pb2.UpdateImageRequest(image=image, update_mask=mask)
         await self._channel.unary(self._method("Update"), request, images_pb2.UpdateImageResponse)
