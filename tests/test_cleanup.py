@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from sandboxd.engine.engine import Engine
 from sandboxd.engine.oci import SandboxLimits
 from sandboxd.engine.sandbox import MANAGED_LABEL, SANDBOX_LABEL, Sandbox
 from sandboxd.models import ExecutionStatus
-from tests.helpers import assert_nothing_left, engine_run, images_of, wait_started
+from tests.helpers import Client, assert_nothing_left, engine_of, engine_run, images_of, wait_started
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +153,16 @@ async def test_sandboxes_share_their_images_read_only_root(
     finally:
         result = await running
     assert result.status == ExecutionStatus.COMPLETED
+
+
+async def test_a_daemon_that_stops_leaves_none_of_its_sandboxes(
+    make_server: Callable[..., Awaitable[Client]], containerd: ContainerdClient
+) -> None:
+    """A sandbox whose removal failed while the daemon ran (containerd away) is removed when it stops."""
+    http = await make_server()
+    engine = engine_of(http.app)
+    sandbox = await boot_small_python_sandbox(engine)  # never destroyed, as when its removal failed
+    assert sandbox.id in {container.id for container in await containerd.containers.list()}
+    await http.close()
+    assert sandbox.id not in {container.id for container in await containerd.containers.list()}
+    assert sandbox.id not in {task.container_id for task in await containerd.tasks.list()}

@@ -191,11 +191,15 @@ class Engine:
         observer: EngineObserver | None = None,
         *,
         image_builds: Path | None = None,
+        owns_host: bool = False,
     ) -> None:
         unknown = sorted(set(pool.runtimes) - {runtime.name for runtime in runtimes})
         if unknown:
             raise StartupError(f"pool.runtimes: no such runtime: {', '.join(unknown)}")
         self._host = host
+        # The daemon's engine: every sandbox with this host's label is its own to remove, at
+        # start-up and at close. A command's engine beside a daemon must never touch them.
+        self._owns_host = owns_host
         # Where `images build` marks what it is building: such a runtime is "image building".
         self._image_builds = image_builds
         self._runtimes = runtimes
@@ -245,7 +249,7 @@ class Engine:
         runtimes = await asyncio.to_thread(load_runtimes, config.paths.runtimes)
         engine = cls(
             host, runtimes, EngineSettings.from_limits(config.limits), config.pool, observer,
-            image_builds=builds_in_progress(config.paths.data),
+            image_builds=builds_in_progress(config.paths.data), owns_host=reconcile_leftovers,
         )  # fmt: skip
         if reconcile_leftovers:
             await reconcile(host)
@@ -271,6 +275,13 @@ class Engine:
             await self._cleanups.complete_even_if_cancelled(self._pool.close())
         await self._cleanups.drain()
         await self._roots.close()
+        if self._owns_host and self._watch.available:
+            # A removal that failed (containerd away at the time) left its sandbox to be found
+            # again: found now, so that a daemon that stops leaves nothing of its own behind.
+            try:
+                await reconcile(self._host, left_by="removals that failed while this daemon ran")
+            except ContainerdError as error:
+                log.warning("at close, what failed removals left could not be looked for: %s", error)
         await asyncio.to_thread(reap_orphaned_shims, self._host.client.namespace)
 
     async def drain(self) -> None:
@@ -554,7 +565,7 @@ class Engine:
         # Idle sandboxes outlive a containerd restart (their agents answer through FIFOs); one
         # that died meanwhile is never handed out. Flushing them here only delayed recovery.
         keep: Collection[str] = self._active | self.pooled_sandbox_ids() | self.shared_root_keys()
-        await reconcile(self._host, keep=keep)
+        await reconcile(self._host, keep=keep, left_by="removals that failed while containerd was away")
         await self.refresh_images()
 
     async def _quiet_for_teardown(self) -> None:

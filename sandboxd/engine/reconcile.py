@@ -19,12 +19,13 @@ log = logging.getLogger(__name__)
 _RECONCILE_PARALLEL: Final = 4
 
 
-async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
-    """Remove every sandbox a previous run of this daemon left behind; return how many.
+async def reconcile(host: SandboxHost, keep: Collection[str] = (), *, left_by: str = "a previous run") -> int:
+    """Remove every sandbox of this daemon's but those in ``keep``; return how many.
 
-    Run at start-up, before any execution: a task in any state (CREATED ones
-    included) is torn down like a sandbox whose execution ended, and workspaces,
-    FIFO directories and shared roots nobody owns any more are removed.
+    Run at start-up, before any execution (what a previous run left), after a containerd
+    outage, and at close: a task in any state (CREATED ones included) is torn down like a
+    sandbox whose execution ended, and workspaces, FIFO directories and shared roots nobody
+    owns any more are removed. ``left_by`` says in the log where the ones found came from.
     """
     client = host.client
     mine = [f'labels."{HOST_LABEL}"=={host.host_id}']
@@ -49,9 +50,9 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = ()) -> int:
             await asyncio.to_thread(AgentChannel.remove_fifos, directory)
     await asyncio.to_thread(reap_orphaned_shims, client.namespace)
     if found:
-        log.warning("removed %d sandboxes left by a previous run", len(found))
+        log.warning("removed %d sandboxes left by %s", len(found), left_by)
     if roots:
-        log.info("removed %d shared image roots left by a previous run", roots)
+        log.info("removed %d shared image roots left by %s", roots, left_by)
     return len(found)
 
 
