@@ -166,6 +166,8 @@ ENTRY_PLACEHOLDER: Final = "{entry}"
 # which is the agent's directory (sandboxd.engine.oci.AGENT_DIR, mounted read-only) + checks/.
 CHECKS_PLACEHOLDER: Final = "{checks}"
 SANDBOX_CHECKS_DIR: Final = "/dev/.sandboxd/checks"
+# Where an image keeps a check of its own, one made when it is built (Node's startup snapshot).
+IMAGE_CHECKS_DIR: Final = "/usr/local/lib/sandboxd/"
 # What a name found in the code may be before it names a file or goes into a command: an
 # identifier (dots for module paths), never a path, an option or shell syntax.
 _ENTRY_NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]{0,63}(\.[A-Za-z_$][A-Za-z0-9_$]{0,63}){0,7}$")
@@ -353,11 +355,15 @@ class Runtime:
                   f"uses {CHECKS_PLACEHOLDER}, which belongs in run or syntax_check only")  # fmt: skip
         in_process = declared is not None and declared.kind is SyntaxCheckKind.IN_PROCESS
         loading = [*self.run, *(declared.environment.values() if declared else ())]
-        loads = any(CHECKS_PLACEHOLDER in value for value in loading)
+        image_checks = any(path.startswith(IMAGE_CHECKS_DIR) for path in self.build.files)
+        loads = any(
+            CHECKS_PLACEHOLDER in value or (image_checks and IMAGE_CHECKS_DIR in value) for value in loading
+        )
         check(in_process or not any(CHECKS_PLACEHOLDER in a for a in self.run), "run",
               f'uses {CHECKS_PLACEHOLDER}, which needs a [syntax_check] of kind = "in_process"')  # fmt: skip
         message = (
-            f'"in_process": run (or syntax_check.environment) must load a check from {CHECKS_PLACEHOLDER}'
+            f'"in_process": run (or syntax_check.environment) must load a check from {CHECKS_PLACEHOLDER},'
+            f" or from {IMAGE_CHECKS_DIR} where [build.files] puts one"
         )
         check(not in_process or loads, "syntax_check.kind", message)
 

@@ -135,7 +135,7 @@ def test_the_checks_are_built_beside_the_agent(tmp_path: Path) -> None:
     """The agent's directory holds the shipped syntax checks, readable by the program's user."""
     checks = build_agent(tmp_path) / CHECKS_DIR
     names = {path.name for path in checks.iterdir()}
-    assert {"python.py", "javascript.js", "ruby.rb", "SandboxdSyntaxCheck.pm"} <= names
+    assert {"python.py", "ruby.rb", "SandboxdSyntaxCheck.pm"} <= names
     assert checks.stat().st_mode & 0o777 == 0o755
     assert {path.stat().st_mode & 0o777 for path in checks.iterdir()} == {0o644}
 

@@ -67,7 +67,7 @@ async def test_no_exit_status_means_a_syntax_error(engine: Engine, status: int) 
 
 
 async def test_javascript_program_stays_the_main_module(engine: Engine) -> None:
-    """Preloading the check leaves require.main, argv and execArgv as Node gives them; fd 3 is closed."""
+    """The check's snapshot leaves require.main, argv and execArgv as Node gives them; fd 3 is closed."""
     code = (
         "const fs = require('fs');\n"
         "let fd3 = 'open';\n"
@@ -90,3 +90,30 @@ async def test_a_syntax_error_in_a_module_the_program_requires_is_its_own(engine
     result = await engine_run(engine, "javascript", code)
     assert (result.status, result.exit_code, result.stdout) == (ExecutionStatus.COMPLETED, 1, "before\n")
     assert "SyntaxError" in result.stderr
+
+
+async def test_javascript_forks_start_as_plain_node(engine: Engine) -> None:
+    """A process the program forks gets no snapshot and no check: its fd 3 (the IPC channel) works."""
+    code = (
+        "const { fork } = require('child_process');\n"
+        "if (process.argv[2] === 'child') { process.send(process.execArgv); process.exit(0); }\n"
+        "fork(__filename, ['child']).on('message', (argv) => console.log('child', JSON.stringify(argv)));\n"
+    )
+    result = await engine_run(engine, "javascript", code)
+    assert (result.status, result.exit_code, result.stdout) == (ExecutionStatus.COMPLETED, 0, "child []\n"), (
+        result
+    )
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import { join } from 'path';\nconsole.log(join('a', 'b'));\nthrow new Error('boom');\n",
+        "const joined = await Promise.resolve('a/b');\nconsole.log(joined);\nprocess.exit(3);\n",
+    ],
+)
+async def test_an_es_module_is_node_s_to_compile(engine: Engine, code: str) -> None:
+    """A script Node runs as an ES module (import, await at top level) is no syntax error of ours."""
+    result = await engine_run(engine, "javascript", code)
+    assert (result.status, result.stdout) == (ExecutionStatus.COMPLETED, "a/b\n"), result
+    assert result.exit_code in (1, 3), result
