@@ -178,7 +178,7 @@ def test_policy_refuses_what_is_not_public(address: str, kind: str) -> None:
     assert non_public(parsed) == kind
     refusal = AddressPolicy().refusal(parsed)
     assert refusal is not None
-    assert refusal.startswith(f"{parsed} ")
+    assert refusal.startswith(f"{address} ")  # as written here: mapped ones dotted, on any Python
     assert refusal.endswith(f" is not a public address ({kind})")
 
 
@@ -577,7 +577,7 @@ async def test_private_addresses_are_refused(
         ("[::1]", "::1 is not a public address (loopback)"),
         ("10.0.0.7", "10.0.0.7 is not a public address (private)"),
         ("169.254.169.254", "169.254.169.254 is not a public address (link-local)"),
-        ("[::ffff:192.168.0.1]", "::ffff:c0a8:1 (192.168.0.1) is not a public address (private)"),
+        ("[::ffff:192.168.0.1]", "::ffff:192.168.0.1 (192.168.0.1) is not a public address (private)"),
     ]:
         hook = {"code": "1", "language": "python", "callback_url": f"http://{host}/"}
         status, body = await post(http, f"{EXECUTE}/async", hook, headers)

@@ -86,6 +86,13 @@ def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+def _shown(address: Address) -> str:
+    """An address as messages spell it: an IPv4-mapped one in dotted form, whatever Python's version."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"  # Python 3.13 writes it so, 3.11 as ::ffff:c0a8:1
+    return str(address)
+
+
 def non_public(address: Address) -> str | None:
     """What makes ``address`` other than a public unicast address ("loopback", "private", ...), or None."""
     embedded = _embedded_ipv4(address)
@@ -127,7 +134,7 @@ class AddressPolicy:
         if any(c.version == n.version and c in n for c in candidates for n in self.allowed):
             return None
         kind = non_public(address)
-        shown = f"{address} ({embedded})" if embedded else str(address)
+        shown = f"{_shown(address)} ({embedded})" if embedded else str(address)
         return None if kind is None else f"{shown} is not a public address ({kind})"
 
     def check_host(self, host: str) -> None:
