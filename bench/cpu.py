@@ -1,11 +1,16 @@
 """CPU by process class over a stretch of a benchmark: what each part of a sandbox's life costs.
 
 Long-lived processes (the daemon, containerd, the benchmark's own client) are read
-from /proc before and after. Everything that starts and ends meanwhile (each
-sandbox's gVisor processes, runsc CLI calls, shims) is counted by the kernel's
-process accounting, which writes a record with a process's CPU time when it exits.
-What no process accounts for (kernel threads, interrupts) is the rest of the
-host's total in /proc/stat. The machine should run nothing else meanwhile.
+from /proc before and after. Everything that exits meanwhile (each sandbox's gVisor
+processes, runsc CLI calls, shims) is counted by the kernel's process accounting,
+which writes a record with a process's CPU time when it exits. So that the stretch
+gets exactly its own part of a process that lives across one of its edges (a pool
+sandbox booted before it and used in it, one booting as it ends), every process of
+those classes is also read from /proc at both edges: what one had used at the start
+is taken off its record, and what one alive at the end used meanwhile is added.
+Kernel threads (kworkers, the journal, RCU) are read the same way; what no process
+accounts for (interrupts) is the rest of the host's total in /proc/stat. The machine
+should run nothing else meanwhile.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ _CLASSES: Final = {
     "containerd-shim": "containerd shims",
 }
 OTHER_EXITED: Final = "other short-lived processes"
+KERNEL_THREADS: Final = "kernel threads (kworkers, journal, RCU)"
 UNATTRIBUTED: Final = "kernel, not in any process"
+# kthreadd, the parent of every kernel thread.
+_KTHREADD: Final = 2
 
 
 def _comp(value: int) -> int:
@@ -43,21 +51,60 @@ def _comp(value: int) -> int:
     return (value & 0x1FFF) << (((value >> 13) & 0x7) * 3)
 
 
-def exited_cpu(records: bytes) -> dict[str, float]:
-    """CPU seconds of the accounting records, summed by process class."""
-    totals: dict[str, float] = collections.defaultdict(float)
+def exited_cpu(records: bytes) -> dict[int, tuple[str, float]]:
+    """Class and CPU seconds of each process in the accounting records, by process id."""
+    exited = {}
     for offset in range(0, len(records) - _RECORD.size + 1, _RECORD.size):
         fields = _RECORD.unpack_from(records, offset)
-        utime, stime, comm = fields[10], fields[11], fields[-1]
+        pid, utime, stime, comm = fields[6], fields[10], fields[11], fields[-1]
         name = comm.split(b"\0", 1)[0].decode(errors="replace")
-        totals[_CLASSES.get(name, OTHER_EXITED)] += (_comp(utime) + _comp(stime)) / _AHZ
-    return dict(totals)
+        exited[pid] = (_CLASSES.get(name, OTHER_EXITED), (_comp(utime) + _comp(stime)) / _AHZ)
+    return exited
+
+
+def _stat(pid: int) -> tuple[str, int, float]:
+    """A live process's command name, parent and user plus system CPU seconds (all its threads)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text.rsplit(")", 1)[1].split()
+    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _process_cpu(pid: int) -> float:
     """User plus system CPU seconds of a live process, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return _stat(pid)[2]
+
+
+def _classified() -> dict[int, tuple[str, float]]:
+    """Class and CPU seconds so far of every live process of a counted class, and of kernel threads."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, parent, cpu = _stat(int(entry.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if parent == _KTHREADD:
+            found[int(entry.name)] = (KERNEL_THREADS, cpu)
+        elif comm in _CLASSES:
+            found[int(entry.name)] = (_CLASSES[comm], cpu)
+    return found
+
+
+def window_cpu(
+    start: Mapping[int, tuple[str, float]],
+    end: Mapping[int, tuple[str, float]],
+    exited: Mapping[int, tuple[str, float]],
+) -> dict[str, float]:
+    """CPU seconds by class within a stretch, from the processes at both edges and those that exited."""
+    totals: dict[str, float] = collections.defaultdict(float)
+    for pid, (name, cpu) in exited.items():
+        totals[name] += cpu - (start[pid][1] if pid in start and pid not in end else 0.0)
+    for pid, (name, cpu) in end.items():
+        if pid not in exited:
+            totals[name] += cpu - (start[pid][1] if pid in start else 0.0)
+    return dict(totals)
 
 
 def _host_cpu() -> float:
@@ -126,12 +173,12 @@ class CpuMeter:
             if libc.acct(str(path).encode()) != 0:
                 raise OSError(ctypes.get_errno(), "process accounting (acct) could not be turned on")
             try:
-                before, host_before = self._sample(), _host_cpu()
+                before, edge_before, host_before = self._sample(), _classified(), _host_cpu()
                 yield
-                after, host_after = self._sample(), _host_cpu()
+                after, edge_after, host_after = self._sample(), _classified(), _host_cpu()
             finally:
                 libc.acct(None)
-            seconds = exited_cpu(path.read_bytes())
+            seconds = window_cpu(edge_before, edge_after, exited_cpu(path.read_bytes()))
         for name in self._long_lived:
             seconds[name] = after[name] - before[name]
         seconds[UNATTRIBUTED] = max(host_after - host_before - sum(seconds.values()), 0.0)

@@ -8,6 +8,10 @@ with more slots and a larger pool. It measures:
 
 - sync latency p50/p95 of a hello program per language, pool on and off, and the
   daemon's own share (end-to-end latency minus the program's reported run time);
+- what the syntax check of Python and JavaScript adds to a hello: a fourth daemon
+  (``unchecked``, the shipped defaults) serves those runtimes as they ran before
+  the check (``python3 main.py``, ``node main.js``), requests alternate between
+  the two, and the table gives both p50s and the median of the paired differences;
 - a batch of 10 Python hellos;
 - Python throughput at concurrency 1, 2, 4 and 8, and a loop of `runsc do` at 4;
 - at concurrency 4, the CPU each execution costs by process class (bench/cpu.py);
@@ -28,6 +32,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -57,7 +62,7 @@ from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.roots import SharedRoots
 from sandboxd.engine.sandbox import HOST_LABEL, MANAGED_LABEL, Sandbox
 from sandboxd.images.inspect import inspect_image
-from sandboxd.runtimes import SANDBOX_CHECKS_DIR, Program, Runtime, load_runtimes
+from sandboxd.runtimes import IMAGE_CHECKS_DIR, SANDBOX_CHECKS_DIR, Program, Runtime, load_runtimes
 
 HELLO: Final = {
     "python": "print('hello')",
@@ -72,6 +77,8 @@ MEASURED: Final = 4
 # What each daemon sets beyond the defaults (table -> key -> TOML value).
 POOL_OFF: Final = {"pool": {"enabled": "false"}}
 TUNED: Final = {"limits": {"concurrency": "8", "queue": "256"}, "pool": {"max": "10"}}
+# The run commands of the runtimes with an in-process syntax check, as they were before it.
+UNCHECKED_RUN: Final = {"python": ["python3", "main.py"], "javascript": ["node", "main.js"]}
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -210,6 +217,45 @@ class Client:
         return elapsed
 
 
+def write_unchecked_runtimes(source: Path, target: Path) -> None:
+    """The runtime files of UNCHECKED_RUN's languages as they were before their syntax check."""
+    target.mkdir()
+    for name, run in UNCHECKED_RUN.items():
+        text = (source / f"{name}.toml").read_text()
+        text, runs = re.subn(r"(?m)^run = \[.*\]$", f"run = {json.dumps(run)}", text, count=1)
+        reason = 'reason = "the benchmark\'s runtime as it was before its syntax check"'
+        text, kinds = re.subn(r'(?m)^kind = "in_process"$', f'kind = "none"\n{reason}', text, count=1)
+        if (runs, kinds) != (1, 1):
+            raise SystemExit(f"{name}.toml: no run command or in-process syntax check to take out")
+        (target / f"{name}.toml").write_text(text)
+
+
+async def check_cost(
+    checked: Client, unchecked: Client, runtime: Runtime, runs: int, interval: float
+) -> dict[str, Any]:
+    """A hello with and without the syntax check, requests alternating between the two daemons."""
+    code = hello(runtime)
+    for client in (checked, unchecked):
+        for _ in range(3):
+            await client.execute(runtime.name, code)
+            await asyncio.sleep(max(interval, 0.5))
+    samples: dict[str, list[float]] = {"checked": [], "unchecked": []}
+    for index in range(runs):
+        # Either daemon goes first in turn, so that neither always finds the host busier.
+        pair = (checked, unchecked) if index % 2 == 0 else (unchecked, checked)
+        for client in pair:
+            total, _ = await client.execute(runtime.name, code)
+            samples["checked" if client is checked else "unchecked"].append(total)
+            await asyncio.sleep(interval)
+    added = [a - b for a, b in zip(samples["checked"], samples["unchecked"], strict=True)]
+    return {
+        "checked": summary(samples["checked"]),
+        "unchecked": summary(samples["unchecked"]),
+        "added_p50": summary(samples["checked"])["p50"] - summary(samples["unchecked"])["p50"],
+        "added_paired_median": statistics.median(added),
+    }
+
+
 async def latency(client: Client, runtime: Runtime, runs: int, interval: float) -> dict[str, Any]:
     """Sequential sync executions after a warm-up, ``interval`` seconds apart; latency and the daemon's share.
 
@@ -317,10 +363,22 @@ def checked(name: str, argv: list[str], source: bytes | None = None) -> Callable
     return once
 
 
+def succeeded(argv: list[str]) -> Callable[[], None]:
+    """A command that must exit 0."""
+
+    def once() -> None:
+        subprocess.run(argv, capture_output=True, check=True)
+
+    return once
+
+
 def host_baseline(runtime: Runtime, runs: int) -> dict[str, float] | None:
     """The program as a bare host process, where the host has the runtime's interpreter."""
-    if runtime.compiled or shutil.which(hello_program(runtime).run[0]) is None:
+    run = hello_program(runtime).run
+    if runtime.compiled or shutil.which(run[0]) is None:
         return None
+    if any(IMAGE_CHECKS_DIR in arg for arg in run):
+        return None  # it needs a file of its image's own (JavaScript's startup snapshot)
     with tempfile.TemporaryDirectory() as directory:
         (Path(directory) / hello_program(runtime).source_file).write_text(hello(runtime))
         checks = Path(directory) / ".checks"
@@ -384,16 +442,27 @@ def runsc_do_argv(config: Config, runtime: Runtime, rootfs: str) -> list[str]:
     checks = "/tmp"  # noqa: S108 (in the sandbox runsc do makes, beside the program's file)
     script = f"{write_checks(checks)} && cd /tmp && cat > {hello_program(runtime).source_file}"
     script += f" && {shell_script(runtime, checks)}"
-    argv = [config.runsc.binary, "--network=none", f"--platform={config.runsc.platform}", "do", "-quiet"]
-    return [*argv, "-root", rootfs, "/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]
+    return [*runsc_do(config, rootfs), "/usr/bin/env", "-i", *env, "/bin/sh", "-c", script]
+
+
+def runsc_do(config: Config, rootfs: str) -> list[str]:
+    """`runsc do` on ``rootfs`` with sandboxd's network and platform, before the command it runs."""
+    platform = f"--platform={config.runsc.platform}"
+    return [config.runsc.binary, "--network=none", platform, "do", "-quiet", "-root", rootfs]
 
 
 async def runsc_do_throughput(
-    config: Config, runtime: Runtime, concurrency: int, count: int
+    config: Config, runtime: Runtime, concurrency: int, count: int, *, program: bool = True
 ) -> tuple[float, CpuMeter]:
-    """Hellos per second of ``concurrency`` loops of `runsc do`, a fresh sandbox each, no containerd."""
+    """Hellos per second of ``concurrency`` loops of `runsc do`, a fresh sandbox each, no containerd.
+
+    Without ``program`` each sandbox runs /bin/true: the least one gVisor sandbox costs.
+    """
     async with image_rootfs(config, runtime) as rootfs:
-        once = checked(runtime.name, runsc_do_argv(config, runtime, rootfs), hello(runtime).encode())
+        if program:
+            once = checked(runtime.name, runsc_do_argv(config, runtime, rootfs), hello(runtime).encode())
+        else:
+            once = succeeded([*runsc_do(config, rootfs), "/bin/true"])
         remaining = count
 
         def loop() -> None:
@@ -462,13 +531,21 @@ def ms(value: float | None) -> str:
 
 async def measure(args: argparse.Namespace, config: Config, runtimes: list[Runtime]) -> dict[str, Any]:
     """Every measurement of the run."""
-    report: dict[str, Any] = {"runs": args.runs, "languages": {}, "batch": {}, "throughput": {}, "cpu": {}}
+    report: dict[str, Any] = {
+        "runs": args.runs, "languages": {}, "syntax_check": {}, "batch": {}, "throughput": {}, "cpu": {}
+    }  # fmt: skip
+    checked_languages = [r for r in runtimes if r.name in UNCHECKED_RUN and not args.per_language]
     with tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as work:
+        unchecked_runtimes = Path(work) / "unchecked-runtimes"
+        write_unchecked_runtimes(config.paths.runtimes, unchecked_runtimes)
+        unchecked = {"paths": {"runtimes": f'"{unchecked_runtimes}"'}}
         daemons = {
             "pool": BenchDaemon(config, "pool", work=Path(work), settings={}),
             "no_pool": BenchDaemon(config, "no-pool", work=Path(work), settings=POOL_OFF),
             "tuned": BenchDaemon(config, "tuned", work=Path(work), settings=TUNED),
         }
+        if checked_languages:
+            daemons["unchecked"] = BenchDaemon(config, "unchecked", work=Path(work), settings=unchecked)
         try:
             for daemon in daemons.values():
                 daemon.start()
@@ -477,46 +554,80 @@ async def measure(args: argparse.Namespace, config: Config, runtimes: list[Runti
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
                 clients = {name: Client(session, daemon) for name, daemon in daemons.items()}
                 for runtime in runtimes:
-                    row: dict[str, Any] = {}
-                    if args.per_language:
-                        row["pool"] = await latency(clients["pool"], runtime, args.runs, args.interval)
-                        row["runsc_do"] = await runsc_do_baseline(config, runtime, args.runs)
-                        report["languages"][runtime.name] = row
-                        pool, do = row["pool"], row["runsc_do"]
-                        print(
-                            f"{runtime.name:<11}{ms(pool['p50']):>8}{ms(pool['p95']):>7}"
-                            f"{ms(pool['daemon_share_p50']):>7}{ms(do['p50']):>10}"
-                            f"{pool['p50'] / do['p50']:>9.2f}x",
-                            flush=True,
-                        )
-                        continue
-                    for name in ("pool", "no_pool"):
-                        row[name] = await latency(clients[name], runtime, args.runs, args.interval)
-                    row["pool_back_to_back"] = await latency(clients["pool"], runtime, args.runs, 0.0)
-                    row["host_process"] = await asyncio.to_thread(host_baseline, runtime, args.runs)
-                    row["runsc_do"] = await runsc_do_baseline(config, runtime, args.runs)
-                    row.update(await exec_baselines(config, runtime, args.runs))
-                    report["languages"][runtime.name] = row
-                    print_language(runtime.name, row)
+                    await measure_language(args, config, runtime, clients, report)
                 if args.per_language:
                     return report
-                for name, client in clients.items():
-                    samples = []
-                    for _ in range(5):
-                        await asyncio.sleep(args.interval * BATCH_SIZE)  # time to refill between batches
-                        samples.append(await client.batch("python", HELLO["python"], BATCH_SIZE))
-                    report["batch"][name] = summary(samples)
-                for name, client in clients.items():
-                    report["throughput"][name] = await throughputs(client, args.throughput_count, report)
-                python = runtimes[0]
-                count = max(args.throughput_count, 4 * MEASURED)
-                rate, meter = await runsc_do_throughput(config, python, MEASURED, count)
-                report["throughput"]["runsc_do"] = {str(MEASURED): rate}
-                report["cpu"]["runsc_do"] = meter.breakdown
+                for runtime in checked_languages:
+                    cost = await check_cost(
+                        clients["pool"], clients["unchecked"], runtime, 2 * args.runs, args.interval
+                    )
+                    report["syntax_check"][runtime.name] = cost
+                    print_check_cost(runtime.name, cost)
+                if "unchecked" in daemons:
+                    # Done with: its idle sandboxes would be memory the load runs below do not have.
+                    daemons["unchecked"].stop()
+                    del clients["unchecked"]
+                await measure_load(args, config, runtimes[0], clients, report)
         finally:
             for daemon in daemons.values():
                 daemon.stop()
     return report
+
+
+async def measure_language(
+    args: argparse.Namespace,
+    config: Config,
+    runtime: Runtime,
+    clients: Mapping[str, Client],
+    report: dict[str, Any],
+) -> None:
+    """One language's latency row (the quick one with ``--per-language``)."""
+    row: dict[str, Any] = {}
+    if args.per_language:
+        row["pool"] = await latency(clients["pool"], runtime, args.runs, args.interval)
+        row["runsc_do"] = await runsc_do_baseline(config, runtime, args.runs)
+        report["languages"][runtime.name] = row
+        pool, do = row["pool"], row["runsc_do"]
+        print(
+            f"{runtime.name:<11}{ms(pool['p50']):>8}{ms(pool['p95']):>7}"
+            f"{ms(pool['daemon_share_p50']):>7}{ms(do['p50']):>10}"
+            f"{pool['p50'] / do['p50']:>9.2f}x",
+            flush=True,
+        )
+        return
+    for name in ("pool", "no_pool"):
+        row[name] = await latency(clients[name], runtime, args.runs, args.interval)
+    row["pool_back_to_back"] = await latency(clients["pool"], runtime, args.runs, 0.0)
+    row["host_process"] = await asyncio.to_thread(host_baseline, runtime, args.runs)
+    row["runsc_do"] = await runsc_do_baseline(config, runtime, args.runs)
+    row.update(await exec_baselines(config, runtime, args.runs))
+    report["languages"][runtime.name] = row
+    print_language(runtime.name, row)
+
+
+async def measure_load(
+    args: argparse.Namespace,
+    config: Config,
+    python: Runtime,
+    clients: Mapping[str, Client],
+    report: dict[str, Any],
+) -> None:
+    """Batches and throughput of each daemon, then the `runsc do` loops at ``MEASURED``."""
+    for name, client in clients.items():
+        samples = []
+        for _ in range(5):
+            await asyncio.sleep(args.interval * BATCH_SIZE)  # time to refill between batches
+            samples.append(await client.batch("python", HELLO["python"], BATCH_SIZE))
+        report["batch"][name] = summary(samples)
+    for name, client in clients.items():
+        report["throughput"][name] = await throughputs(client, args.throughput_count, report)
+    count = max(args.throughput_count, 4 * MEASURED)
+    rate, meter = await runsc_do_throughput(config, python, MEASURED, count)
+    report["throughput"]["runsc_do"] = {str(MEASURED): rate}
+    report["cpu"]["runsc_do"] = meter.breakdown
+    rate, meter = await runsc_do_throughput(config, python, MEASURED, count, program=False)
+    report["throughput"]["runsc_do_true"] = {str(MEASURED): rate}
+    report["cpu"]["runsc_do_true"] = meter.breakdown
 
 
 def print_language(name: str, row: dict[str, Any]) -> None:
@@ -531,6 +642,16 @@ def print_language(name: str, row: dict[str, Any]) -> None:
         f"{ms(row['runsc_exec']['p50']):>8}{ms(row['agent_in_running_sandbox']['p50']):>8}"
         f"{no_pool['p50'] / pool['p50']:>9.2f}x{pool['p50'] / row['runsc_do']['p50']:>8.2f}x"
         f"{pool['p50'] / row['runsc_exec']['p50']:>8.2f}x",
+        flush=True,
+    )
+
+
+def print_check_cost(name: str, cost: dict[str, Any]) -> None:
+    """One line of the syntax check's cost."""
+    print(
+        f"syntax check, {name} hello: p50 {ms(cost['checked']['p50'])} ms checked,"
+        f" {ms(cost['unchecked']['p50'])} ms as before the check; added: p50"
+        f" {cost['added_p50'] * 1000:+.1f} ms, median of pairs {cost['added_paired_median'] * 1000:+.1f} ms",
         flush=True,
     )
 
@@ -592,6 +713,11 @@ def main() -> int:
         for name in ("pool", "tuned"):
             ratio = report["throughput"][name][str(MEASURED)] / do_rate
             print(f"  {name} / runsc do at concurrency {MEASURED}: {ratio:.2f}x")
+        floor = report["throughput"]["runsc_do_true"][str(MEASURED)]
+        print(
+            f"  runsc do /bin/true (a sandbox that runs nothing) at {MEASURED}: {floor:.1f}/s,"
+            f" {floor / do_rate:.2f}x"
+        )
         print_cpu(report["cpu"])
         report["cpu"] = {name: attrs.asdict(breakdown) for name, breakdown in report["cpu"].items()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
