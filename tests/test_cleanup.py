@@ -7,11 +7,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sandboxd.config import Config
 from sandboxd.containerd import ContainerdClient, ContainerdError, Mount
+from sandboxd.engine.cgroups import cgroup_directories
 from sandboxd.engine.engine import Engine
 from sandboxd.engine.oci import SandboxLimits
 from sandboxd.engine.sandbox import MANAGED_LABEL, SANDBOX_LABEL, Sandbox
@@ -166,3 +168,34 @@ async def test_a_daemon_that_stops_leaves_none_of_its_sandboxes(
     await http.close()
     assert sandbox.id not in {container.id for container in await containerd.containers.list()}
     assert sandbox.id not in {task.container_id for task in await containerd.tasks.list()}
+
+
+def cgroups_of(engine: Engine, sandbox: Sandbox) -> list[Path]:
+    """The sandbox's cgroup directories that exist now, in every hierarchy."""
+    return [d for d in cgroup_directories(engine.host.cgroup_root, sandbox.cgroups_path) if d.exists()]
+
+
+async def test_a_sandbox_leaves_no_cgroup(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sandbox's cgroups go with it, also when runsc made them and then failed to create the sandbox."""
+    sandbox = await boot_small_python_sandbox(engine)
+    assert cgroups_of(engine, sandbox), "runsc made no cgroup for the sandbox"
+    await sandbox.destroy()
+    assert cgroups_of(engine, sandbox) == []
+
+    made: list[Sandbox] = []
+
+    async def failing_create(container_id: str, **_: Any) -> int:
+        # As runsc does when its gofer cannot start: the cgroups are made, the sandbox is not.
+        failed = Sandbox(engine.host, container_id)
+        for directory in cgroup_directories(engine.host.cgroup_root, failed.cgroups_path):
+            if directory.parent.is_dir():
+                directory.mkdir(exist_ok=True)
+        made.append(failed)
+        raise ContainerdError("Create", "injected failure: cannot create gofer process")
+
+    monkeypatch.setattr(engine.host.client.tasks, "create", failing_create)
+    with pytest.raises(ContainerdError, match="injected"):
+        await boot_small_python_sandbox(engine)
+    monkeypatch.undo()
+    (failed,) = made
+    assert cgroups_of(engine, failed) == []

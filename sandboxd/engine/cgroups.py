@@ -1,7 +1,8 @@
-"""Reading a sandbox's resource usage from the host's cgroup files (written by runsc, not the sandbox)."""
+"""A sandbox's cgroups on the host: their usage (written by runsc, not the sandbox), and their removal."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import attrs
@@ -53,3 +54,35 @@ def read_usage(root: Path, cgroups_path: str) -> CgroupUsage:
         cpu_time_ns=_read_int(root / "cpuacct" / relative / "cpuacct.usage"),
         memory_bytes=_read_int(root / "memory" / relative / "memory.usage_in_bytes"),
     )
+
+
+def cgroup_directories(root: Path, cgroups_path: str) -> list[Path]:
+    """The directories of a cgroup in every hierarchy mounted under ``root`` (one on cgroup v2)."""
+    relative = cgroups_path.lstrip("/")
+    if (root / "cgroup.controllers").exists():
+        return [root / relative]
+    try:
+        hierarchies = sorted(entry for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink())
+    except OSError:
+        return []
+    return [hierarchy / relative for hierarchy in hierarchies]
+
+
+def remove_cgroup(root: Path, cgroups_path: str) -> list[Path]:
+    """Remove a sandbox's cgroup in every hierarchy where it is left; return those still busy.
+
+    runsc removes the cgroups it made when its container is deleted, but not when creating
+    it failed half-way. An empty cgroup goes; one that still holds a process stays (the
+    kernel refuses), and is returned.
+    """
+    busy = []
+    for directory in cgroup_directories(root, cgroups_path):
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            if error.errno != errno.EBUSY:
+                raise
+            busy.append(directory)
+    return busy

@@ -31,7 +31,7 @@ from sandboxd.containerd import (
     TaskStatus,
 )
 from sandboxd.engine.agent import AgentChannel, AgentLostError, CapturedOutput, OutputListener
-from sandboxd.engine.cgroups import CgroupUsage, read_usage
+from sandboxd.engine.cgroups import CgroupUsage, read_usage, remove_cgroup
 from sandboxd.engine.cleanups import Cleanups
 from sandboxd.engine.files import COLLECT_OUTPUT_CAP, COLLECT_TIMEOUT, collect_argv
 from sandboxd.engine.oci import AGENT_DIR, NOBODY, WORKSPACE, SandboxLimits, sandbox_spec
@@ -133,6 +133,7 @@ class Sandbox:
         """A handle on a sandbox found in containerd, set up to remove every part it may have."""
         sandbox = cls(host, sandbox_id)
         client = host.client
+        sandbox._push("cgroups", sandbox._remove_cgroups)
         sandbox._push("lease", client.leases.delete, sandbox_id)
         sandbox._push("workspace", Workspace(host.workspaces / sandbox_id).remove)
         sandbox._push("fifo directory", sandbox._remove_fifo_dir)
@@ -188,6 +189,8 @@ class Sandbox:
     ) -> None:
         client, sid = self.host.client, self.id
         all_labels = {MANAGED_LABEL: "true", HOST_LABEL: self.host.host_id, SANDBOX_LABEL: sid, **labels}
+        # Undone last, once the task is gone: what runsc left of the cgroups it made.
+        self._push("cgroups", self._remove_cgroups)
         self.workspace = await Workspace.create(self.host.workspaces, sid, workspace_bytes)
         self._push("workspace", self.workspace.remove)
 
@@ -260,6 +263,11 @@ class Sandbox:
         raise SandboxError(
             f"sandbox {self.id}: its task is still there; the container is kept for reconciliation"
         )
+
+    async def _remove_cgroups(self) -> None:
+        busy = await asyncio.to_thread(remove_cgroup, self.host.cgroup_root, self.cgroups_path)
+        if busy:
+            raise SandboxError(f"sandbox {self.id}: its cgroup still holds processes: {busy[0]}")
 
     async def _remove_fifo_dir(self) -> None:
         if self._agent is not None:
