@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from sandboxd.containerd import UnavailableError, Version
-from sandboxd.engine.watch import ContainerdUnavailableError, ContainerdWatch
+from sandboxd.containerd import ContainerdError, UnavailableError, Version
+from sandboxd.engine.watch import SLOW_PINGS, ContainerdUnavailableError, ContainerdWatch
 
 
 class FlakyContainerd:
@@ -16,11 +16,24 @@ class FlakyContainerd:
 
     def __init__(self) -> None:
         self.up = True
+        self.slow = False
+        self.pings = 0
+        self._pinged = asyncio.Event()
+
+    async def until_pinged(self, count: int) -> None:
+        """Return once ``count`` pings have come since the count was last set."""
+        while self.pings < count:
+            self._pinged.clear()
+            await self._pinged.wait()
 
     async def version(self, *, timeout: float) -> Version:
-        """Answer, or fail as containerd's socket would."""
+        """Answer, or fail as containerd's socket would, or as a call that had no answer in time."""
+        self.pings += 1
+        self._pinged.set()
         if not self.up:
             raise UnavailableError("Version", "connection refused")
+        if self.slow:
+            raise ContainerdError("Version", "Deadline Exceeded")
         return Version(version="1.6", revision="test")
 
 
@@ -56,3 +69,31 @@ def test_report_marks_unavailable_at_once() -> None:
     watch.report(error)
     with pytest.raises(ContainerdUnavailableError, match="socket gone"):
         watch.require()
+
+
+async def test_a_slow_containerd_is_unavailable_only_when_slow_for_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pings without an answer in time mark containerd unavailable only at the SLOW_PINGSth in a row."""
+    monkeypatch.setattr("sandboxd.engine.watch.PING_INTERVAL", 0.01)
+    client = FlakyContainerd()
+
+    async def on_recovery() -> None:
+        """Nothing to reconcile here."""
+
+    watch = ContainerdWatch(client, on_recovery)  # type: ignore[arg-type]
+    pinging = asyncio.ensure_future(watch.run_forever())
+    try:
+        await asyncio.sleep(0.03)
+        client.slow, client.pings = True, 0
+        # A ping's answer is handled before the next step of this test runs.
+        await client.until_pinged(SLOW_PINGS - 1)
+        watch.require()  # slow, not yet for long
+        await client.until_pinged(SLOW_PINGS)
+        with pytest.raises(ContainerdUnavailableError, match="Deadline Exceeded"):
+            watch.require()
+        client.slow = False
+        await asyncio.wait_for(watch.wait_available(), 1)
+        watch.require()
+    finally:
+        pinging.cancel()

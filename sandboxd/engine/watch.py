@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 PING_INTERVAL: Final = 1.0
 PING_TIMEOUT: Final = 1.0
+# A containerd that cannot be reached is unavailable at once; one that is there but slow (a
+# host thrashing under a memory bomb) only once this many pings in a row had no answer in time.
+SLOW_PINGS: Final = 3
 
 
 class ContainerdUnavailableError(Exception):
@@ -65,16 +68,27 @@ class ContainerdWatch:
     async def run_forever(self) -> None:
         """Ping containerd every second; on the way back, reconcile before reporting it available.
 
+        A ping that fails because containerd cannot be reached marks it unavailable at once; one
+        that gets no answer in time, only the ``SLOW_PINGS``th in a row.
+
         A recovery step that fails for a reason other than containerd (a workspace that cannot be
         unmounted, an image that cannot be read) raises: the supervisor logs it and restarts the watch,
         which tries the recovery again.
         """
+        slow = 0
         while True:
             try:
                 await self.client.version(timeout=PING_TIMEOUT)
-            except ContainerdError as error:
+            except UnavailableError as error:
                 self.report(error)
+            except ContainerdError as error:
+                slow += 1
+                if slow >= SLOW_PINGS or not self.available:
+                    self.report(error)
+                else:
+                    log.warning("containerd is slow to answer (%d pings in a row): %s", slow, error.detail)
             else:
+                slow = 0
                 if not self.available:
                     log.info("containerd is back; reconciling what the outage left behind")
                     try:
