@@ -77,6 +77,11 @@ MEASURED: Final = 4
 # What each daemon sets beyond the defaults (table -> key -> TOML value).
 POOL_OFF: Final = {"pool": {"enabled": "false"}}
 TUNED: Final = {"limits": {"concurrency": "8", "queue": "256"}, "pool": {"max": "10"}}
+# The exact classes of the CPU table (cgroup v1's cpuacct): every sandbox's cgroup is under
+# /sandboxd; containerd is moved into a cgroup of its own, where its shims and their runsc
+# calls start too.
+SANDBOX_CGROUPS: Final = "gVisor sandboxes (their cgroups)"
+CONTAINERD_AND_CALLS: Final = "containerd, its shims, their runsc calls"
 # The run commands of the runtimes with an in-process syntax check, as they were before it.
 UNCHECKED_RUN: Final = {"python": ["python3", "main.py"], "javascript": ["node", "main.js"]}
 
@@ -299,11 +304,13 @@ async def throughputs(client: Client, least: int, report: dict[str, Any]) -> dic
         count = max(least, 4 * concurrency)
         await throughput(client, concurrency, concurrency)  # warm-up: demand for the pool
         if client.daemon.name == "pool" and concurrency == MEASURED:
-            meter = CpuMeter({
-                "the daemon": [client.daemon.pid],
-                "containerd": pids_named("containerd"),
-                "benchmark client": [os.getpid()],
-            })  # fmt: skip
+            containerd = pids_named("containerd")
+            meter = CpuMeter(
+                {"the daemon": [client.daemon.pid], "benchmark client": [os.getpid()]},
+                contained={CONTAINERD_AND_CALLS: containerd},
+                groups={SANDBOX_CGROUPS: "sandboxd"},
+                within={"containerd itself": containerd},
+            )
             with meter.measuring(count):
                 rates[str(concurrency)] = await throughput(client, concurrency, count)
             report["cpu"]["pool"] = meter.breakdown
@@ -657,14 +664,26 @@ def print_check_cost(name: str, cost: dict[str, Any]) -> None:
 
 
 def print_cpu(breakdowns: Mapping[str, CpuBreakdown]) -> None:
-    """The CPU table: milliseconds per execution by process class, for sandboxd and `runsc do`."""
-    print(f"\nCPU per python hello at concurrency {MEASURED}, ms (process accounting and /proc):")
+    """The CPU tables: milliseconds per execution by class, for sandboxd and the `runsc do` loops."""
+    print(f"\nCPU per python hello at concurrency {MEASURED}, ms (cgroups, /proc, process accounting):")
     per_run = {name: breakdown.per_execution_ms() for name, breakdown in breakdowns.items()}
+    print_rows(per_run, total={name: b.total_ms for name, b in breakdowns.items()})
+    split = {name: b.split_per_execution_ms() for name, b in breakdowns.items() if b.split}
+    if split:
+        print("the exact classes above split by process (process accounting, 10 ms a process rounded down):")
+        print_rows(split)
+
+
+def print_rows(per_run: Mapping[str, Mapping[str, float]], total: Mapping[str, float] | None = None) -> None:
+    """Rows of classes, a column per run; what no class has comes last."""
     classes = sorted({c for ms_by_class in per_run.values() for c in ms_by_class} - {UNATTRIBUTED})
-    print(f"  {'class':<40}" + "".join(f"{name:>12}" for name in per_run))
-    for name in [*classes, UNATTRIBUTED]:
-        print(f"  {name:<40}" + "".join(f"{row.get(name, 0.0):>12.1f}" for row in per_run.values()))
-    print(f"  {'all':<40}" + "".join(f"{b.total_ms:>12.1f}" for b in breakdowns.values()))
+    if any(UNATTRIBUTED in row for row in per_run.values()):
+        classes.append(UNATTRIBUTED)
+    print(f"  {'class':<42}" + "".join(f"{name:>15}" for name in per_run))
+    for name in classes:
+        print(f"  {name:<42}" + "".join(f"{row.get(name, 0.0):>15.1f}" for row in per_run.values()))
+    if total is not None:
+        print(f"  {'all':<42}" + "".join(f"{total.get(name, 0.0):>15.1f}" for name in per_run))
 
 
 def main() -> int:
