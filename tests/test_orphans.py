@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.engine.orphans import SHIM_NAME, orphaned_shims, reap_orphaned_shims
+from sandboxd.engine.orphans import (
+    SHIM_NAME,
+    TASKLESS_AGE,
+    Listed,
+    end_shims_of,
+    orphaned_shims,
+    reap_orphaned_shims,
+)
 
 NAMESPACE = "sandboxd-orphans-test"
 
@@ -49,6 +56,47 @@ def test_reaps_a_real_orphaned_shim(tmp_path: Path) -> None:
     try:
         (tmp_path / "orphan").rmdir()
         assert reap_orphaned_shims(NAMESPACE) == 1
+        assert processes[0].wait(5) == -signal.SIGKILL
+        assert processes[1].poll() is None
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def test_a_taskless_shim_is_an_orphan_once_no_create_can_be_under_way(tmp_path: Path) -> None:
+    """A childless shim of this containerd serving no task it lists counts only past TASKLESS_AGE."""
+    shim = f"/usr/bin/{SHIM_NAME}"
+    ticks = os.sysconf("SC_CLK_TCK")
+    (tmp_path / "uptime").write_text("1000.00 1.00\n")
+    ours, other = "/run/c/containerd.sock", "/run/other/containerd.sock"
+    shims = [
+        (20, "old", 100, "", ours),
+        (21, "young", 990, "", ours),
+        (22, "busy", 100, "7 ", ours),
+        (23, "served", 100, "", ours),
+        (24, "elsewhere", 100, "", other),
+    ]
+    for pid, name, started, children, address in shims:
+        argv = [shim, "-namespace", NAMESPACE, "-id", name, "-address", address]
+        fake_process(tmp_path, pid, argv, f"/run/x/{name}", children)
+        fields = ["S", *["0"] * 18, str(started * ticks)]  # field 22 (starttime) is the 20th after ")"
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (containerd-shim) {' '.join(fields)} 0 0\n")
+        os.symlink("/", tmp_path / str(pid) / "root")
+    assert orphaned_shims(NAMESPACE, tmp_path) == []  # without containerd's list: only deleted bundles
+    assert orphaned_shims(NAMESPACE, tmp_path, listed=Listed(ours, {"served"})) == [20]
+    assert TASKLESS_AGE < 1000 - 100
+
+
+@pytest.mark.integration
+def test_the_shims_of_a_stopped_containerd_are_ended(tmp_path: Path) -> None:
+    """Every shim told the stopped containerd's address is killed; a shim of another containerd is not."""
+    processes = []
+    for address in ("/run/stopped/containerd.sock", "/run/serving/containerd.sock"):
+        argv = [SHIM_NAME, "-c", "import time; time.sleep(60)", "-namespace", NAMESPACE, "-address", address]
+        processes.append(subprocess.Popen(argv, executable=sys.executable, cwd=tmp_path))
+    try:
+        assert end_shims_of("/run/stopped/containerd.sock") == 1
         assert processes[0].wait(5) == -signal.SIGKILL
         assert processes[1].poll() is None
     finally:

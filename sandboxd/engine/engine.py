@@ -28,7 +28,7 @@ from sandboxd.engine.files import CollectedFormatError, parse_collected
 from sandboxd.engine.host import StartupError, prepare_host
 from sandboxd.engine.housekeeping import Housekeeping
 from sandboxd.engine.oci import SandboxLimits
-from sandboxd.engine.orphans import SWEEP_INTERVAL, reap_forever, reap_orphaned_shims
+from sandboxd.engine.orphans import SWEEP_INTERVAL, Listed, reap_forever, reap_orphaned_shims
 from sandboxd.engine.pool import SandboxPool
 from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.roots import SharedRoots
@@ -263,7 +263,9 @@ class Engine:
         if self._pool is not None:
             self._loops.append(supervisor.start("sandbox pool", self._pool.run_forever))
         self._loops.append(
-            supervisor.start("orphaned shim reaper", lambda: reap_forever(namespace, SHIM_REAP_INTERVAL))
+            supervisor.start(
+                "orphaned shim reaper", lambda: reap_forever(namespace, SHIM_REAP_INTERVAL, self._listed)
+            )
         )
         self._loops.append(supervisor.start("image refresh", self._refresh_images_forever))
 
@@ -282,7 +284,15 @@ class Engine:
                 await reconcile(self._host, left_by="removals that failed while this daemon ran")
             except ContainerdError as error:
                 log.warning("at close, what failed removals left could not be looked for: %s", error)
-        await asyncio.to_thread(reap_orphaned_shims, self._host.client.namespace)
+        await asyncio.to_thread(reap_orphaned_shims, self._host.client.namespace, await self._listed())
+
+    async def _listed(self) -> Listed | None:
+        """Containerd's address and the ids of its tasks in the namespace; None while it cannot answer."""
+        client = self._host.client
+        try:
+            return Listed(client.address, {task.container_id for task in await client.tasks.list()})
+        except ContainerdError:
+            return None
 
     async def drain(self) -> None:
         """Wait until every sandbox removal under way has finished."""
