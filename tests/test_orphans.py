@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,21 @@ def fake_process(proc: Path, pid: int, argv: list[str], cwd: str, children: str 
     os.symlink(cwd, entry / "cwd")
 
 
+@contextlib.contextmanager
+def stand_in_shims(flags: list[list[str]], cwds: list[Path]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Pythons that wait, with a shim's argv of the namespace and ``flags``; killed afterwards."""
+    processes = []
+    try:
+        for extra, cwd in zip(flags, cwds, strict=True):
+            argv = [SHIM_NAME, "-c", "import time; time.sleep(60)", "-namespace", NAMESPACE, *extra]
+            processes.append(subprocess.Popen(argv, executable=sys.executable, cwd=cwd))
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
 def test_finds_only_childless_shims_of_the_namespace_in_deleted_bundles(tmp_path: Path) -> None:
     """Of five processes, only the shim of this namespace whose bundle is gone and has no children counts."""
     shim = f"/usr/bin/{SHIM_NAME}"
@@ -46,22 +63,14 @@ def test_finds_only_childless_shims_of_the_namespace_in_deleted_bundles(tmp_path
 @pytest.mark.integration
 def test_reaps_a_real_orphaned_shim(tmp_path: Path) -> None:
     """A live process that looks like a shim in a deleted bundle is killed; one in a live bundle is not."""
-    processes = []
     for name in ("orphan", "live"):
-        bundle = tmp_path / name
-        bundle.mkdir()
-        # A Python that waits, with the argv a shim of the namespace has.
-        argv = [SHIM_NAME, "-c", "import time; time.sleep(60)", "-namespace", NAMESPACE, "-id", name]
-        processes.append(subprocess.Popen(argv, executable=sys.executable, cwd=bundle))
-    try:
+        (tmp_path / name).mkdir()
+    flags = [["-id", "orphan"], ["-id", "live"]]
+    with stand_in_shims(flags, [tmp_path / "orphan", tmp_path / "live"]) as (orphan, live):
         (tmp_path / "orphan").rmdir()
         assert reap_orphaned_shims(NAMESPACE) == 1
-        assert processes[0].wait(5) == -signal.SIGKILL
-        assert processes[1].poll() is None
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
+        assert orphan.wait(5) == -signal.SIGKILL
+        assert live.poll() is None
 
 
 def test_a_taskless_shim_is_an_orphan_once_no_create_can_be_under_way(tmp_path: Path) -> None:
@@ -91,15 +100,8 @@ def test_a_taskless_shim_is_an_orphan_once_no_create_can_be_under_way(tmp_path: 
 @pytest.mark.integration
 def test_the_shims_of_a_stopped_containerd_are_ended(tmp_path: Path) -> None:
     """Every shim told the stopped containerd's address is killed; a shim of another containerd is not."""
-    processes = []
-    for address in ("/run/stopped/containerd.sock", "/run/serving/containerd.sock"):
-        argv = [SHIM_NAME, "-c", "import time; time.sleep(60)", "-namespace", NAMESPACE, "-address", address]
-        processes.append(subprocess.Popen(argv, executable=sys.executable, cwd=tmp_path))
-    try:
+    flags = [["-address", "/run/stopped/containerd.sock"], ["-address", "/run/serving/containerd.sock"]]
+    with stand_in_shims(flags, [tmp_path, tmp_path]) as (stopped, serving):
         assert end_shims_of("/run/stopped/containerd.sock") == 1
-        assert processes[0].wait(5) == -signal.SIGKILL
-        assert processes[1].poll() is None
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
+        assert stopped.wait(5) == -signal.SIGKILL
+        assert serving.poll() is None
