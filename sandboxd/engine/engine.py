@@ -28,7 +28,7 @@ from sandboxd.engine.files import CollectedFormatError, parse_collected
 from sandboxd.engine.host import StartupError, prepare_host
 from sandboxd.engine.housekeeping import Housekeeping
 from sandboxd.engine.oci import SandboxLimits
-from sandboxd.engine.orphans import SWEEP_INTERVAL, Listed, reap_forever, reap_orphaned_shims
+from sandboxd.engine.orphans import SWEEP_INTERVAL, Listed, listed_by, reap_forever, reap_orphaned_shims
 from sandboxd.engine.pool import SandboxPool
 from sandboxd.engine.reconcile import reconcile
 from sandboxd.engine.roots import SharedRoots
@@ -280,17 +280,19 @@ class Engine:
         if self._owns_host and self._watch.available:
             # A removal that failed (containerd away at the time) left its sandbox to be found
             # again: found now, so that a daemon that stops leaves nothing of its own behind.
+            # Reconciliation ends orphaned shims too.
             try:
                 await reconcile(self._host, left_by="removals that failed while this daemon ran")
             except ContainerdError as error:
                 log.warning("at close, what failed removals left could not be looked for: %s", error)
+            else:
+                return
         await asyncio.to_thread(reap_orphaned_shims, self._host.client.namespace, await self._listed())
 
     async def _listed(self) -> Listed | None:
-        """Containerd's address and the ids of its tasks in the namespace; None while it cannot answer."""
-        client = self._host.client
+        """What containerd lists (see ``listed_by``); None while it cannot answer."""
         try:
-            return Listed(client.address, {task.container_id for task in await client.tasks.list()})
+            return await listed_by(self._host.client)
         except ContainerdError:
             return None
 

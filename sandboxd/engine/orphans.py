@@ -22,6 +22,8 @@ from typing import Final
 
 import attrs
 
+from sandboxd.containerd import ContainerdClient
+
 log = logging.getLogger(__name__)
 
 SHIM_NAME: Final = "containerd-shim-runc-v2"
@@ -54,6 +56,11 @@ class Listed:
 
     address: str
     tasks: Collection[str]
+
+
+async def listed_by(client: ContainerdClient) -> Listed:
+    """What ``client``'s containerd lists now: its address and its tasks in the namespace."""
+    return Listed(client.address, {task.container_id for task in await client.tasks.list()})
 
 
 def orphaned_shims(namespace: str, proc: Path = Path("/proc"), *, listed: Listed | None = None) -> list[int]:

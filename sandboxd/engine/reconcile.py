@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Final
 
 from sandboxd.engine.agent import AgentChannel
-from sandboxd.engine.orphans import Listed, reap_orphaned_shims
+from sandboxd.engine.orphans import listed_by, reap_orphaned_shims
 from sandboxd.engine.roots import ROOT_LABEL, remove_stale_roots
 from sandboxd.engine.sandbox import HOST_LABEL, Sandbox, SandboxHost
 from sandboxd.engine.workspace import Workspace
@@ -48,8 +48,7 @@ async def reconcile(host: SandboxHost, keep: Collection[str] = (), *, left_by: s
     for directory in await asyncio.to_thread(_entries, host.fifos):
         if directory.name not in keep:
             await asyncio.to_thread(AgentChannel.remove_fifos, directory)
-    listed = Listed(client.address, {task.container_id for task in await client.tasks.list()})
-    await asyncio.to_thread(reap_orphaned_shims, client.namespace, listed)
+    await asyncio.to_thread(reap_orphaned_shims, client.namespace, await listed_by(client))
     if found:
         log.warning("removed %d sandboxes left by %s", len(found), left_by)
     if roots:
