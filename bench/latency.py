@@ -253,10 +253,11 @@ async def check_cost(
             samples["checked" if client is checked else "unchecked"].append(total)
             await asyncio.sleep(interval)
     added = [a - b for a, b in zip(samples["checked"], samples["unchecked"], strict=True)]
+    with_check, without = summary(samples["checked"]), summary(samples["unchecked"])
     return {
-        "checked": summary(samples["checked"]),
-        "unchecked": summary(samples["unchecked"]),
-        "added_p50": summary(samples["checked"])["p50"] - summary(samples["unchecked"])["p50"],
+        "checked": with_check,
+        "unchecked": without,
+        "added_p50": with_check["p50"] - without["p50"],
         "added_paired_median": statistics.median(added),
     }
 
